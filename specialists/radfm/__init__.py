@@ -1,0 +1,1 @@
+"""RadFM: radiology visual question answering on 2D images and 3D volumes (model, loader, preprocessing)."""
