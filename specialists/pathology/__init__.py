@@ -1,0 +1,1 @@
+"""KEP pathology model: architecture, checkpoint loading, preprocessing and zero-shot classification."""

@@ -1,0 +1,186 @@
+"""Loading KEP checkpoints: find the weights, pick the variant, map names, strict load, tokenizer.
+
+A checkpoint folder holds the weights (`pytorch_model.bin`, or a training `epoch_*.pt` /
+`*.pth` / `model.safetensors`), the tokenizer files of its PubMedBERT (vocab.txt or tokenizer.json)
+and optionally medagent's `kep_config.json` (written by the training recipe; without it the
+published KEP-32/16/CTP configuration is used, the variant read from the key names).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from medagent.specialists.pathology.model import KEP, KEPConfig, Variant, ctp_key_from_published, published_config
+
+WEIGHT_NAMES = ("pytorch_model.bin", "model.safetensors", "model.pt", "model.pth", "checkpoint.pt")
+CONFIG_NAME = "kep_config.json"
+# Buffers older transformers saved with BERT; they are derived, so a current BertModel does not expect them.
+_DERIVED_BERT_BUFFERS = ("embeddings.position_ids",)
+
+
+class CheckpointError(ValueError):
+    """The weights or tokenizer in a KEP folder are missing or do not fit the architecture."""
+
+
+@dataclass
+class LoadedKEP:
+    model: KEP
+    tokenizer: Any
+    config: KEPConfig
+    weights: Path
+    ignored_keys: list[str] = field(default_factory=list)
+
+
+def find_weights(path: Path) -> Path:
+    """The weights file in a checkpoint folder (or the file itself)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such KEP checkpoint file or folder")
+    for name in WEIGHT_NAMES:
+        if (path / name).is_file():
+            return path / name
+    epochs = sorted(path.glob("epoch_*.pt"), key=lambda p: p.stat().st_mtime)
+    if epochs:
+        return epochs[-1]
+    raise CheckpointError(f"{path}: no KEP weights found (expected one of {', '.join(WEIGHT_NAMES)} or epoch_*.pt)")
+
+
+def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
+    """A flat state_dict from a plain dict, `{'state_dict': ...}` or a DDP (`module.`) checkpoint."""
+    try:
+        if weights.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw: Any = load_file(str(weights))
+        else:
+            raw = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{weights}: not a readable PyTorch checkpoint ({exc})") from exc
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(raw, dict) and isinstance(raw.get(wrapper), dict):
+            raw = raw[wrapper]
+            break
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise CheckpointError(f"{weights}: expected a state_dict of tensors")
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in raw.items()}
+
+
+def detect_variant(keys: list[str] | set[str]) -> Variant:
+    keys = set(keys)
+    if "visual.conv1.weight" in keys:
+        return "kep32"
+    if "visual.trunk.pos_embed" in keys:
+        return "kep16"
+    if any(k.startswith("visual.layers.") for k in keys):
+        return "ctp"
+    raise CheckpointError("the checkpoint has no KEP image tower (no visual.conv1, visual.trunk or visual.layers keys)")
+
+
+def to_model_names(state: dict[str, torch.Tensor], variant: Variant) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Published names -> this implementation's names; returns (mapped, ignored keys).
+
+    Ignored: the training-only knowledge BERT (`knowledge.*`), BERT's derived position ids, and
+    for CTP the window masks / index tables that timm 0.5.4 stored.
+    """
+    mapped: dict[str, torch.Tensor] = {}
+    ignored: list[str] = []
+    for key, tensor in state.items():
+        if key.startswith("knowledge.") or key.endswith(_DERIVED_BERT_BUFFERS):
+            ignored.append(key)
+            continue
+        if variant == "ctp" and key.startswith("visual."):
+            inner = ctp_key_from_published(key[len("visual.") :])
+            if inner is None:
+                ignored.append(key)
+                continue
+            key = "visual." + inner
+        mapped[key] = tensor
+    return mapped, ignored
+
+
+def config_for(folder: Path, state: dict[str, torch.Tensor], variant: Variant | None) -> KEPConfig:
+    detected = detect_variant(state.keys())
+    if variant is not None and variant != detected:
+        raise CheckpointError(f"{folder}: configured variant '{variant}' but the weights are a {detected} model")
+    config_file = folder / CONFIG_NAME
+    if config_file.is_file():
+        try:
+            config = KEPConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{config_file}: {exc}") from exc
+        if config.variant != detected:
+            raise CheckpointError(f"{config_file}: says variant '{config.variant}' but the weights are {detected}")
+        return config
+    words = state.get("text.bert_model.embeddings.word_embeddings.weight")
+    return published_config(detected, vocab_size=int(words.shape[0]) if words is not None else 30522)
+
+
+def strict_load(model: KEP, state: dict[str, torch.Tensor], source: Path) -> None:
+    """load_state_dict(strict=True), with a readable message naming the first mismatches."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} {list(state[k].shape)} != {list(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            parts.append(f"{len(wrong)} with other shapes (e.g. {'; '.join(wrong[:2])})")
+        raise CheckpointError(
+            f"{source}: weights do not fit the KEP {model.config.variant} architecture: " + ", ".join(parts)
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def load_tokenizer(folder: Path, max_length: int = 256) -> Any:
+    """The checkpoint folder's own tokenizer (KEP ships PubMedBERT's, lower-cased); never downloads."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{folder}: tokenizer files present but unreadable ({exc})") from exc
+    elif (folder / "vocab.txt").is_file():
+        tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    else:
+        raise CheckpointError(
+            f"{folder}: no tokenizer (put PubMedBERT's vocab.txt or tokenizer.json beside the weights)"
+        )
+    tokenizer.model_max_length = max_length
+    return tokenizer
+
+
+def load_kep(path: Path, variant: Variant | None = None, device: str = "cpu") -> LoadedKEP:
+    """Build the architecture the weights describe and load them strictly; eval mode on `device`."""
+    weights = find_weights(Path(path))
+    folder = weights.parent
+    state = read_state_dict(weights)
+    config = config_for(folder, state, variant)
+    mapped, ignored = to_model_names(state, config.variant)
+    tokenizer = load_tokenizer(folder, config.max_text_length)
+    if len(tokenizer) > config.bert.vocab_size:
+        raise CheckpointError(
+            f"{folder}: tokenizer has {len(tokenizer)} tokens but the text tower only "
+            f"{config.bert.vocab_size}; the tokenizer does not belong to these weights"
+        )
+    model = KEP(config)
+    strict_load(model, mapped, weights)
+    model.eval().to(device)
+    return LoadedKEP(model=model, tokenizer=tokenizer, config=config, weights=weights, ignored_keys=ignored)

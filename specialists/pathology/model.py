@@ -1,0 +1,343 @@
+"""KEP (ECCV 2024) in one file: image towers, the knowledge-enhanced BERT text tower, the joint model.
+
+Parameter names follow the published `pytorch_model.bin` files so that a strict load succeeds:
+
+- KEP-32: an OpenAI-CLIP-style ViT-B/32 under `visual.*` (`conv1`, `class_embedding`,
+  `positional_embedding`, `ln_pre`, `transformer.resblocks.N`, `ln_post`, `proj`).
+- KEP-16: BiomedCLIP's open_clip timm tower: a timm ViT-B/16 under `visual.trunk.*` and a bias-free
+  linear projection `visual.head.proj`.
+- KEP-CTP: CTransPath, a Swin-T with a convolutional stem. Its checkpoints use timm 0.5.4 names
+  (patch merging at the *end* of stages 0-2, masks and indices stored as buffers); the tower here is
+  current timm's Swin and `ctp_key_from_published` maps names (load.py applies it).
+- `visual_head`: Linear-GELU-Linear to the 512-d joint space; `text.bert_model` (a transformers
+  BertModel with pooler) + `text.mlp_embed` (768->512->512); `logit_scale` (0-d, log 1/temperature).
+
+Training checkpoints also carry `knowledge.*`, a second BERT (the frozen knowledge encoder used only
+by the stage-2 loss); inference ignores it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Variant = Literal["kep32", "kep16", "ctp"]
+
+
+@dataclass
+class BertShape:
+    """The BERT text tower's size. The published towers are PubMedBERT-base."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+
+
+@dataclass
+class KEPConfig:
+    """Everything needed to build a KEP model; saved as `kep_config.json` beside the weights."""
+
+    variant: Variant = "kep32"
+    embed_dim: int = 512
+    image_size: int = 224
+    # ViT towers (kep32, kep16)
+    vit_width: int = 768
+    vit_layers: int = 12
+    vit_heads: int = 12
+    vit_patch: int = 32
+    vit_mlp_ratio: float = 4.0
+    # open_clip builds its ViT with nn.GELU unless a "-quickgelu" model is asked for; KEP's configs do not ask.
+    quick_gelu: bool = False
+    # Swin tower (ctp)
+    swin_embed_dim: int = 96
+    swin_depths: tuple[int, ...] = (2, 2, 6, 2)
+    swin_heads: tuple[int, ...] = (3, 6, 12, 24)
+    swin_window: int = 7
+    # Text tower
+    bert: BertShape = field(default_factory=BertShape)
+    text_hidden: int = 512
+    head_hidden: int = 512
+    temperature: float = 0.04
+    max_text_length: int = 256
+
+    @property
+    def visual_out(self) -> int:
+        """Width the image tower hands to `visual_head`."""
+        if self.variant == "ctp":
+            return self.swin_embed_dim * 2 ** (len(self.swin_depths) - 1)
+        return self.embed_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> KEPConfig:
+        raw = dict(raw)
+        bert = BertShape(**raw.pop("bert", {}))
+        for key in ("swin_depths", "swin_heads"):
+            if key in raw:
+                raw[key] = tuple(raw[key])
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"kep_config.json: unknown fields {sorted(unknown)}")
+        return cls(bert=bert, **raw)
+
+
+def published_config(variant: Variant, vocab_size: int = 30522) -> KEPConfig:
+    """The configuration of the released KEP-32 / KEP-16 / KEP-CTP checkpoints."""
+    patch = {"kep32": 32, "kep16": 16, "ctp": 16}[variant]
+    temperature = 0.07 if variant == "ctp" else 0.04  # easy_inference builds CTP with the class default
+    return KEPConfig(variant=variant, vit_patch=patch, bert=BertShape(vocab_size=vocab_size), temperature=temperature)
+
+
+# --------------------------------------------------------------------------------------------------
+# KEP-32: OpenAI-CLIP-style vision transformer
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, quick_gelu: bool) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("c_fc", nn.Linear(width, hidden))
+        self.mlp.add_module("gelu", QuickGELU() if quick_gelu else nn.GELU())
+        self.mlp.add_module("c_proj", nn.Linear(hidden, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ln_1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, quick_gelu: bool) -> None:
+        super().__init__()
+        self.resblocks = nn.ModuleList(
+            ResidualAttentionBlock(width, heads, mlp_ratio, quick_gelu) for _ in range(layers)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.resblocks:
+            x = block(x)
+        return x
+
+
+class CLIPVisionTransformer(nn.Module):
+    """Patchify, class token, pre-norm transformer, the class token's post-norm projected to `output_dim`."""
+
+    def __init__(self, cfg: KEPConfig) -> None:
+        super().__init__()
+        width, grid = cfg.vit_width, cfg.image_size // cfg.vit_patch
+        scale = width**-0.5
+        self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.vit_patch, stride=cfg.vit_patch, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = Transformer(width, cfg.vit_layers, cfg.vit_heads, cfg.vit_mlp_ratio, cfg.quick_gelu)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, cfg.embed_dim))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(pixels).flatten(2).transpose(1, 2)  # B, grid², width
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0]) @ self.proj
+
+
+# --------------------------------------------------------------------------------------------------
+# KEP-16: BiomedCLIP's timm ViT-B/16 tower
+
+
+class TimmViTTower(nn.Module):
+    """open_clip's TimmModel as BiomedCLIP configures it: timm ViT (class-token pool) + linear projection."""
+
+    def __init__(self, cfg: KEPConfig) -> None:
+        super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
+
+        self.trunk = VisionTransformer(
+            img_size=cfg.image_size,
+            patch_size=cfg.vit_patch,
+            embed_dim=cfg.vit_width,
+            depth=cfg.vit_layers,
+            num_heads=cfg.vit_heads,
+            mlp_ratio=cfg.vit_mlp_ratio,
+            num_classes=0,
+            global_pool="token",
+        )
+        self.head = nn.Sequential()
+        self.head.add_module("drop", nn.Dropout(0.0))
+        self.head.add_module("proj", nn.Linear(cfg.vit_width, cfg.embed_dim, bias=False))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(pixels))
+
+
+# --------------------------------------------------------------------------------------------------
+# KEP-CTP: CTransPath = Swin-T with a convolutional stem
+
+
+class ConvStem(nn.Module):
+    """CTransPath's stem: two stride-2 3x3 conv+BN+ReLU, then a 1x1 conv to the embedding width.
+
+    Named `proj.0..6` and `norm` as in the published checkpoints; returns NHWC as current timm Swin expects.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        embed_dim: int = 96,
+        norm_layer: Any = None,
+        **_: Any,
+    ) -> None:
+        super().__init__()
+        if patch_size != 4:
+            raise ValueError("CTransPath's ConvStem downsamples by 4")
+        self.img_size = (img_size, img_size)
+        self.patch_size = (patch_size, patch_size)
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        stem: list[nn.Module] = []
+        width_in, width_out = in_chans, embed_dim // 8
+        for _ in range(2):
+            stem += [
+                nn.Conv2d(width_in, width_out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(width_out),
+                nn.ReLU(inplace=True),
+            ]
+            width_in, width_out = width_out, width_out * 2
+        stem.append(nn.Conv2d(width_in, embed_dim, kernel_size=1))
+        self.proj = nn.Sequential(*stem)
+        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(pixels).permute(0, 2, 3, 1))
+
+
+def swin_tower(cfg: KEPConfig) -> nn.Module:
+    """timm's SwinTransformer (current layout) with CTransPath's stem and no head; 768-d pooled output."""
+    from timm.models.swin_transformer import SwinTransformer
+
+    return SwinTransformer(
+        img_size=cfg.image_size,
+        patch_size=4,
+        embed_dim=cfg.swin_embed_dim,
+        depths=cfg.swin_depths,
+        num_heads=cfg.swin_heads,
+        window_size=cfg.swin_window,
+        embed_layer=ConvStem,
+        num_classes=0,
+    )
+
+
+_OLD_DOWNSAMPLE = re.compile(r"^layers\.(\d+)\.downsample\.")
+_OLD_ONLY_BUFFERS = re.compile(r"(attn_mask|relative_position_index)$")
+
+
+def ctp_key_from_published(key: str) -> str | None:
+    """Name in SwinTower.swin for a published (timm 0.5.4) CTransPath key; None for derived buffers.
+
+    timm 0.5.4 merges patches at the end of stage i, current timm at the start of stage i+1
+    (same weights, same 2x2 concatenation order); window masks and index tables are recomputed.
+    """
+    if _OLD_ONLY_BUFFERS.search(key):
+        return None
+    moved = _OLD_DOWNSAMPLE.match(key)
+    if moved:
+        return f"layers.{int(moved.group(1)) + 1}.downsample." + key[moved.end() :]
+    return key
+
+
+# --------------------------------------------------------------------------------------------------
+# Text tower and the joint model
+
+
+class PathBert(nn.Module):
+    """KEP's PATH_BERT: BERT pooler output through an MLP into the joint space."""
+
+    def __init__(self, cfg: KEPConfig) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        bert_config = BertConfig(**asdict(cfg.bert))
+        self.bert_model = BertModel(bert_config, add_pooling_layer=True)
+        self.mlp_embed = nn.Sequential(
+            nn.Linear(cfg.bert.hidden_size, cfg.text_hidden), nn.GELU(), nn.Linear(cfg.text_hidden, cfg.embed_dim)
+        )
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pooled = self.bert_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        return self.mlp_embed(pooled)
+
+
+class KEP(nn.Module):
+    """Image tower + visual head, BERT text tower, learned temperature. Features are un-normalised."""
+
+    def __init__(self, cfg: KEPConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        towers = {"kep32": CLIPVisionTransformer, "kep16": TimmViTTower, "ctp": swin_tower}
+        if cfg.variant not in towers:
+            raise ValueError(f"unknown KEP variant '{cfg.variant}' (kep32, kep16, ctp)")
+        self.visual = towers[cfg.variant](cfg)
+        self.visual_head = nn.Sequential(
+            nn.Linear(cfg.visual_out, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, cfg.embed_dim)
+        )
+        self.text = PathBert(cfg)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.visual_head(self.visual(pixels))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text(input_ids, attention_mask)
+
+    def forward(
+        self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised image and text features and the (un-clamped) logit scale, as CLIP training uses them."""
+        image = F.normalize(self.encode_image(pixels), dim=-1)
+        text = F.normalize(self.encode_text(input_ids, attention_mask), dim=-1)
+        return image, text, self.logit_scale.exp()
+
+
+def published_state_dict_shapes(model: KEP) -> dict[str, list[int]]:
+    """The model's parameters and persistent buffers under their published names, with shapes.
+
+    For CTP the tower's names are mapped back to the timm 0.5.4 layout; the derived buffers that old
+    timm also stored (window masks, index tables) are not part of this list (load.py drops them).
+    """
+    shapes: dict[str, list[int]] = {}
+    for name, tensor in model.state_dict().items():
+        if model.config.variant == "ctp" and name.startswith("visual."):
+            name = "visual." + _ctp_key_to_published(name[len("visual.") :])
+        shapes[name] = list(tensor.shape)
+    return shapes
+
+
+def _ctp_key_to_published(key: str) -> str:
+    moved = re.match(r"^layers\.(\d+)\.downsample\.", key)
+    if moved:
+        return f"layers.{int(moved.group(1)) - 1}.downsample." + key[moved.end() :]
+    return key
