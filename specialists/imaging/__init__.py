@@ -1,0 +1,1 @@
+"""Radiology imaging: quantitative CT without weights, MONAI bundle runner, slice figures."""
