@@ -53,7 +53,7 @@ def image_to_tensor(pixels: np.ndarray, size: int = 512) -> torch.Tensor:
 
 def snap_depth(slices: int, max_depth: int = MAX_DEPTH) -> int:
     """Nearest multiple of 4 in [4, max_depth] (RadFM's collator rule)."""
-    return int(min(max(4, round(slices / 4) * 4), max_depth))
+    return int(min(max(4, int(slices / 4 + 0.5) * 4), max_depth))  # halves round up, not to even
 
 
 def to_display_orientation(voxels: np.ndarray, affine: np.ndarray) -> np.ndarray:
