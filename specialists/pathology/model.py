@@ -322,18 +322,24 @@ class KEP(nn.Module):
         return image, text, self.logit_scale.exp()
 
 
-def published_state_dict_shapes(model: KEP) -> dict[str, list[int]]:
-    """The model's parameters and persistent buffers under their published names, with shapes.
+def published_state_dict(model: KEP) -> dict[str, torch.Tensor]:
+    """The model's parameters and persistent buffers under the published checkpoint names.
 
-    For CTP the tower's names are mapped back to the timm 0.5.4 layout; the derived buffers that old
-    timm also stored (window masks, index tables) are not part of this list (load.py drops them).
+    This is the layout training writes and load.py reads. For CTP the tower's names are mapped back
+    to timm 0.5.4's; the derived buffers old timm also stored (window masks, index tables) are left
+    out (load.py ignores them when a published file has them).
     """
-    shapes: dict[str, list[int]] = {}
+    state: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         if model.config.variant == "ctp" and name.startswith("visual."):
             name = "visual." + _ctp_key_to_published(name[len("visual.") :])
-        shapes[name] = list(tensor.shape)
-    return shapes
+        state[name] = tensor
+    return state
+
+
+def published_state_dict_shapes(model: KEP) -> dict[str, list[int]]:
+    """Published names and shapes (works on the meta device)."""
+    return {name: list(tensor.shape) for name, tensor in published_state_dict(model).items()}
 
 
 def _ctp_key_to_published(key: str) -> str:
