@@ -1,0 +1,1 @@
+"""Speech recognition: Whisper on two runtimes (faster-whisper, openai-whisper) and the audio reader."""

@@ -1,0 +1,250 @@
+"""`speech.transcribe`: a dictated history or patient interview turned into time-stamped transcript evidence.
+
+One evidence item per recording: the summary quotes the words with their time span (what report.md
+shows), the payload holds the full `transcript` and its `segments` ({start, end, text, confidence}).
+A follow-up rule hands the transcript to `knowledge.link` when that tool is available.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+
+from medagent.tools.config import Settings, cache_root
+from medagent.tools.contracts import AttachmentKind, Case, Evidence, EvidenceDraft, ToolCall
+from medagent.tools.errors import CaseError, UnavailableError
+from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
+from pydantic import Field
+
+QUOTE_WORDS = 60  # the summary quotes about this many words; the payload keeps everything
+
+
+class TranscribeArgs(AttachmentArgs):
+    language: str | None = Field(default=None, description="Language code such as 'en'; omit to detect it")
+    word_timestamps: bool = Field(default=False, description="Also time each word")
+
+
+def _config_path(settings: Settings, path: Path | None) -> Path | None:
+    # Paths in medagent.toml are relative to the file that names them.
+    if path is None:
+        return None
+    path = path.expanduser()
+    if not path.is_absolute() and settings.source is not None:
+        path = settings.source.parent / path
+    return path
+
+
+def check(settings: Settings) -> str | None:
+    """Why speech.transcribe cannot run under these settings (cheap: nothing is loaded), or None."""
+    speech = settings.speech
+    if not speech.enabled:
+        return "speech is disabled in the config ([speech] enabled = false)"
+    if speech.runtime == "faster-whisper":
+        if importlib.util.find_spec("faster_whisper") is None:
+            return "the faster-whisper package is not installed (pip install faster-whisper)"
+        ct2_dir = _config_path(settings, speech.ct2_dir)
+        if ct2_dir is not None:
+            return (
+                None
+                if (ct2_dir / "model.bin").is_file()
+                else f"[speech] ct2_dir {ct2_dir} holds no CTranslate2 model.bin"
+            )
+        from medagent.specialists.speech.load import ModelUnavailable, packaged_parts
+
+        try:
+            packaged_parts()
+        except ModelUnavailable as exc:
+            return str(exc)
+        return None
+    if importlib.util.find_spec("whisper") is None:
+        return "openai-whisper is not installed (pip install --no-deps openai-whisper numba tiktoken more-itertools)"
+    checkpoint = _config_path(settings, speech.checkpoint)
+    if checkpoint is None:
+        return 'the openai-whisper runtime needs [speech] checkpoint = "/path/to/model.pt"'
+    return None if checkpoint.is_file() else f"[speech] checkpoint {checkpoint} does not exist"
+
+
+def version(settings: Settings) -> str:
+    speech = settings.speech
+    if speech.runtime == "openai-whisper":
+        return f"openai-whisper {_config_path(settings, speech.checkpoint)}"
+    ct2_dir = _config_path(settings, speech.ct2_dir)
+    if ct2_dir is not None:
+        return f"faster-whisper {ct2_dir}"
+    from medagent.specialists.speech.load import PACKAGED_MODEL
+
+    return f"faster-whisper {PACKAGED_MODEL}"
+
+
+def doctor(settings: Settings) -> list[str]:
+    from medagent.specialists.speech.load import packaged_model_dir
+
+    speech = settings.speech
+    lines = [f"speech runtime: {speech.runtime} on {speech.device}, beam {speech.beam_size}"]
+    if speech.runtime == "faster-whisper" and speech.ct2_dir is None:
+        folder = packaged_model_dir(cache_root(settings))
+        state = "assembled" if (folder / "SHA256SUMS").is_file() else "assembled on first use"
+        lines.append(f"default Whisper base (CTranslate2): {folder} ({state})")
+    elif speech.runtime == "faster-whisper":
+        lines.append(f"CTranslate2 model folder: {_config_path(settings, speech.ct2_dir)}")
+    else:
+        lines.append(f"openai-whisper checkpoint: {_config_path(settings, speech.checkpoint)}")
+    return lines
+
+
+def _runtime(settings: Settings):  # noqa: ANN202 - a specialists runtime; imported lazily to keep intake cheap
+    from medagent.specialists.speech.load import ModelUnavailable, load_runtime
+
+    speech = settings.speech
+    try:
+        return load_runtime(
+            speech.runtime,
+            cache_root(settings),
+            ct2_dir=_config_path(settings, speech.ct2_dir),
+            checkpoint=_config_path(settings, speech.checkpoint),
+            device=speech.device,
+            compute_type=speech.compute_type,
+            cpu_threads=speech.cpu_threads,
+        )
+    except ModelUnavailable as exc:
+        raise UnavailableError(f"speech.transcribe: {exc}") from exc
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}:{rest:04.1f}" if minutes else f"{rest:.1f} s"
+
+
+def _quote(segments: list) -> tuple[str, float, float, bool]:
+    """The first ~QUOTE_WORDS words, whole segments, and the span they cover."""
+    words, chosen = 0, []
+    for segment in segments:
+        chosen.append(segment)
+        words += len(segment.text.split())
+        if words >= QUOTE_WORDS:
+            break
+    text = " ".join(s.text for s in chosen)
+    return text, chosen[0].start, chosen[-1].end, len(chosen) < len(segments)
+
+
+def transcribe_attachment(args: TranscribeArgs, ctx: ToolContext) -> list[EvidenceDraft]:
+    from medagent.specialists.speech.audio import AudioError
+    from medagent.specialists.speech.infer import transcribe
+    from medagent.specialists.speech.model import DecodeOptions
+
+    attachment, path = ctx.attachment(args.attachment)
+    speech = ctx.settings.speech
+    runtime = _runtime(ctx.settings)
+    options = DecodeOptions(
+        language=args.language or speech.language,
+        initial_prompt=speech.initial_prompt or None,
+        beam_size=speech.beam_size,
+        word_timestamps=args.word_timestamps or speech.word_timestamps,
+    )
+    try:
+        transcript = transcribe(
+            runtime,
+            path,
+            options,
+            window_s=speech.window_s,
+            silence_dbfs=speech.silence_dbfs,
+            max_seconds=speech.max_minutes * 60,
+        )
+    except AudioError as exc:
+        raise CaseError(f"attachment '{attachment.id}': {exc}") from exc
+
+    segments = [
+        {"start": s.start, "end": s.end, "text": s.text, "confidence": round(s.confidence, 3)}
+        | (
+            {
+                "words": [
+                    {
+                        "start": round(w.start, 2),
+                        "end": round(w.end, 2),
+                        "text": w.text,
+                        "probability": round(w.probability, 3),
+                    }
+                    for w in s.words
+                ]
+            }
+            if s.words
+            else {}
+        )
+        for s in transcript.segments
+    ]
+    spoken = sum(s.end - s.start for s in transcript.segments)
+    confidence = sum(s.confidence * (s.end - s.start) for s in transcript.segments) / spoken if spoken > 0 else None
+    payload = {
+        "transcript": transcript.text,
+        "segments": segments,
+        "language": transcript.language,
+        "language_probability": round(transcript.language_probability, 3)
+        if transcript.language_probability is not None
+        else None,
+        "duration_s": transcript.duration_s,
+        "silent_s": transcript.silent_s,
+        "runtime": transcript.runtime,
+        "model": transcript.model,
+        "real_time_factor": round(transcript.real_time_factor, 3),
+        "notes": transcript.notes,
+    }
+    label = f"{attachment.id} ({_clock(transcript.duration_s)}"
+    if transcript.segments:
+        quote, start, end, more = _quote(transcript.segments)
+        language = f", {transcript.language}" if transcript.language else ""
+        rest = (
+            f" … ({len(transcript.segments)} segments in all, to {_clock(transcript.segments[-1].end)})" if more else ""
+        )
+        summary = f'Speech in {label}{language}), {_clock(start)}–{_clock(end)}: "{quote}"{rest}'
+    else:
+        summary = f"No speech recognised in {label}): {'; '.join(transcript.notes)}"
+    if transcript.truncated and transcript.segments:
+        summary += f" [{transcript.notes[0]}]"
+    return [
+        EvidenceDraft(
+            summary=summary,
+            attachment=attachment.id,
+            payload=payload,
+            confidence=round(confidence, 3) if confidence is not None else None,
+        )
+    ]
+
+
+def _text_field(tool: Tool) -> str | None:
+    for name in ("text", "query", "findings", "history"):
+        field = tool.args.model_fields.get(name)
+        if field is not None and field.annotation in (str, str | None):
+            return name
+    return None
+
+
+def transcript_to_knowledge(
+    case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]
+) -> list[tuple[str, dict, str]]:
+    """A transcript is history text: pass it to knowledge.link (when that tool is available)."""
+    link = next((t for t in tools if t.name == "knowledge.link"), None)
+    field = _text_field(link) if link is not None else None
+    if field is None:
+        return []
+    return [
+        ("knowledge.link", {field: e.payload["transcript"]}, f"link the findings dictated in {e.attachment} [{e.id}]")
+        for e in evidence
+        if e.tool == "speech.transcribe" and not e.error and e.payload.get("transcript")
+    ]
+
+
+FOLLOW_UP_RULES = [transcript_to_knowledge]
+
+TOOLS = [
+    Tool(
+        name="speech.transcribe",
+        purpose="Transcribe an audio recording (dictated history, patient interview) with Whisper; returns time-stamped text.",
+        args=TranscribeArgs,
+        run=transcribe_attachment,
+        attachment_kinds=(AttachmentKind.audio,),
+        check=check,
+        version=version,
+        doctor=doctor,
+    )
+]
