@@ -142,7 +142,7 @@ class PositionEmbeddingLearned3d(nn.Module):
     def forward(self, h: int, w: int, d: int) -> torch.Tensor:
         device = self.row_embed.weight.device
         tables = (self.row_embed, self.col_embed, self.dep_embed)
-        for n, table, what in zip((h, w, d), tables, ("rows", "columns", "depth")):
+        for n, table, what in zip((h, w, d), tables, ("rows", "columns", "depth"), strict=True):
             if n > table.num_embeddings:
                 raise ValueError(f"image has {n} patch {what}, the model holds at most {table.num_embeddings}")
         rows = self.row_embed(torch.arange(h, device=device) * (self.row_embed.num_embeddings // h))
