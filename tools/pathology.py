@@ -1,0 +1,197 @@
+"""`pathology.classify`: KEP zero-shot classification of a pathology image against labels in words.
+
+Labels come from the call (e.g. candidate diagnoses from the knowledge tools), a named built-in
+set, or the configured default set. Large images are tiled; the tiles that most support the
+winning label are written as PNG artifacts. Available only when `[pathology] path` names a KEP
+checkpoint folder (the weights are not on a model hub; `medagent doctor` says where to get them).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from medagent.tools.config import Settings
+from medagent.tools.contracts import AttachmentKind, Case, Evidence, EvidenceDraft, ToolCall
+from medagent.tools.errors import CaseError, ToolError, UnavailableError
+from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
+from pydantic import Field
+
+WEIGHTS_HELP = (
+    "KEP weights are not on a model hub: download KEP-32, KEP-16 or KEP-CTP from the links in "
+    "github.com/MAGIC-AI4Med/KEP (BaiduPan; KEP-CTP_OpenPath also on Google Drive) or train one with "
+    "`medagent train pathology`, then set [pathology] path in medagent.toml to the folder holding "
+    "pytorch_model.bin and the PubMedBERT tokenizer (vocab.txt or tokenizer.json)"
+)
+MAX_FOLLOW_UP_LABELS = 8
+
+
+class ClassifyArgs(AttachmentArgs):
+    labels: list[str] | None = Field(
+        default=None,
+        description="Diagnoses or tissue types to choose between (at least two); omit to use a built-in set",
+    )
+    label_set: str | None = Field(
+        default=None, description="Built-in set: general, crc, lung, colon, breast, luad_tissue, prostate"
+    )
+
+
+_lock = threading.Lock()
+_classifiers: dict[tuple, object] = {}
+
+
+def _classifier(settings: Settings):
+    """One loaded model per (folder, weights mtime, device), shared by calls in this process."""
+    from medagent.specialists.pathology.infer import KEPClassifier
+    from medagent.specialists.pathology.load import CheckpointError, find_weights, load_kep
+
+    config = settings.pathology
+    try:
+        weights = find_weights(Path(config.path))
+        key = (str(weights), weights.stat().st_mtime_ns, config.device, config.variant)
+        with _lock:
+            if key not in _classifiers:
+                _classifiers[key] = KEPClassifier(load_kep(weights, config.variant, config.device), config.device)
+            return _classifiers[key]
+    except CheckpointError as exc:
+        raise UnavailableError(f"[pathology] path: {exc}") from exc
+
+
+def classify(args: ClassifyArgs, ctx: ToolContext) -> list[EvidenceDraft]:
+    from medagent.specialists.pathology.labels import LabelError, resolve
+    from medagent.specialists.pathology.preprocess import PathologyInputError, TilingOptions, open_rgb
+
+    config = ctx.settings.pathology
+    attachment, path = ctx.attachment(args.attachment)
+    try:
+        label_set = resolve(args.labels, args.label_set, config.default_label_set)
+    except LabelError as exc:
+        raise ToolError(f"pathology.classify: {exc}") from exc
+    tiling = TilingOptions(config.tile_size, config.max_tiles, config.batch_size, max_pixels=config.max_pixels)
+    try:
+        image = open_rgb(path, tiling.max_pixels)
+    except PathologyInputError as exc:
+        raise CaseError(f"attachment '{attachment.id}': {exc}") from exc
+    classifier = _classifier(ctx.settings)
+    result = classifier.classify(image, label_set, tiling, top_tiles=config.top_tiles)
+    ranked = result.ranked()
+    winner, winner_p = ranked[0]
+
+    ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    tiles = []
+    for rank, tile in enumerate(result.top_tiles, start=1):
+        png = ctx.artifacts_dir / f"pathology_{attachment.id}_tile{rank}.png"
+        tile.image.save(png)
+        tiles.append(
+            {
+                "rank": rank,
+                "box": list(tile.box),
+                "probability": round(tile.probabilities[result.labels.index(winner)], 4),
+                "tissue_fraction": round(tile.tissue, 3),
+                "artifact": f"{ctx.artifacts_dir.name}/{png.name}",
+            }
+        )
+    variant = classifier.loaded.config.variant
+    how = (
+        f"{result.tiles_scored} of {result.grid_tiles} tiles of {config.tile_size} px"
+        if result.tiled
+        else "the whole image as one patch"
+    )
+    runner_up = f", then '{ranked[1][0]}' ({ranked[1][1]:.2f})" if len(ranked) > 1 else ""
+    summary = (
+        f"KEP ({variant}) zero-shot on {how}: most consistent with '{winner}' "
+        f"(p={winner_p:.2f} among {len(ranked)} labels{runner_up})."
+    )
+    payload = {
+        "model": f"KEP-{variant}",
+        "label_set": label_set.name,
+        "ranked": [{"label": label, "probability": round(p, 4)} for label, p in ranked],
+        "top_label": winner,
+        "image_size": list(result.image_size),
+        "tiled": result.tiled,
+        "grid_tiles": result.grid_tiles,
+        "tiles_scored": result.tiles_scored,
+        "top_tiles": tiles,
+    }
+    return [
+        EvidenceDraft(
+            summary=summary,
+            attachment=attachment.id,
+            payload=payload,
+            artifacts=[t["artifact"] for t in tiles],
+            confidence=round(winner_p, 4),
+        )
+    ]
+
+
+def check(settings: Settings) -> str | None:
+    path = settings.pathology.path
+    if path is None:
+        return f"no KEP checkpoint configured. {WEIGHTS_HELP}"
+    path = Path(path).expanduser()
+    if not path.exists():
+        return f"[pathology] path {path} does not exist. {WEIGHTS_HELP}"
+    from medagent.specialists.pathology.load import CheckpointError, find_weights
+
+    try:
+        find_weights(path)
+    except CheckpointError as exc:
+        return f"{exc}. {WEIGHTS_HELP}"
+    return None
+
+
+def version(settings: Settings) -> str:
+    path = settings.pathology.path
+    return f"KEP {settings.pathology.variant or 'auto'} from {path}" if path else "KEP (not configured)"
+
+
+def doctor(settings: Settings) -> list[str]:
+    reason = check(settings)
+    if reason is None:
+        return [f"pathology.classify: KEP checkpoint at {settings.pathology.path} (device {settings.pathology.device})"]
+    return [f"pathology.classify unavailable: {reason}"]
+
+
+def candidate_labels(case: Case, tools, evidence: list[Evidence], calls: list[ToolCall]) -> list[tuple[str, dict, str]]:
+    """After the knowledge tools rank diagnoses, classify each pathology image against those candidates."""
+    if "pathology.classify" not in {t.name for t in tools}:
+        return []
+    names: list[str] = []
+    for item in evidence:
+        if item.tool != "knowledge.rank" or item.error:
+            continue
+        for candidate in item.payload.get("candidates", []):
+            name = candidate.get("name") or candidate.get("label") if isinstance(candidate, dict) else candidate
+            if isinstance(name, str) and name.strip() and name not in names:
+                names.append(name.strip())
+    names = names[:MAX_FOLLOW_UP_LABELS]
+    if len(names) < 2:
+        return []
+    return [
+        (
+            "pathology.classify",
+            {"attachment": a.id, "labels": names},
+            "classify the pathology image against the ranked candidate diagnoses",
+        )
+        for a in case.attachments
+        if a.kind is AttachmentKind.pathology
+    ]
+
+
+FOLLOW_UP_RULES = [candidate_labels]
+
+TOOLS = [
+    Tool(
+        name="pathology.classify",
+        purpose=(
+            "Zero-shot classification of a pathology (H&E) image with KEP against given labels "
+            "(e.g. candidate diagnoses) or a built-in tissue set; returns ranked labels and top tiles."
+        ),
+        args=ClassifyArgs,
+        run=classify,
+        attachment_kinds=(AttachmentKind.pathology,),
+        check=check,
+        version=version,
+        doctor=doctor,
+    )
+]
