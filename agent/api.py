@@ -1,0 +1,93 @@
+"""The Python API: `solve(case) -> Result` and `asolve`, the same path the CLI takes."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from medagent.agent.graph import build_graph
+from medagent.agent.planner import RulePlanner
+from medagent.agent.reporter import TemplateReporter
+from medagent.agent.state import RunContext
+from medagent.tools.config import Settings, load_settings
+from medagent.tools.contracts import Case, Result
+from medagent.tools.intake import LoadedCase, load_case, resolve_attachments
+from medagent.tools.registry import Registry, Tool
+from medagent.tools.trace import TraceRecorder
+
+_GRAPH = None
+
+
+def graph():
+    global _GRAPH
+    if _GRAPH is None:
+        _GRAPH = build_graph()
+    return _GRAPH
+
+
+def make_planner(settings: Settings):
+    """The configured planner. The rule planner until an LLM is configured."""
+    return RulePlanner()
+
+
+def make_reporter(settings: Settings):
+    return TemplateReporter()
+
+
+async def run_loaded(
+    loaded: LoadedCase,
+    settings: Settings,
+    artifacts_dir: Path,
+    trace: TraceRecorder | None = None,
+    tools: list[Tool] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> tuple[Result, TraceRecorder]:
+    trace = trace or TraceRecorder(loaded.case.id)
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    run = RunContext(
+        settings=settings,
+        registry=Registry(settings, tools),
+        trace=trace,
+        artifacts_dir=artifacts_dir,
+        planner=make_planner(settings),
+        reporter=make_reporter(settings),
+        on_progress=on_progress,
+    )
+    run.models.update({name: tool.version(settings) for name, tool in run.registry.tools.items() if run.registry.unavailable_reason(name) is None})
+    state = await graph().ainvoke(
+        {"case": loaded.case, "case_dir": str(loaded.case_dir), "warnings": loaded.warnings},
+        config={"configurable": {"run": run}, "recursion_limit": 4 * settings.agent.max_steps + 10},
+    )
+    return state["result"], trace
+
+
+def _load(case: Case | Path | str, case_dir: Path | None, settings: Settings) -> LoadedCase:
+    if isinstance(case, Case):
+        return resolve_attachments(case, Path(case_dir or Path.cwd()), settings.agent.allow_outside_paths)
+    return load_case(Path(case), settings.agent.allow_outside_paths)
+
+
+async def asolve(
+    case: Case | Path | str,
+    case_dir: Path | None = None,
+    settings: Settings | None = None,
+    artifacts_dir: Path | None = None,
+) -> Result:
+    """Solve one case. `case` is a Case (attachment paths relative to `case_dir`) or a case.json path."""
+    settings = settings or load_settings()
+    loaded = _load(case, case_dir, settings)
+    if artifacts_dir is None:
+        artifacts_dir = Path(tempfile.mkdtemp(prefix=f"medagent-{loaded.case.id}-"))
+    result, _ = await run_loaded(loaded, settings, artifacts_dir)
+    return result
+
+
+def solve(
+    case: Case | Path | str,
+    case_dir: Path | None = None,
+    settings: Settings | None = None,
+    artifacts_dir: Path | None = None,
+) -> Result:
+    return asyncio.run(asolve(case, case_dir, settings, artifacts_dir))

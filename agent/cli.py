@@ -1,0 +1,204 @@
+"""The `medagent` command line. Heavy imports happen inside commands, after input is validated."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medagent.tools.errors import MedagentError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="medagent — local-first medical AI agent (research use only).")
+eval_app = typer.Typer(no_args_is_help=True, help="Run evaluation suites and score traces.")
+convert_app = typer.Typer(no_args_is_help=True, help="Convert other formats into case.json.")
+app.add_typer(eval_app, name="eval")
+app.add_typer(convert_app, name="convert")
+
+ConfigOpt = typer.Option(None, "--config", help="medagent.toml (default: $MEDAGENT_CONFIG, then ~/.config/medagent/)")
+
+
+def _err(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def prepare_output(out: Path, overwrite: bool) -> Path:
+    """A fresh staging folder beside `out`; `publish_output` moves it into place when all is written."""
+    if out.exists() and not overwrite:
+        raise MedagentError(f"{out}: output folder exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise MedagentError(f"{out}: exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{int(time.time() * 1000)}"
+    staging.mkdir()
+    return staging
+
+
+def publish_output(staging: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+
+
+@app.command()
+def solve(
+    case_file: Path = typer.Argument(..., help="case.json"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="output folder (default: out/<case id>)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output folder"),
+    allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="allow attachments outside the case folder"),
+    as_json: bool = typer.Option(False, "--json", help="print result.json to stdout instead of a summary"),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Solve one case: writes result.json, report.md and trace.jsonl."""
+    from medagent.tools.config import load_settings
+    from medagent.tools.intake import load_case
+
+    settings = load_settings(config)
+    if allow_outside_paths:
+        settings.agent.allow_outside_paths = True
+    loaded = load_case(case_file, settings.agent.allow_outside_paths)
+    out = out or Path("out") / loaded.case.id
+    staging = prepare_output(out, overwrite)
+    try:
+        import asyncio
+
+        from medagent.agent.api import run_loaded
+        from medagent.agent.render import render_markdown
+        from medagent.tools.trace import TraceRecorder
+
+        console = _console()
+        trace = TraceRecorder(loaded.case.id, staging / "trace.jsonl")
+        progress = None if as_json else (lambda message: console.print(f"  {message}", highlight=False))
+        if not as_json:
+            console.print(f"[bold]medagent[/bold] solving case {loaded.case.id} ({len(loaded.case.attachments)} attachments)")
+        try:
+            result, _ = asyncio.run(run_loaded(loaded, settings, staging / "artifacts", trace, on_progress=progress))
+        finally:
+            trace.close()
+        (staging / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
+        (staging / "report.md").write_text(render_markdown(result, loaded.case), encoding="utf-8")
+        if not any((staging / "artifacts").iterdir()):
+            (staging / "artifacts").rmdir()
+        publish_output(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    errors = sum(e.error for e in result.evidence)
+    console.print(
+        f"[green]done[/green] in {result.timings.total_s:.1f}s: {len(result.evidence)} evidence items"
+        f"{f' ({errors} errors)' if errors else ''}, {len(result.differential)} candidate diagnoses"
+    )
+    for candidate in result.differential[:3]:
+        console.print(f"  {candidate.rank}. {candidate.name} [{', '.join(candidate.evidence)}]", highlight=False)
+    if not result.differential:
+        console.print(f"  {result.differential_note}", highlight=False)
+    console.print(f"wrote {out}/result.json, report.md, trace.jsonl")
+    console.print(f"[dim]{result.notice}[/dim]")
+
+
+@app.command()
+def tools(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List tools, whether each is available, and why not."""
+    from medagent.tools.config import load_settings
+    from medagent.tools.registry import Registry
+
+    specs = Registry(load_settings(config)).specs()
+    if as_json:
+        typer.echo(json.dumps([s.model_dump(mode="json") for s in specs], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("tool", "available", "examines", "purpose / why unavailable")
+    for spec in specs:
+        kinds = ", ".join(k.value for k in spec.attachment_kinds) or "text"
+        if spec.modalities:
+            kinds += f" ({', '.join(spec.modalities)})"
+        table.add_row(spec.name, "yes" if spec.available else "[red]no[/red]", kinds, spec.purpose if spec.available else spec.unavailable_reason)
+    Console().print(table)
+
+
+@app.command()
+def doctor(config: Optional[Path] = ConfigOpt) -> None:
+    """Check the environment: packages, config, model files found or missing and where they are looked for."""
+    from medagent.agent.doctor import run_doctor
+
+    ok = run_doctor(config)
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def schema(name: str = typer.Argument(..., help="case | result | trace | evidence | toolspec | config | suite-item")) -> None:
+    """Print a published JSON Schema."""
+    from medagent.agent.schemas import json_schema
+
+    typer.echo(json.dumps(json_schema(name), indent=2))
+
+
+@app.command()
+def train(
+    name: str = typer.Argument(..., help="recipe name: planner, knowledge, speech, segmentation, radfm, pathology"),
+    config: Path = typer.Option(..., "--config", help="recipe YAML (e.g. training/NAME/configs/smoke.yaml)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides of the YAML"),
+) -> None:
+    """Run a training recipe."""
+    from medagent.agent.recipes import run_recipe
+
+    output = run_recipe(name, config, overrides or [])
+    typer.echo(f"wrote {output}")
+
+
+@eval_app.command("run")
+def eval_run(
+    suite: str = typer.Argument(..., help="a built-in suite name or a suite JSONL file"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="run folder (default: runs/<suite>-<time>)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="run at most N items"),
+    workers: int = typer.Option(1, "--workers", min=1, help="items run concurrently"),
+    data: Optional[Path] = typer.Option(None, "--data", help="data folder for built-in suites (default: ../shared/data when present)"),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Run a suite: each item in a fresh state; resumable; writes traces, scores and a report."""
+    from medagent.evals.runner import run_suite
+
+    summary = run_suite(suite, out=out, limit=limit, workers=workers, data_dir=data, config=config)
+    typer.echo(summary)
+
+
+@eval_app.command("score")
+def eval_score(
+    traces: Path = typer.Argument(..., help="a folder of trace .jsonl files (or a run folder)"),
+    suite: Optional[str] = typer.Option(None, "--suite", help="suite whose expectations to score against"),
+    data: Optional[Path] = typer.Option(None, "--data"),
+) -> None:
+    """Score existing traces (from this or any other run)."""
+    from medagent.evals.runner import score_traces
+
+    typer.echo(score_traces(traces, suite, data))
+
+
+def main() -> None:
+    try:
+        app()
+    except MedagentError as exc:
+        _err(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The deterministic template reporter: findings from evidence, no invented diagnoses.
+
+It stays the fallback when no LLM reporter is configured or the LLM fails. A tool that ranks
+diagnoses puts `differential` (a list of {name, codes, score, rationale}) in its evidence
+payload; the template reporter carries those candidates over with their evidence ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from medagent.tools.contracts import (
+    Case,
+    Code,
+    DiagnosisCandidate,
+    Evidence,
+    Finding,
+    GroundingSummary,
+    Report,
+    ReportSentence,
+)
+
+
+class TemplateReporter:
+    name = "template"
+
+    def report(self, case: Case, evidence: Sequence[Evidence], limitations: Sequence[str]) -> tuple[list[DiagnosisCandidate], str, list[Finding], Report, GroundingSummary]:
+        findings = [Finding(statement=e.summary, evidence=[e.id]) for e in evidence if not e.error]
+        differential = differential_from_evidence(evidence)
+        note = "" if differential else (
+            "No diagnosis is proposed: no tool in this run ranked diagnoses, and the template reporter "
+            "does not infer diagnoses on its own."
+        )
+        sentences = [ReportSentence(text=f"{_sentence(e.summary)}", citations=[e.id]) for e in evidence if not e.error]
+        if differential:
+            top = differential[0]
+            sentences.append(
+                ReportSentence(text=f"The highest-ranked candidate diagnosis is {top.name}.", citations=list(top.evidence))
+            )
+        failed = [f"{e.tool} on {e.attachment or 'the case'} failed: {e.summary} [{e.id}]" for e in evidence if e.error]
+        report = Report(sentences=sentences, limitations=[*failed, *limitations])
+        grounding = GroundingSummary(
+            status="not_run",
+            sentences=len(sentences),
+            note="The template reporter restates tool evidence verbatim; the grounding checker was not run.",
+        )
+        return differential, note, findings, report, grounding
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def differential_from_evidence(evidence: Sequence[Evidence]) -> list[DiagnosisCandidate]:
+    """Merge ranked candidates from tool evidence (first tool's order wins; evidence ids kept)."""
+    merged: dict[str, DiagnosisCandidate] = {}
+    for item in evidence:
+        if item.error:
+            continue
+        for candidate in item.payload.get("differential", []) or []:
+            key = candidate["name"].lower()
+            if key in merged:
+                if item.id not in merged[key].evidence:
+                    merged[key].evidence.append(item.id)
+                continue
+            merged[key] = DiagnosisCandidate(
+                rank=len(merged) + 1,
+                name=candidate["name"],
+                codes=[Code.model_validate(c) for c in candidate.get("codes", [])],
+                score=candidate.get("score"),
+                rationale=candidate.get("rationale", ""),
+                evidence=[item.id, *[e for e in candidate.get("evidence", []) if e != item.id]],
+            )
+    return list(merged.values())

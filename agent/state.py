@@ -1,0 +1,45 @@
+"""The graph's state (what flows between nodes and what a checkpointer persists) and run context."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Callable, TypedDict
+
+from medagent.tools.config import Settings
+from medagent.tools.contracts import Case, Evidence, Result, ToolCall
+from medagent.tools.registry import Registry
+from medagent.tools.trace import TraceRecorder
+
+
+class CaseState(TypedDict, total=False):
+    case: Case
+    case_dir: str
+    warnings: Annotated[list[str], operator.add]
+    pending: list[ToolCall]  # calls planned and not yet run (replaced by each plan/reflect)
+    calls: Annotated[list[ToolCall], operator.add]  # every call made or rejected, in order
+    rejected: Annotated[list[dict[str, Any]], operator.add]  # {call_id, reason}
+    evidence: Annotated[list[Evidence], operator.add]
+    step: int
+    node_seconds: Annotated[list[tuple[str, float]], operator.add]
+    tool_seconds: Annotated[list[tuple[str, float]], operator.add]
+    result: Result
+
+
+@dataclass
+class RunContext:
+    """Per-run services the nodes use; passed in the graph config, never persisted."""
+
+    settings: Settings
+    registry: Registry
+    trace: TraceRecorder
+    artifacts_dir: Path
+    planner: Any
+    reporter: Any
+    models: dict[str, str] = field(default_factory=dict)
+    on_progress: Callable[[str], None] | None = None
+
+    def progress(self, message: str) -> None:
+        if self.on_progress is not None:
+            self.on_progress(message)

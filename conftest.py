@@ -1,0 +1,32 @@
+"""Repository-root pytest configuration: report the machine, expose the example folder."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_report_header(config):
+    return f"medagent tests on {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests are skipped with the reason printed when no CUDA device is present."""
+    import pytest
+
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if not has_gpu:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
+        for item in gpu_items:
+            item.add_marker(skip)

@@ -1,0 +1,1 @@
+"""Evaluation: suites, the runner, trace scoring and reports."""

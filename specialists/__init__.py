@@ -1,0 +1,1 @@
+"""Pure model code, one folder per capability; knows nothing of agents or cases."""

@@ -1,0 +1,200 @@
+"""medagent.toml and the cache root.
+
+The config file is found via `--config`, then `$MEDAGENT_CONFIG`, then
+`~/.config/medagent/medagent.toml`; with none, defaults apply (the offline CPU setup).
+All assembled model files, built graphs and indexes live under one cache root,
+`$MEDAGENT_HOME` (default `~/.cache/medagent`), each in a versioned sub-folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medagent.tools.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentSettings(Section):
+    planner: str = Field(default="auto", description="'rule', 'llm', or 'auto' (llm when one is configured)")
+    max_steps: int = Field(default=3, ge=1, le=20, description="plan/act rounds including reflection")
+    tool_timeout_s: float = Field(default=300.0, gt=0)
+    max_concurrency: int = Field(default=4, ge=1)
+    allow_outside_paths: bool = False
+
+
+class LLMSettings(Section):
+    """Planner/reporter LLM (agent/llm/). Filled in by the LLM work."""
+
+    preset: str = Field(default="none", description="'none' keeps the rule planner and template reporter")
+
+
+class KnowledgeSettings(Section):
+    """Knowledge graph and entity linking (specialists/knowledge)."""
+
+    enabled: bool = True
+
+
+MEDICAL_PROMPT = (
+    "Clinical dictation. History of presenting complaint, examination and plan. Terms: dyspnoea, "
+    "tachycardia, myocardial infarction, troponin, haemoglobin, hypertension, diabetes mellitus, "
+    "paracetamol, mg, mmHg, bpm."
+)
+
+
+class SpeechSettings(Section):
+    """Whisper speech recognition (specialists/speech)."""
+
+    enabled: bool = True
+    runtime: Literal["faster-whisper", "openai-whisper"] = Field(
+        default="faster-whisper",
+        description="faster-whisper (CTranslate2, the fast CPU default) or openai-whisper (a .pt checkpoint)",
+    )
+    ct2_dir: Path | None = Field(
+        default=None,
+        description="A CTranslate2 Whisper folder for faster-whisper; unset = the packaged Whisper base",
+    )
+    checkpoint: Path | None = Field(
+        default=None, description="openai-whisper .pt checkpoint ({dims, model_state_dict}); needed for openai-whisper"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = GPU when one is visible")
+    compute_type: str = Field(
+        default="auto", description="faster-whisper precision: auto (int8 on CPU, float16 on GPU), int8, float32..."
+    )
+    cpu_threads: int = Field(default=0, ge=0, description="faster-whisper CPU threads; 0 = its default")
+    language: str | None = Field(default=None, description="e.g. 'en'; unset = detected from the first speech")
+    initial_prompt: str | None = Field(
+        default=MEDICAL_PROMPT, description="Medical vocabulary prompt that biases spelling; empty to disable"
+    )
+    beam_size: int = Field(default=1, ge=1, le=10, description="1 = greedy (fastest); 5 = Whisper's beam search")
+    word_timestamps: bool = Field(default=False, description="Also time each word (slower)")
+    window_s: float = Field(default=30.0, gt=1, le=30, description="Audio decoded per window (Whisper hears 30 s)")
+    silence_dbfs: float = Field(default=-50.0, description="Windows whose loudest 20 ms is quieter are skipped")
+    max_minutes: float = Field(default=240.0, gt=0, description="Longer recordings are refused")
+
+
+class ImagingSettings(Section):
+    """Quantitative CT and MONAI bundles (specialists/imaging).
+
+    Memory of bundle inference: the network works on `sw_batch_size` windows of `roi_size` voxels
+    at a time (that bounds activation memory: roughly linear in both), while the stitched
+    probabilities cover the whole resampled image (channels x voxels x 4 bytes, bounded by
+    `max_output_gb`).
+    """
+
+    enabled: bool = True
+    bundles: list[Path] = Field(
+        default_factory=list,
+        description="MONAI bundle folders (configs/metadata.json, configs/inference.json, models/model.pt); "
+        "imaging.segment's `bundle` argument names one by its folder name",
+    )
+    roi_size: list[int] | None = Field(
+        default=None, description="Sliding-window ROI in voxels, e.g. [96, 96, 96]; None = the bundle's own"
+    )
+    sw_batch_size: int | None = Field(default=None, ge=1, description="Windows per forward pass; None = the bundle's")
+    overlap: float | None = Field(default=None, ge=0, lt=1, description="Window overlap; None = the bundle's")
+    device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
+    max_output_gb: float = Field(
+        default=8.0, gt=0, description="Refuse images whose stitched probability volume would exceed this many GB"
+    )
+
+
+class RadFMSettings(Section):
+    """RadFM radiology VQA (specialists/radfm): needs local weights."""
+
+    path: Path | None = Field(
+        default=None,
+        description="Folder with RadFM's pytorch_model.bin and the LLaMA tokenizer files (see `medagent doctor`)",
+    )
+    dtype: Literal["bf16", "fp16", "fp32"] = Field(default="bf16", description="Weight dtype; bf16 needs ~27 GiB")
+    device: str = Field(
+        default="cuda", description="'cuda', 'cuda:N', 'cpu' (tiny test models only), or 'auto' (split over all GPUs)"
+    )
+    max_new_tokens: int = Field(default=64, ge=1, le=512, description="Longest answer, in tokens")
+
+
+class PathologySettings(Section):
+    """KEP pathology zero-shot classification (specialists/pathology): needs local weights.
+
+    KEP's weights are not on a model hub: download a checkpoint (KEP-32 / KEP-16 / KEP-CTP) from the
+    links in github.com/MAGIC-AI4Med/KEP (BaiduPan; KEP-CTP_OpenPath also on Google Drive), or train one
+    with `medagent train pathology`, and point `path` at the folder holding `pytorch_model.bin` and the
+    PubMedBERT tokenizer files (vocab.txt or tokenizer.json).
+    """
+
+    path: Path | None = Field(default=None, description="KEP checkpoint folder (or its weights file)")
+    variant: Literal["kep32", "kep16", "ctp"] | None = Field(
+        default=None, description="Expected variant; None = read it from the weights' key names"
+    )
+    device: str = Field(default="cpu", description="'cpu', 'cuda', 'cuda:1', ...")
+    tile_size: int = Field(default=512, ge=32, description="Tile side in source pixels (the magnification proxy)")
+    max_tiles: int = Field(default=64, ge=1, description="Most tiles scored per image (those with most tissue)")
+    batch_size: int = Field(default=16, ge=1, description="Tiles encoded at once; bounds memory")
+    top_tiles: int = Field(default=3, ge=0, description="Best-supporting tiles kept as PNG evidence")
+    max_pixels: int = Field(default=150_000_000, ge=1, description="Larger images are refused (export a level)")
+    default_label_set: str = Field(default="general", description="Built-in label set used when no labels are given")
+
+
+class Settings(Section):
+    """The whole config file. Specialist sections are added by the issues that build them."""
+
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
+    speech: SpeechSettings = Field(default_factory=SpeechSettings)
+    imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+    radfm: RadFMSettings = Field(default_factory=RadFMSettings)
+    pathology: PathologySettings = Field(default_factory=PathologySettings)
+    cache_dir: Path | None = Field(default=None, description="Overrides $MEDAGENT_HOME")
+    source: Path | None = Field(default=None, exclude=True, description="The file these settings came from")
+
+    @property
+    def cache_root(self) -> Path:
+        return cache_root(self)
+
+
+def cache_root(settings: Settings | None = None) -> Path:
+    if settings is not None and settings.cache_dir is not None:
+        return settings.cache_dir.expanduser()
+    return Path(os.environ.get("MEDAGENT_HOME", "~/.cache/medagent")).expanduser()
+
+
+def config_path(explicit: Path | None = None) -> Path | None:
+    """Where the config file is, or None when there is none (defaults apply)."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit}: not found")
+        return explicit
+    env = os.environ.get("MEDAGENT_CONFIG")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"$MEDAGENT_CONFIG points to {path}, which does not exist")
+        return path
+    default = Path("~/.config/medagent/medagent.toml").expanduser()
+    return default if default.is_file() else None
+
+
+def load_settings(explicit: Path | None = None) -> Settings:
+    path = config_path(explicit)
+    if path is None:
+        return Settings()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML ({exc})") from exc
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"config file {path}: {where}: {first['msg']}") from exc
+    settings.source = path
+    return settings

@@ -1,0 +1,25 @@
+"""Project exceptions. The CLI turns a MedagentError into one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+
+class MedagentError(Exception):
+    """An error the user can act on; its message names the field or file and what is wrong."""
+
+    exit_code = 2
+
+
+class CaseError(MedagentError):
+    """The case file or one of its attachments is invalid."""
+
+
+class ConfigError(MedagentError):
+    """medagent.toml is invalid or names something that does not exist."""
+
+
+class ToolError(MedagentError):
+    """A tool could not examine its input; becomes error evidence inside a run."""
+
+
+class UnavailableError(MedagentError):
+    """A model or package the tool needs is not installed or configured."""

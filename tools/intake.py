@@ -1,0 +1,137 @@
+"""Intake: read case.json, validate it, resolve and sniff every attachment.
+
+Everything here fails fast with one clear line (CaseError) and imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from medagent.tools.contracts import AttachmentKind, Case
+from medagent.tools.errors import CaseError
+from medagent.tools.medio import FileInfo, sniff, validate_attachment
+
+# Which sniffed formats each declared kind may hold.
+KIND_FORMATS = {
+    AttachmentKind.image: {"dicom", "png", "jpeg", "tiff"},
+    AttachmentKind.volume: {"dicom", "nifti"},
+    AttachmentKind.audio: {"wav", "flac"},
+    AttachmentKind.pathology: {"png", "jpeg", "tiff"},
+    AttachmentKind.document: {"text", "pdf"},
+}
+
+
+@dataclass
+class LoadedCase:
+    case: Case
+    case_dir: Path
+    files: dict[str, FileInfo] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def validation_message(source: str, exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{source}: {where}: {first['msg']}{more}"
+
+
+def parse_case(raw: dict | str, source: str = "case") -> Case:
+    try:
+        if isinstance(raw, str):
+            return Case.model_validate_json(raw)
+        return Case.model_validate(raw)
+    except ValidationError as exc:
+        raise CaseError(validation_message(source, exc)) from exc
+
+
+def read_case_file(path: Path) -> Case:
+    if not path.is_file():
+        raise CaseError(f"{path}: case file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CaseError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    if not isinstance(raw, dict):
+        raise CaseError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    return parse_case(raw, str(path))
+
+
+def resolve_attachments(case: Case, case_dir: Path, allow_outside: bool = False) -> LoadedCase:
+    """Check every attachment exists, stays inside the case folder, and is what it claims."""
+    loaded = LoadedCase(case=case, case_dir=case_dir)
+    root = case_dir.resolve()
+    updated = []
+    for index, attachment in enumerate(case.attachments):
+        where = f"attachments.{index} ({attachment.id})"
+        target = (case_dir / attachment.path).resolve()
+        if not allow_outside and not target.is_relative_to(root):
+            raise CaseError(
+                f"{where}: path '{attachment.path}' leads outside the case folder {root}; "
+                "move the file next to the case or pass --allow-outside-paths"
+            )
+        if not target.exists():
+            raise CaseError(f"{where}: file not found: {target}")
+        if target.is_dir() and attachment.series_uid:
+            info = _sniff_series(target, attachment.series_uid, where)
+        else:
+            try:
+                info = sniff(target)
+            except CaseError as exc:
+                raise CaseError(f"{where}: {exc}") from exc
+        allowed = KIND_FORMATS[attachment.kind]
+        if info.format not in allowed:
+            raise CaseError(
+                f"{where}: declared kind '{attachment.kind.value}' but the file is {info.format} "
+                f"(a {attachment.kind.value} must be one of: {', '.join(sorted(allowed))})"
+            )
+        if attachment.format and attachment.format != info.format:
+            raise CaseError(f"{where}: declared format '{attachment.format}' but the file is {info.format}")
+        try:
+            validate_attachment(info, attachment.series_uid)
+        except CaseError as exc:
+            raise CaseError(f"{where}: {exc}") from exc
+        modality = attachment.modality
+        if info.modality:
+            if modality and modality.upper() != info.modality:
+                loaded.warnings.append(
+                    f"{attachment.id}: case says modality {modality} but the DICOM header says {info.modality}; using {info.modality}"
+                )
+            modality = info.modality
+        elif attachment.kind is AttachmentKind.audio:
+            modality = modality or "audio"
+        loaded.files[attachment.id] = info
+        updated.append(
+            attachment.model_copy(
+                update={"format": info.format, "modality": modality, "series_uid": attachment.series_uid or info.series_uid}
+            )
+        )
+    loaded.case = case.model_copy(update={"attachments": updated})
+    return loaded
+
+
+def _sniff_series(folder: Path, series_uid: str, where: str) -> FileInfo:
+    from medagent.tools.medio import dicom_series_uids
+
+    try:
+        counts = dicom_series_uids(folder)
+    except CaseError as exc:
+        raise CaseError(f"{where}: {exc}") from exc
+    if series_uid not in counts:
+        found = ", ".join(sorted(counts)) or "none"
+        raise CaseError(f"{where}: no DICOM series {series_uid} in {folder} (found: {found})")
+    from medagent.tools.medio import _dcmread
+
+    first = next(p for p in sorted(folder.iterdir()) if p.is_file() and str(_dcmread(p, True).get("SeriesInstanceUID")) == series_uid)
+    modality = _dcmread(first, True).get("Modality")
+    return FileInfo(folder, "dicom", "volume", modality=str(modality).upper() if modality else None, series_uid=series_uid, files=counts[series_uid])
+
+
+def load_case(path: Path, allow_outside: bool = False) -> LoadedCase:
+    case = read_case_file(path)
+    return resolve_attachments(case, path.parent, allow_outside)

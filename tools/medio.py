@@ -1,0 +1,364 @@
+"""Medical file I/O: what a file is, and reading DICOM series, NIfTI, 2D images and audio.
+
+Only pydicom, nibabel, Pillow, soundfile and numpy are used here, so intake can validate input
+before anything heavy (torch) is imported. Volumes come back as `Volume`: a numpy array indexed
+(i, j, k) with a RAS+ affine in millimetres, Hounsfield units for CT.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medagent.tools.errors import CaseError
+
+# DICOM header fields that describe the acquisition and are safe to report. Anything else
+# (names, ids, dates, institutions, free-text descriptions) never leaves this module.
+SAFE_DICOM_TAGS = (
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "BodyPartExamined",
+    "KVP",
+    "XRayTubeCurrent",
+    "ConvolutionKernel",
+    "SliceThickness",
+    "MagneticFieldStrength",
+    "RepetitionTime",
+    "EchoTime",
+    "ScanningSequence",
+    "PhotometricInterpretation",
+    "BitsStored",
+)
+
+IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"II*\x00": "tiff", b"MM\x00*": "tiff"}
+
+
+@dataclass
+class FileInfo:
+    """The answer to 'what is this file' at intake."""
+
+    path: Path
+    format: str  # dicom | nifti | png | jpeg | tiff | wav | flac | text | pdf
+    kind_hint: str  # image | volume | audio | document
+    modality: str | None = None
+    series_uid: str | None = None
+    files: int = 1
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Volume:
+    """A 3D scan: voxel array (i, j, k), RAS+ affine (mm), and safe acquisition metadata."""
+
+    voxels: np.ndarray
+    affine: np.ndarray
+    modality: str | None
+    source_format: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    units: str = "intensity"  # "HU" for CT with a rescale applied
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
+
+    @property
+    def orientation(self) -> str:
+        import nibabel as nib
+
+        return "".join(nib.aff2axcodes(self.affine))
+
+
+def _read_head(path: Path, size: int = 512) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(size)
+
+
+def _is_dicom(head: bytes) -> bool:
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def sniff(path: Path) -> FileInfo:
+    """Identify a file or folder by content (not just its name). Raises CaseError when unreadable."""
+    if not path.exists():
+        raise CaseError(f"{path}: file not found")
+    if path.is_dir():
+        return _sniff_dicom_folder(path)
+    head = _read_head(path)
+    if not head:
+        raise CaseError(f"{path}: file is empty")
+    if _is_dicom(head):
+        ds = _dcmread(path, stop_before_pixels=True)
+        return FileInfo(path, "dicom", "image", modality=_modality(ds), series_uid=str(ds.get("SeriesInstanceUID", "")) or None)
+    name = path.name.lower()
+    if head[:2] == b"\x1f\x8b" and name.endswith((".nii.gz", ".nii")) or name.endswith(".nii") and _nifti_magic(head):
+        return FileInfo(path, "nifti", "volume")
+    if head[:2] == b"\x1f\x8b" and name.endswith(".gz"):
+        raise CaseError(f"{path}: a gzip file that is not named .nii.gz; only NIfTI volumes are read compressed")
+    for magic, fmt in IMAGE_MAGIC.items():
+        if head.startswith(magic):
+            return FileInfo(path, fmt, "image")
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return FileInfo(path, "wav", "audio")
+    if head[:4] == b"fLaC":
+        return FileInfo(path, "flac", "audio")
+    if head[:4] == b"%PDF":
+        return FileInfo(path, "pdf", "document")
+    if name.endswith((".txt", ".md")):
+        return FileInfo(path, "text", "document")
+    if name.endswith((".mp3", ".m4a", ".ogg", ".aac", ".wma", ".webm")):
+        raise CaseError(f"{path}: {path.suffix} audio needs ffmpeg to decode; convert it to WAV or FLAC first")
+    raise CaseError(f"{path}: unrecognised file format (expected DICOM, NIfTI, PNG/JPEG/TIFF, WAV/FLAC, text or PDF)")
+
+
+def _nifti_magic(head: bytes) -> bool:
+    return len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00", b"n+2\x00")
+
+
+def _dcmread(path: Path, stop_before_pixels: bool = False) -> Any:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, AttributeError, TypeError) as exc:
+        raise CaseError(f"{path}: unreadable DICOM ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _modality(ds: Any) -> str | None:
+    value = ds.get("Modality")
+    return str(value).upper() if value else None
+
+
+def _dicom_series(folder: Path) -> dict[str, list[tuple[Path, Any]]]:
+    series: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
+    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        head = _read_head(file, 132)
+        if not _is_dicom(head):
+            continue
+        ds = _dcmread(file, stop_before_pixels=True)
+        series[str(ds.get("SeriesInstanceUID", "unknown"))].append((file, ds))
+    return series
+
+
+def _sniff_dicom_folder(folder: Path) -> FileInfo:
+    series = _dicom_series(folder)
+    if not series:
+        raise CaseError(f"{folder}: folder holds no DICOM files")
+    if len(series) > 1:
+        listing = "; ".join(
+            f"{uid} ({len(files)} files, {_modality(files[0][1]) or '?'})" for uid, files in sorted(series.items())
+        )
+        raise CaseError(f"{folder}: folder holds {len(series)} DICOM series: {listing}; set the attachment's series_uid to pick one")
+    uid, files = next(iter(series.items()))
+    return FileInfo(folder, "dicom", "volume", modality=_modality(files[0][1]), series_uid=uid, files=len(files))
+
+
+def dicom_series_uids(folder: Path) -> dict[str, int]:
+    return {uid: len(files) for uid, files in _dicom_series(folder).items()}
+
+
+def safe_metadata(ds: Any) -> dict[str, Any]:
+    """Acquisition facts from a DICOM header; never identifiers."""
+    metadata: dict[str, Any] = {}
+    for tag in SAFE_DICOM_TAGS:
+        value = ds.get(tag)
+        if value is None or value == "":
+            continue
+        if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
+            value = [float(v) if _numeric(v) else str(v) for v in value]
+        elif _numeric(value):
+            value = float(value)
+        else:
+            value = str(value)
+        metadata[tag] = value
+    return metadata
+
+
+def _numeric(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, str) or value.replace(".", "", 1).lstrip("-").isdigit()
+
+
+def read_dicom_series(path: Path, series_uid: str | None = None) -> Volume:
+    """A DICOM folder (one series, or the one named) or a single DICOM file, as a Volume."""
+    if path.is_dir():
+        series = _dicom_series(path)
+        if not series:
+            raise CaseError(f"{path}: folder holds no DICOM files")
+        if series_uid is not None:
+            if series_uid not in series:
+                raise CaseError(f"{path}: no series with UID {series_uid}; found {', '.join(sorted(series))}")
+            files = series[series_uid]
+        elif len(series) == 1:
+            files = next(iter(series.values()))
+        else:
+            _sniff_dicom_folder(path)  # raises with the listing
+            raise AssertionError
+    else:
+        files = [(path, _dcmread(path, stop_before_pixels=True))]
+
+    first = files[0][1]
+    row_cos, col_cos = _direction_cosines(first)
+    normal = np.cross(row_cos, col_cos)
+
+    def position(item: tuple[Path, Any]) -> float:
+        ipp = item[1].get("ImagePositionPatient")
+        return float(np.dot(normal, [float(v) for v in ipp])) if ipp is not None else float(item[1].get("InstanceNumber", 0))
+
+    files = sorted(files, key=position)
+    first = files[0][1]
+    slices = []
+    for file, _ in files:
+        ds = _dcmread(file)
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:  # pydicom raises many types for undecodable pixel data
+            raise CaseError(f"{file}: DICOM pixel data cannot be decoded ({exc.__class__.__name__}: {exc})") from exc
+        if pixels.ndim != 2:
+            raise CaseError(f"{file}: expected one 2D frame per file, found pixel array of shape {pixels.shape}")
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        slices.append(pixels.astype(np.float32) * slope + intercept)
+    shapes = {s.shape for s in slices}
+    if len(shapes) > 1:
+        raise CaseError(f"{path}: slices of different sizes in one series: {sorted(shapes)}")
+    # (rows, cols, k) -> (i=col index, j=row index, k)
+    voxels = np.stack(slices, axis=-1).transpose(1, 0, 2)
+
+    spacing_rc = first.get("PixelSpacing")
+    if spacing_rc is None:
+        raise CaseError(f"{files[0][0]}: DICOM has no PixelSpacing; cannot measure anything in millimetres")
+    row_spacing, col_spacing = float(spacing_rc[0]), float(spacing_rc[1])
+    origin = np.array([float(v) for v in first.get("ImagePositionPatient", [0, 0, 0])])
+    if len(files) > 1:
+        positions = [np.array([float(v) for v in ds.get("ImagePositionPatient", [0, 0, 0])]) for _, ds in files]
+        slice_vec = (positions[-1] - positions[0]) / (len(files) - 1)
+        if not np.any(slice_vec):
+            slice_vec = normal * float(first.get("SliceThickness", 1) or 1)
+    else:
+        slice_vec = normal * float(first.get("SliceThickness", 1) or 1)
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * col_spacing
+    lps[:3, 1] = col_cos * row_spacing
+    lps[:3, 2] = slice_vec
+    lps[:3, 3] = origin
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    modality = _modality(first)
+    rescaled = "RescaleIntercept" in first or "RescaleSlope" in first
+    metadata = safe_metadata(first)
+    metadata["slices"] = len(files)
+    return Volume(
+        voxels=voxels,
+        affine=ras,
+        modality=modality,
+        source_format="dicom",
+        metadata=metadata,
+        units="HU" if modality == "CT" and rescaled else "intensity",
+    )
+
+
+def _direction_cosines(ds: Any) -> tuple[np.ndarray, np.ndarray]:
+    iop = ds.get("ImageOrientationPatient")
+    if iop is None:
+        return np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    values = np.array([float(v) for v in iop])
+    return values[:3], values[3:]
+
+
+def read_nifti(path: Path, modality: str | None = None) -> Volume:
+    """A NIfTI volume. NIfTI carries no modality: the case's word is used."""
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+        voxels = np.asanyarray(image.dataobj)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, gzip.BadGzipFile) as exc:
+        raise CaseError(f"{path}: unreadable NIfTI ({exc.__class__.__name__}: {exc})") from exc
+    if voxels.ndim == 4 and voxels.shape[3] == 1:
+        voxels = voxels[..., 0]
+    if voxels.ndim != 3:
+        raise CaseError(f"{path}: expected a 3D volume, found shape {voxels.shape}")
+    affine = image.affine
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+        raise CaseError(f"{path}: NIfTI affine has no valid voxel spacing ({zooms.tolist()})")
+    upper = modality.upper() if modality else None
+    return Volume(
+        voxels=voxels,
+        affine=np.asarray(affine, dtype=float),
+        modality=upper,
+        source_format="nifti",
+        metadata={"slices": int(voxels.shape[2]), "datatype": str(image.get_data_dtype())},
+        units="HU" if upper == "CT" else "intensity",
+    )
+
+
+def read_volume(path: Path, fmt: str, modality: str | None = None, series_uid: str | None = None) -> Volume:
+    if fmt == "dicom":
+        return read_dicom_series(path, series_uid)
+    if fmt == "nifti":
+        return read_nifti(path, modality)
+    raise CaseError(f"{path}: {fmt} is not a volume format")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A 2D picture as an array (H, W) or (H, W, C)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise CaseError(f"{path}: unreadable image ({exc})") from exc
+
+
+@dataclass
+class AudioInfo:
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def audio_info(path: Path) -> AudioInfo:
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, soundfile.LibsndfileError) as exc:
+        raise CaseError(f"{path}: unreadable audio ({exc})") from exc
+    if info.frames == 0:
+        raise CaseError(f"{path}: audio file holds no samples")
+    return AudioInfo(sample_rate=int(info.samplerate), channels=int(info.channels), frames=int(info.frames))
+
+
+def validate_attachment(info: FileInfo, series_uid: str | None = None) -> None:
+    """Read enough of the file to be sure a tool can use it; raise CaseError otherwise."""
+    if info.format == "dicom" and info.path.is_dir():
+        if series_uid is None and info.series_uid is None:
+            _sniff_dicom_folder(info.path)
+        first = next(p for p in sorted(info.path.iterdir()) if p.is_file() and _is_dicom(_read_head(p, 132)))
+        _dcmread(first)
+    elif info.format == "dicom":
+        ds = _dcmread(info.path)
+        if "PixelData" not in ds:
+            raise CaseError(f"{info.path}: DICOM file holds no pixel data")
+    elif info.format == "nifti":
+        read_nifti(info.path)
+    elif info.format in ("png", "jpeg", "tiff"):
+        read_image(info.path)
+    elif info.format in ("wav", "flac"):
+        audio_info(info.path)

@@ -1,0 +1,128 @@
+"""Tools: a spec the planner sees, a typed argument model, and a run function.
+
+Adapters live in tools/ (one module per area) and each exports `TOOLS`. Importing an adapter
+must stay cheap: heavy libraries (torch, models) are imported inside `run` or `check`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medagent.tools.config import Settings
+from medagent.tools.contracts import Attachment, AttachmentKind, Case, EvidenceDraft, ToolCall, ToolSpec
+from medagent.tools.errors import ToolError
+
+# Every adapter module; a new tool area adds its module here.
+ADAPTER_MODULES = ("medagent.tools.describe", "medagent.tools.imaging", "medagent.tools.speech", "medagent.tools.pathology", "medagent.tools.radfm")
+
+
+class AttachmentArgs(BaseModel):
+    """Arguments of a tool that examines one attachment."""
+
+    model_config = ConfigDict(extra="forbid")
+    attachment: str = Field(description="id of the case attachment to examine")
+
+
+@dataclass
+class ToolContext:
+    """What a running tool may see: the case, where its files are, where to write artifacts."""
+
+    case: Case
+    case_dir: Path
+    artifacts_dir: Path
+    settings: Settings
+    evidence_so_far: list = field(default_factory=list)
+
+    def attachment(self, attachment_id: str) -> tuple[Attachment, Path]:
+        attachment = self.case.attachment(attachment_id)
+        if attachment is None:
+            raise ToolError(f"no attachment '{attachment_id}' in case {self.case.id}")
+        return attachment, (self.case_dir / attachment.path)
+
+
+@dataclass
+class Tool:
+    name: str
+    purpose: str
+    args: type[BaseModel]
+    run: Callable[[BaseModel, ToolContext], list[EvidenceDraft]]
+    attachment_kinds: tuple[AttachmentKind, ...] = ()
+    modalities: tuple[str, ...] | None = None
+    check: Callable[[Settings], str | None] = lambda settings: None  # reason unavailable, or None
+    version: Callable[[Settings], str] = lambda settings: "builtin"
+    # Lines for `medagent doctor`: which model files are used or looked for, and where.
+    doctor: Callable[[Settings], list[str]] = lambda settings: []
+
+    def spec(self, settings: Settings) -> ToolSpec:
+        reason = self.check(settings)
+        return ToolSpec(
+            name=self.name,
+            purpose=self.purpose,
+            arguments=self.args.model_json_schema(),
+            attachment_kinds=list(self.attachment_kinds),
+            modalities=list(self.modalities) if self.modalities is not None else None,
+            available=reason is None,
+            unavailable_reason=reason,
+        )
+
+    def fits(self, attachment: Attachment) -> bool:
+        if attachment.kind not in self.attachment_kinds:
+            return False
+        return self.modalities is None or (attachment.modality or "").upper() in self.modalities
+
+
+def all_tools(extra_modules: tuple[str, ...] = ()) -> list[Tool]:
+    tools: list[Tool] = []
+    for module_name in ADAPTER_MODULES + extra_modules:
+        tools.extend(importlib.import_module(module_name).TOOLS)
+    return tools
+
+
+class Registry:
+    """The tools of one run, with their availability under the given settings."""
+
+    def __init__(self, settings: Settings, tools: list[Tool] | None = None) -> None:
+        self.settings = settings
+        self.tools = {tool.name: tool for tool in (tools if tools is not None else all_tools())}
+        self._reasons = {name: tool.check(settings) for name, tool in self.tools.items()}
+
+    def available(self) -> list[Tool]:
+        return [t for name, t in self.tools.items() if self._reasons[name] is None]
+
+    def unavailable_reason(self, name: str) -> str | None:
+        if name not in self.tools:
+            return f"unknown tool '{name}'"
+        return self._reasons[name]
+
+    def specs(self) -> list[ToolSpec]:
+        return [tool.spec(self.settings) for tool in self.tools.values()]
+
+    def validate(self, call: ToolCall, case: Case) -> tuple[BaseModel | None, str | None]:
+        """Parse a call's arguments; return (args, None) or (None, reason it is rejected)."""
+        reason = self.unavailable_reason(call.tool)
+        if reason is not None:
+            return None, reason
+        tool = self.tools[call.tool]
+        try:
+            args = tool.args.model_validate(call.arguments)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "arguments"
+            return None, f"{call.tool}: {where}: {first['msg']}"
+        attachment_id = getattr(args, "attachment", None)
+        if attachment_id is not None:
+            attachment = case.attachment(attachment_id)
+            if attachment is None:
+                known = ", ".join(a.id for a in case.attachments) or "none"
+                return None, f"{call.tool}: no attachment '{attachment_id}' (attachments: {known})"
+            if not tool.fits(attachment):
+                return None, (
+                    f"{call.tool} does not examine {attachment.kind.value}"
+                    f"{' ' + attachment.modality if attachment.modality else ''} attachments"
+                )
+        return args, None

@@ -1,0 +1,1 @@
+"""Training recipes, one folder per trainable model (`medagent train NAME`)."""
