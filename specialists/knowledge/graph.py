@@ -360,14 +360,14 @@ def build_graph(obo_path: Path) -> KnowledgeGraph:
 
 def release_key(obo_path: Path) -> str:
     """Names the cache folder after the source releases, so a new release builds a new graph."""
-    Ontology = hpo_ontology()
+    # hpo3's version pins its compiled-in HPO release, so loading the ontology is not needed here.
     obo_version = "unknown"
     with open(obo_path, encoding="utf-8") as handle:
         for _, line in zip(range(5), handle):
             if line.startswith("data-version:"):
                 obo_version = line.split("/")[-1].strip()
     return (
-        f"v{GRAPH_FORMAT}_hpo3-{metadata.version('hpo3')}-{Ontology.version()}"
+        f"v{GRAPH_FORMAT}_hpo3-{metadata.version('hpo3')}"
         f"_obo-{obo_version}_icd-{metadata.version('simple-icd-10-cm')}"
     )
 

@@ -19,11 +19,12 @@ from medagent.specialists.knowledge.graph import KnowledgeError, KnowledgeGraph
 
 @dataclass(frozen=True)
 class RankParams:
-    alpha: float = 1.0  # weight of log(frequency) beside the information content
-    gamma: float = 1.0  # penalty per excluded term: -gamma * ln(1 - frequency of x in the disease)
-    beta: float = 1.0  # discount of a match through a shared ancestor rather than the term itself
-    delta: float = 0.5  # size penalty: delta * log(number of the disease's annotations)
+    alpha: float = 0.3  # weight of log(frequency) beside the information content
+    gamma: float = 0.15  # penalty per excluded term: -gamma * ln(1 - frequency of x in the disease)
+    beta: float = 0.5  # discount of a match through a shared ancestor rather than the term itself
+    delta: float = 0.0  # size penalty: delta * log(number of the disease's annotations)
     min_frequency: float = 0.02  # floor so a rare feature still counts as a match
+    excluded_from: float = 0.95  # an excluded feature costs only diseases that show it at least this often
 
 
 @dataclass
@@ -77,7 +78,10 @@ def _term_scores(graph: KnowledgeGraph, q: int, params: RankParams, rows: np.nda
 def _excluded_penalty(frequency: np.ndarray, params: RankParams) -> np.ndarray:
     # LIRICAL's excluded-feature ratio (1 - f) / (1 - background), background ~ 0: only features a
     # disease (nearly) always shows cost much; a cohort's occasional feature barely counts.
-    return -params.gamma * np.log(1.0 - np.minimum(frequency, 0.95))
+    # Measured on the tune split: penalising occasional features hurts, because case reports list as
+    # "excluded" exactly the features a disease is known for in other patients.
+    penalty = -params.gamma * np.log(1.0 - np.minimum(frequency, 0.95))
+    return np.where(frequency >= params.excluded_from, penalty, 0.0)
 
 
 def rank(

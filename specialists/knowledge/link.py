@@ -1,0 +1,225 @@
+"""Free text -> HPO terms with the span each came from, present or excluded.
+
+Three steps: exact and synonym matching of token sequences (longest match wins), negation scoped
+to its clause ("no fever", "denies chest pain", "X was absent"), and dense retrieval with the
+MiniLM embedder over labels and synonyms for the phrases the dictionary left unexplained.
+
+A fixed, deterministic share of each term's synonyms can be held out of the dictionary and the
+dense index (`holdout_share`): the phenopacket evaluation paraphrases with exactly those forms,
+so it measures linking rather than string lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medagent.specialists.knowledge.graph import PHENOTYPIC_ABNORMALITY, KnowledgeError, KnowledgeGraph
+
+_TOKEN = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)?")
+# Clause ends: negation never crosses them.
+_CLAUSE = re.compile(r"[.;:!?\n]|\b(?:but|however|although|though|except|whereas)\b", re.IGNORECASE)
+_NEG_BEFORE = [
+    "no", "not", "without", "denies", "denied", "deny", "denying", "negative for", "absence of", "free of",
+    "ruled out", "rules out", "no evidence of", "no signs of", "no sign of", "never", "nor", "non",
+]  # fmt: skip
+_NEG_AFTER = ["was absent", "were absent", "is absent", "are absent", "was not observed", "were not observed",
+              "not present", "was excluded", "were excluded", "was ruled out", "were ruled out", "absent"]  # fmt: skip
+_SEGMENT = re.compile(r",|\band\b|\bor\b|\bwith\b|\bpresents?\b|\bpresenting\b|\bhas\b|\bhad\b", re.IGNORECASE)
+_STOP = {
+    "a", "an", "the", "of", "in", "on", "at", "to", "is", "was", "were", "are", "be", "and", "or", "with", "his",
+    "her", "their", "he", "she", "they", "patient", "year", "old", "man", "woman", "boy", "girl", "child", "male",
+    "female", "infant", "presents", "present", "also", "some", "mild", "severe", "history", "no", "not",
+}  # fmt: skip
+_ENGLISH_HINTS = {"the", "with", "and", "of", "no", "a", "in", "has", "was", "is", "presents", "patient", "pain"}
+
+
+def stem(token: str) -> str:
+    """Lower case and a light plural fold, applied to dictionary and text alike."""
+    token = token.lower()
+    if len(token) > 4 and token.endswith("ies"):
+        return token[:-3] + "y"
+    if len(token) > 3 and token.endswith("s") and not token.endswith(("ss", "us", "is")):
+        return token[:-1]
+    return token
+
+
+def tokens(text: str) -> list[tuple[str, int, int]]:
+    return [(stem(m.group()), m.start(), m.end()) for m in _TOKEN.finditer(text)]
+
+
+def form_key(text: str) -> tuple[str, ...]:
+    return tuple(t for t, _, _ in tokens(text))
+
+
+def held_out(term_id: str, synonym: str, share: float) -> bool:
+    """Whether a synonym is reserved for evaluation: a stable hash, the same on every machine."""
+    if share <= 0:
+        return False
+    digest = hashlib.sha1(f"{term_id}|{' '.join(form_key(synonym))}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < share
+
+
+@dataclass
+class Mention:
+    id: str
+    label: str
+    span: tuple[int, int]
+    text: str
+    method: str  # "exact", "synonym", "dense"
+    score: float
+    negated: bool
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "label": self.label,
+            "span": [self.span[0], self.span[1]],
+            "text": self.text,
+            "method": self.method,
+            "score": round(self.score, 3),
+        }
+
+
+def phenotype_terms(graph: KnowledgeGraph) -> list[int]:
+    root = graph.index[PHENOTYPIC_ABNORMALITY]
+    return [i for i in range(len(graph.term_ids)) if i != root and graph.is_ancestor(root, i)]
+
+
+def surface_forms(graph: KnowledgeGraph, terms: list[int], holdout_share: float) -> list[tuple[str, int, str]]:
+    """(form, term, kind) for labels and the synonyms not held out; obsolete synonyms left out."""
+    forms = []
+    for i in terms:
+        forms.append((graph.labels[i], i, "exact"))
+        for text, _scope, kind in graph.synonyms[i]:
+            if kind == "obsolete_synonym" or held_out(graph.term_ids[i], text, holdout_share):
+                continue
+            forms.append((text, i, "synonym"))
+    return forms
+
+
+class Linker:
+    """Dictionary + negation + dense retrieval over one graph (and optionally one embedder)."""
+
+    def __init__(
+        self,
+        graph: KnowledgeGraph,
+        holdout_share: float = 0.0,
+        terms: list[int] | None = None,
+        dense=None,  # noqa: ANN001 - DenseIndex or None
+        embedder=None,  # noqa: ANN001 - SentenceTransformer or None
+        dense_threshold: float = 0.72,
+    ) -> None:
+        self.graph = graph
+        self.holdout_share = holdout_share
+        self.terms = terms if terms is not None else phenotype_terms(graph)
+        self.dictionary: dict[tuple[str, ...], tuple[int, str]] = {}
+        for text, i, kind in surface_forms(graph, self.terms, holdout_share):
+            key = form_key(text)
+            if not key or (len(key) == 1 and (len(key[0]) < 3 or key[0] in _STOP)):
+                continue
+            # A label beats a synonym that another term shares; first come otherwise.
+            if key not in self.dictionary or (kind == "exact" and self.dictionary[key][1] != "exact"):
+                self.dictionary[key] = (i, kind)
+        self.max_len = max(len(k) for k in self.dictionary)
+        self.dense = dense
+        self.embedder = embedder
+        self.dense_threshold = dense_threshold
+
+    def dense_forms(self) -> tuple[list[str], list[int]]:
+        forms = surface_forms(self.graph, self.terms, self.holdout_share)
+        return [f for f, _, _ in forms], [i for _, i, _ in forms]
+
+    # ---------------------------------------------------------------- linking
+    def link(self, text: str) -> list[Mention]:
+        if not text or not text.strip():
+            raise KnowledgeError("no text to link (the history is empty)")
+        words = tokens(text)
+        if len(words) >= 6 and not any(w in _ENGLISH_HINTS for w, _, _ in words):
+            raise KnowledgeError("the text does not look like English; the HPO linker only reads English")
+        clause_ends = [m.start() for m in _CLAUSE.finditer(text)] + [len(text)]
+        mentions: list[Mention] = []
+        covered = np.zeros(len(text), dtype=bool)
+        k = 0
+        while k < len(words):
+            hit = None
+            for n in range(min(self.max_len, len(words) - k), 0, -1):
+                key = tuple(w for w, _, _ in words[k : k + n])
+                if key in self.dictionary:
+                    hit = (n, *self.dictionary[key])
+                    break
+            if hit is None:
+                k += 1
+                continue
+            n, term, kind = hit
+            start, end = words[k][1], words[k + n - 1][2]
+            mentions.append(self._mention(term, start, end, text, kind, 1.0))
+            covered[start:end] = True
+            k += n
+        if self.dense is not None and self.embedder is not None:
+            mentions += self._dense(text, covered)
+        for mention in mentions:
+            mention.negated = _negated(text, mention.span, clause_ends)
+        mentions.sort(key=lambda m: m.span)
+        return mentions
+
+    def _mention(self, term: int, start: int, end: int, text: str, method: str, score: float) -> Mention:
+        return Mention(self.graph.term_ids[term], self.graph.labels[term], (start, end), text[start:end], method,
+                       score, False)  # fmt: skip
+
+    def _dense(self, text: str, covered: np.ndarray) -> list[Mention]:
+        """Embed the phrases no dictionary form explained, and keep confident nearest terms."""
+        from medagent.specialists.knowledge.embed import encode
+
+        phrases = []
+        bounds = [0] + [m.end() for m in _CLAUSE.finditer(text)] + [len(text)]
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            cuts = [lo] + [x for m in _SEGMENT.finditer(text, lo, hi) for x in (m.start(), m.end())] + [hi]
+            for a, b in zip(cuts[::2], cuts[1::2]):
+                piece = text[a:b]
+                words = [(w, s, e) for w, s, e in tokens(piece) if not covered[a + s : a + e].any()]
+                content = [w for w in words if w[0] not in _STOP and w[0] not in _NEG_WORDS and not w[0].isdigit()]
+                if not content:
+                    continue
+                start, end = a + content[0][1], a + content[-1][2]
+                phrases.append((start, end))
+        if not phrases:
+            return []
+        vectors = encode(self.embedder, [text[s:e] for s, e in phrases])
+        scores, rows = self.dense.search(vectors, 1)
+        found = []
+        for (start, end), score, row in zip(phrases, scores[:, 0], rows[:, 0]):
+            if row >= 0 and score >= self.dense_threshold:
+                found.append(self._mention(self.dense.terms[row], start, end, text, "dense", float(score)))
+        return found
+
+
+_NEG_WORDS = {w for phrase in _NEG_BEFORE + _NEG_AFTER for w in phrase.split()}
+
+
+def _negated(text: str, span: tuple[int, int], clause_ends: list[int]) -> bool:
+    start, end = span
+    clause_start = max([0] + [c + 1 for c in clause_ends if c < start])
+    clause_end = min(c for c in clause_ends if c >= end)
+    before = " ".join(w for w, _, _ in tokens(text[clause_start:start]))
+    after = " ".join(w for w, _, _ in tokens(text[end:clause_end]))
+    before_pad, after_pad = f" {before} ", f" {after} "
+    if any(f" {' '.join(form_key(t))} " in before_pad for t in _NEG_BEFORE):
+        return True
+    return any(after_pad.startswith(f" {' '.join(form_key(t))} ") for t in _NEG_AFTER)
+
+
+def dense_cache_folder(graph_folder: Path, embedder_key: str, holdout_share: float, n_terms: int) -> Path:
+    return graph_folder / f"dense_{embedder_key}_holdout{holdout_share:.2f}_{n_terms}terms"
+
+
+def split_mentions(mentions: list[Mention]) -> tuple[list[Mention], list[Mention]]:
+    """Present and excluded mentions; a term both affirmed and negated counts as present."""
+    present = [m for m in mentions if not m.negated]
+    ids = {m.id for m in present}
+    excluded = [m for m in mentions if m.negated and m.id not in ids]
+    return present, excluded

