@@ -92,7 +92,9 @@ def ct_quant(args: AttachmentArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     stem = f"ct_quant_{_safe_name(attachment.id)}"
     mask_path = ctx.artifacts_dir / f"{stem}_labels.nii.gz"
     labels_image = nib.Nifti1Image(result.label_map(), affine)
-    labels_image.header["descrip"] = b"medagent ct_quant: " + ", ".join(f"{k}={v}" for k, v in LABELS.items()).encode()[:60]
+    labels_image.header["descrip"] = (
+        b"medagent ct_quant: " + ", ".join(f"{k}={v}" for k, v in LABELS.items()).encode()[:60]
+    )
     nib.save(labels_image, str(mask_path))
     png_path = ctx.artifacts_dir / f"{stem}.png"
     has_lungs = bool(result.masks["lungs"].any())
@@ -308,7 +310,7 @@ def _segment_check(settings: Settings) -> str | None:
     if not settings.imaging.enabled:
         return "imaging is disabled in medagent.toml ([imaging] enabled = false)"
     if not settings.imaging.bundles:
-        return "no MONAI bundle configured ([imaging] bundles = [\"/path/to/bundle\"] in medagent.toml)"
+        return 'no MONAI bundle configured ([imaging] bundles = ["/path/to/bundle"] in medagent.toml)'
     for folder in settings.imaging.bundles:
         folder = Path(folder).expanduser()
         for part in ("configs/metadata.json", "configs/inference.json", "models/model.pt"):
@@ -336,7 +338,9 @@ def _doctor(settings: Settings) -> list[str]:
         reason = _segment_check(Settings(imaging=settings.imaging.model_copy(update={"bundles": [folder]})))
         lines.append(f"imaging.segment: bundle {folder}: {'ready' if reason is None else reason}")
     if not settings.imaging.bundles:
-        lines.append("imaging.segment: no MONAI bundle configured ([imaging] bundles); no segmentation model runs offline")
+        lines.append(
+            "imaging.segment: no MONAI bundle configured ([imaging] bundles); no segmentation model runs offline"
+        )
     lines.append(
         "chest radiographs (CR/DX), ultrasound and other 2D images: no model weights ship offline, so they get "
         "imaging.describe only (no findings are read from them)"

@@ -131,7 +131,7 @@ def read_state_dict(path: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: expected a state_dict or {{'model': state_dict}}, found {type(saved).__name__}")
     # Weights saved from a DistributedDataParallel wrapper carry a 'module.' prefix.
     if saved and all(k.startswith("module.") for k in saved):
-        saved = {k[len("module."):]: v for k, v in saved.items()}
+        saved = {k[len("module.") :]: v for k, v in saved.items()}
     return saved
 
 
@@ -139,7 +139,11 @@ def check_state_dict(expected: dict[str, tuple[int, ...]], found: dict[str, tupl
     """Raise BundleError naming missing, unexpected and mis-shaped keys (a few of each)."""
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    shapes = [f"{k} {list(found[k])} != {list(expected[k])}" for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    shapes = [
+        f"{k} {list(found[k])} != {list(expected[k])}"
+        for k in expected
+        if k in found and tuple(found[k]) != tuple(expected[k])
+    ]
     problems = []
     for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)):
         if keys:
@@ -178,7 +182,9 @@ def _postprocessing(bundle: Bundle, preprocessing: Any) -> Any:
     return Compose(steps)
 
 
-def estimate_output_gb(shape: tuple[int, ...], spacing: tuple[float, ...], pixdim: tuple[float, ...] | None, channels: int) -> float:
+def estimate_output_gb(
+    shape: tuple[int, ...], spacing: tuple[float, ...], pixdim: tuple[float, ...] | None, channels: int
+) -> float:
     """Size of the float32 probability volume that sliding-window stitching holds, in GB."""
     if pixdim:
         shape = tuple(int(np.ceil(n * s / p)) for n, s, p in zip(shape, spacing, pixdim, strict=False))
@@ -245,7 +251,9 @@ def segment(
     return Segmentation(labels, affine, names, volumes, boxes, seconds=time.perf_counter() - start)
 
 
-def measure_labels(labels: np.ndarray, affine: np.ndarray, names: dict[int, str]) -> tuple[dict[str, float], dict[str, dict[str, list[float]]]]:
+def measure_labels(
+    labels: np.ndarray, affine: np.ndarray, names: dict[int, str]
+) -> tuple[dict[str, float], dict[str, dict[str, list[float]]]]:
     """Per-label volume in mL and bounding box (voxel index range and RAS mm corners) for non-background labels."""
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     volumes: dict[str, float] = {}

@@ -75,7 +75,9 @@ def body_mask(hu: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(body, structure=_IN_PLANE)
 
 
-def _remove_trachea(candidates: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+def _remove_trachea(
+    candidates: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float]
+) -> np.ndarray:
     """Drop slice components that are small, medial and pure air: the trachea and main bronchi."""
     pixel_mm2 = spacing[0] * spacing[1]
     kept = candidates.copy()
@@ -123,7 +125,11 @@ def lung_mask(hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, flo
         else:
             tissue.append(index)
     # Both lungs, or one lung, or lung pieces split by the scan's edge: parts at least a tenth of the largest.
-    lungs = np.isin(labelled, [i for i in tissue if sizes[i] >= 0.1 * sizes[tissue[0]]]) if tissue else np.zeros_like(candidates)
+    lungs = (
+        np.isin(labelled, [i for i in tissue if sizes[i] >= 0.1 * sizes[tissue[0]]])
+        if tissue
+        else np.zeros_like(candidates)
+    )
     if gas_ml:
         notes.append(
             f"{gas_ml:.0f} mL of air-density regions with a near-pure-air interior (median < {GAS_MEDIAN_HU:.0f} HU) "
@@ -152,7 +158,9 @@ def quantify(hu: np.ndarray, spacing: tuple[float, float, float]) -> CTQuantific
     if hu.ndim != 3:
         raise ValueError(f"expected a 3D CT volume, found shape {hu.shape}")
     if min(hu.shape) < 3:
-        raise ValueError(f"a volume of {hu.shape} voxels has fewer than 3 slices along one axis; ct_quant needs a volume")
+        raise ValueError(
+            f"a volume of {hu.shape} voxels has fewer than 3 slices along one axis; ct_quant needs a volume"
+        )
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise ValueError(f"voxel spacing {spacing} is not usable for measurements in millimetres")
     hu = hu.astype(np.float32, copy=False)

@@ -95,13 +95,22 @@ def _case(tmp_path: Path, source: Path, modality: str) -> Case:
     case_dir.mkdir(exist_ok=True)
     shutil.copy(source, case_dir / source.name)
     case = Case.model_validate(
-        {"id": "seg", "attachments": [{"id": "scan", "kind": "volume", "path": source.name, "modality": modality, "format": "nifti"}]}
+        {
+            "id": "seg",
+            "attachments": [
+                {"id": "scan", "kind": "volume", "path": source.name, "modality": modality, "format": "nifti"}
+            ],
+        }
     )
     return case
 
 
 def _settings(bundle_dir: Path, **extra: object) -> Settings:
-    return Settings(imaging=ImagingSettings(bundles=[bundle_dir], roi_size=ROI, sw_batch_size=4, overlap=0.25, device="cpu", **extra))
+    return Settings(
+        imaging=ImagingSettings(
+            bundles=[bundle_dir], roi_size=ROI, sw_batch_size=4, overlap=0.25, device="cpu", **extra
+        )
+    )
 
 
 def test_segment_tool_writes_label_map_and_picture(bundle_dir: Path, ct_crop: Path, tmp_path: Path) -> None:
@@ -132,7 +141,10 @@ def test_ct_bundle_refuses_mr_and_oversized_images(bundle_dir: Path, ct_crop: Pa
     with pytest.raises(ToolError, match="max_output_gb"):
         SEGMENT.run(SegmentArgs(attachment="scan"), ctx)
     with pytest.raises(ToolError, match="no label liver"):
-        SEGMENT.run(SegmentArgs(attachment="scan", structures=["liver"]), ToolContext(ct, tmp_path / "case", tmp_path, _settings(bundle_dir)))
+        SEGMENT.run(
+            SegmentArgs(attachment="scan", structures=["liver"]),
+            ToolContext(ct, tmp_path / "case", tmp_path, _settings(bundle_dir)),
+        )
     assert "no MONAI bundle configured" in SEGMENT.check(Settings())
 
 
@@ -153,7 +165,9 @@ def test_corrupt_bundles_say_what_is_wrong(bundle_dir: Path, tmp_path: Path) -> 
     state.pop("model.0.residual.bias")
     state["model.0.residual.weight"] = torch.zeros(16, 1, 1, 1, 1)
     torch.save(state, tmp_path / "wrong.pt")
-    with pytest.raises(BundleError, match=r"missing keys: model\.0\.residual\.bias.*wrong shapes: model\.0\.residual\.weight"):
+    with pytest.raises(
+        BundleError, match=r"missing keys: model\.0\.residual\.bias.*wrong shapes: model\.0\.residual\.weight"
+    ):
         build_network(bundle, weights=tmp_path / "wrong.pt")
     (tmp_path / "junk.pt").write_bytes(b"not weights")
     with pytest.raises(BundleError, match="cannot be read as PyTorch weights"):

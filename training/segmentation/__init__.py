@@ -1,0 +1,1 @@
+"""Segmentation recipe: trains a MONAI network and writes a MONAI bundle the imaging specialist loads."""
