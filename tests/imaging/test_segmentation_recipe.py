@@ -7,7 +7,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
 from medagent.specialists.imaging.bundle import build_network, load_bundle, read_state_dict, segment
 from medagent.specialists.imaging.ctquant import dice
 from medagent.training.segmentation.recipe import main
