@@ -67,9 +67,8 @@ def bundle_memory() -> None:
     import resource
 
     import torch
-    from monai.bundle import ConfigParser
-
     from medagent.specialists.imaging.bundle import build_network, load_bundle, segment
+    from monai.bundle import ConfigParser
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "spleen_ct_segmentation"
