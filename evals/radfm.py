@@ -88,8 +88,8 @@ def baselines(items: list[dict[str, Any]], train_items: list[dict[str, Any]]) ->
         answers = Counter(" ".join(words(i["answer"])) for i in train_items if i["closed"] == closed)
         majority[closed] = answers.most_common(1)[0][0] if answers else ""
     return {
-        "majority": score(items, {i["id"]: majority[i["closed"]] for i in items}) | {"answers": {
-            "closed": majority[True], "open": majority[False]}},
+        "majority": score(items, {i["id"]: majority[i["closed"]] for i in items})
+        | {"answers": {"closed": majority[True], "open": majority[False]}},
         "always_yes": score(items, {i["id"]: "yes" for i in items}),
     }
 

@@ -92,8 +92,9 @@ def bundle(settings: Settings) -> Any:
     return _BUNDLES[key]
 
 
-def scan_tensor(kind: AttachmentKind, fmt: str | None, modality: str | None, series_uid: str | None, path: Path,
-                size: int) -> Any:
+def scan_tensor(
+    kind: AttachmentKind, fmt: str | None, modality: str | None, series_uid: str | None, path: Path, size: int
+) -> Any:
     """The attachment as RadFM's (3, size, size, D) tensor, read through medio."""
     from medagent.specialists.radfm.preprocess import image_to_tensor, volume_to_tensor
     from medagent.tools.medio import read_image, read_volume
@@ -111,7 +112,11 @@ def vqa(args: VQAArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     model = bundle(ctx.settings)
     try:
         scan = scan_tensor(
-            attachment.kind, attachment.format, attachment.modality, attachment.series_uid, path,
+            attachment.kind,
+            attachment.format,
+            attachment.modality,
+            attachment.series_uid,
+            path,
             model.config.vision.image_size,
         )
         text = answer(model, args.question, [scan], max_new_tokens=ctx.settings.radfm.max_new_tokens)

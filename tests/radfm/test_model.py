@@ -47,7 +47,11 @@ def test_full_size_model_has_every_published_key_and_shape(radfm_data: Path) -> 
 
 def test_tiny_checkpoint_is_in_published_layout_and_loads_strictly(tiny_folder: Path, tiny) -> None:
     saved = torch.load(tiny_folder / "pytorch_model.bin", weights_only=True)
-    assert {"lang_model.model.embed_tokens.weight", "embedding_layer.weight", "embedding_layer.figure_token_weight"} <= set(saved)
+    assert {
+        "lang_model.model.embed_tokens.weight",
+        "embedding_layer.weight",
+        "embedding_layer.figure_token_weight",
+    } <= set(saved)
     assert any(k.startswith("embedding_layer.vision_encoder.to_patch_embedding.2") for k in saved)
     assert parameter_count(tiny.config) == sum(p.numel() for p in tiny.model.parameters())
     assert tiny.model.embedding_layer.weight is tiny.model.lang_model.model.embed_tokens.weight
@@ -79,7 +83,9 @@ def test_loader_accepts_the_legacy_buffers_and_nothing_else(tiny_folder: Path, t
     legacy = _copy(tiny_folder, tmp_path / "legacy", add_legacy)
     assert load_radfm(legacy, dtype="fp32").model.lang_model.model.norm.weight.shape == (64,)
 
-    stray = _copy(legacy, tmp_path / "stray", lambda s: s.__setitem__("embedding_layer.extra_head.weight", torch.ones(2)))
+    stray = _copy(
+        legacy, tmp_path / "stray", lambda s: s.__setitem__("embedding_layer.extra_head.weight", torch.ones(2))
+    )
     with pytest.raises(RadFMLoadError, match="unexpected key.*embedding_layer.extra_head.weight"):
         load_radfm(stray, dtype="fp32")
     short = _copy(tiny_folder, tmp_path / "short", lambda s: s.pop("embedding_layer.fc.weight"))

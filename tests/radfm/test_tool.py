@@ -50,5 +50,8 @@ def test_vqa_on_a_picture_and_a_volume(tiny_folder: Path, radfm_data: Path, tmp_
         assert 1 <= len(evidence.payload["answer"].split()) <= 3
         assert evidence.payload["answer"] in evidence.summary
     proposals = ask_case_question(case, registry.available(), [], [])
-    assert [(tool, args["attachment"]) for tool, args, _ in proposals] == [("imaging.vqa", "mri"), ("imaging.vqa", "ct")]
+    assert [(tool, args["attachment"]) for tool, args, _ in proposals] == [
+        ("imaging.vqa", "mri"),
+        ("imaging.vqa", "ct"),
+    ]
     assert ask_case_question(case.model_copy(update={"question": "Which drug?"}), registry.available(), [], []) == []

@@ -99,8 +99,9 @@ def _read_scan(file: Path, size: int, max_depth: int) -> torch.Tensor:
         volume = read_volume(file, "nifti")
     else:
         return image_to_tensor(read_image(file), size)
-    return volume_to_tensor(volume.voxels, size, affine=volume.affine, hounsfield=volume.units == "HU",
-                            max_depth=max_depth)
+    return volume_to_tensor(
+        volume.voxels, size, affine=volume.affine, hounsfield=volume.units == "HU", max_depth=max_depth
+    )
 
 
 def batches(pairs: list[dict[str, Any]], size_2d: int, size_3d: int, rng: random.Random) -> list[list[dict]]:
@@ -120,8 +121,12 @@ def collate(batch: list[dict], tokenizer: Any, num_latents: int, size: int, max_
         size = size // 2  # RadFM trains single 3D samples at half resolution (memory); positions are strided
     rows, labels = [], []
     for pair in batch:
-        prompt = [1, *tokenizer(build_prompt(pair["question"], len(pair["files"]), num_latents),
-                                add_special_tokens=False)["input_ids"]]
+        prompt = [
+            1,
+            *tokenizer(build_prompt(pair["question"], len(pair["files"]), num_latents), add_special_tokens=False)[
+                "input_ids"
+            ],
+        ]
         target = tokenizer(" " + pair["answer"], add_special_tokens=False)["input_ids"] + [2]
         rows.append((prompt + target)[:max_length])
         labels.append(([-100] * len(prompt) + target)[:max_length])
@@ -212,8 +217,14 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
     step = 0
     for epoch in range(cfg["train"]["epochs"]):
         for batch in batches(pairs, cfg["train"]["batch_size_2d"], cfg["train"]["batch_size_3d"], rng)[rank::world]:
-            tensors = collate(batch, tokenizer, bundle.config.perceiver.num_latents, size,
-                              cfg["data"]["max_depth"], cfg["train"]["max_length"])
+            tensors = collate(
+                batch,
+                tokenizer,
+                bundle.config.perceiver.num_latents,
+                size,
+                cfg["data"]["max_depth"],
+                cfg["train"]["max_length"],
+            )
             tensors = {k: v.to(device) for k, v in tensors.items()}
             tensors["vision_x"] = tensors["vision_x"].to(bundle.model.embedding_layer.fc.weight.dtype)
             loss = model(**tensors).loss
@@ -247,6 +258,7 @@ def _merge_and_save(bundle: Any, tokenizer: Any, out: Path, history: list, cfg: 
     (out / "history.json").write_text(json.dumps(history), encoding="utf-8")
     (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str), encoding="utf-8")
     return target
+
 
 if __name__ == "__main__":
     print(main(Path(sys.argv[1]), sys.argv[2:]))
