@@ -234,7 +234,7 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
             optimizer.step()
             history.append({"step": step, "epoch": epoch, "loss": round(float(loss.detach()), 5)})
             if rank == 0 and step % cfg["train"]["log_every"] == 0:
-                print(f"step {step} epoch {epoch} loss {float(loss):.4f}", file=sys.stderr)
+                print(f"step {step} epoch {epoch} loss {history[-1]['loss']:.4f}", file=sys.stderr)
             step += 1
 
     # Merge LoRA into the weights and save in the published layout. Under FSDP the parameters are gathered to
