@@ -141,6 +141,8 @@ def transcribe_attachment(args: TranscribeArgs, ctx: ToolContext) -> list[Eviden
         initial_prompt=speech.initial_prompt or None,
         beam_size=speech.beam_size,
         word_timestamps=args.word_timestamps or speech.word_timestamps,
+        temperature_fallback=speech.temperature_fallback,
+        max_tokens=speech.max_tokens,
     )
     try:
         transcript = transcribe(

@@ -154,6 +154,7 @@ class FasterWhisperRuntime:
             word_timestamps=options.word_timestamps,
             temperature=list(temperatures(options)),
             vad_filter=False,  # silence is handled by the caller; VAD would need another model
+            max_new_tokens=options.max_tokens,
         )
         found = [
             Segment(
@@ -230,6 +231,7 @@ class OpenAIWhisperRuntime:
             beam_size=options.beam_size if options.beam_size > 1 else None,
             fp16=self.device == "cuda",
             verbose=None,
+            **({"sample_len": options.max_tokens} if options.max_tokens else {}),
         )
         found = [
             Segment(
@@ -306,4 +308,9 @@ def tiny_openai_checkpoint(path: Path, seed: int = 0) -> Path:
     from whisper.model import ModelDimensions, Whisper
 
     torch.manual_seed(seed)
-    return save_openai_checkpoint(Whisper(ModelDimensions(**tiny_dims())), path)
+    model = Whisper(ModelDimensions(**tiny_dims()))
+    # The decoder's positional embedding is created with torch.empty (real checkpoints overwrite it):
+    # give it values, or the untouched memory can hold NaNs.
+    with torch.no_grad():
+        model.decoder.positional_embedding.normal_(0.0, 0.02)
+    return save_openai_checkpoint(model, path)

@@ -68,6 +68,7 @@ class DecodeOptions:
     beam_size: int = 1
     word_timestamps: bool = False
     temperature_fallback: bool = True  # retry hotter when a decode repeats itself or is improbable
+    max_tokens: int | None = None  # cap on text tokens decoded per window (None: the model's limit, 224)
 
 
 class Runtime(Protocol):
