@@ -122,6 +122,10 @@ class SpeechSettings(Section):
     )
     beam_size: int = Field(default=1, ge=1, le=10, description="1 = greedy (fastest); 5 = Whisper's beam search")
     word_timestamps: bool = Field(default=False, description="Also time each word (slower)")
+    temperature_fallback: bool = Field(
+        default=True, description="Retry a window at higher temperature when greedy decoding loops (Whisper's default)"
+    )
+    max_tokens: int | None = Field(default=None, ge=1, le=224, description="Cap on tokens decoded per window")
     window_s: float = Field(default=30.0, gt=1, le=30, description="Audio decoded per window (Whisper hears 30 s)")
     silence_dbfs: float = Field(default=-50.0, description="Windows whose loudest 20 ms is quieter are skipped")
     max_minutes: float = Field(default=240.0, gt=0, description="Longer recordings are refused")
