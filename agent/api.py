@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from medagent.agent.graph import build_graph
 from medagent.agent.planner import RulePlanner
@@ -27,13 +27,36 @@ def graph():
     return _GRAPH
 
 
-def make_planner(settings: Settings):
-    """The configured planner. The rule planner until an LLM is configured."""
-    return RulePlanner()
+def _use_llm(settings: Settings, choice: str) -> bool:
+    """`auto` means the LLM exactly when `[llm] preset` (or backend) names one; `none` keeps the rules."""
+    if choice == "rule":
+        return False
+    configured = settings.llm.preset != "none" or settings.llm.backend is not None
+    if choice == "llm" and not configured:
+        from medagent.tools.errors import ConfigError
+
+        raise ConfigError("[agent] planner = 'llm' but [llm] preset is 'none': choose a preset such as 'offline-cpu'")
+    return configured
 
 
-def make_reporter(settings: Settings):
-    return TemplateReporter()
+def make_planner(settings: Settings, trace: TraceRecorder | None = None):
+    """The configured planner: the LLM planner when an LLM is configured, else the rule planner."""
+    if not _use_llm(settings, settings.agent.planner):
+        return RulePlanner()
+    from medagent.agent.llm import make_backend
+    from medagent.agent.llm_planner import LLMPlanner
+
+    return LLMPlanner(make_backend(settings), settings, trace)
+
+
+def make_reporter(settings: Settings, trace: TraceRecorder | None = None):
+    """The LLM reporter (checked by the grounding checker) when an LLM is configured, else the template."""
+    if not _use_llm(settings, settings.agent.planner) or not settings.llm.reporter:
+        return TemplateReporter()
+    from medagent.agent.llm import make_backend
+    from medagent.agent.llm_reporter import LLMReporter
+
+    return LLMReporter(make_backend(settings), settings, trace)
 
 
 async def run_loaded(
@@ -51,8 +74,8 @@ async def run_loaded(
         registry=Registry(settings, tools),
         trace=trace,
         artifacts_dir=artifacts_dir,
-        planner=make_planner(settings),
-        reporter=make_reporter(settings),
+        planner=make_planner(settings, trace),
+        reporter=make_reporter(settings, trace),
         on_progress=on_progress,
     )
     run.models.update({name: tool.version(settings) for name, tool in run.registry.tools.items() if run.registry.unavailable_reason(name) is None})

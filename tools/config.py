@@ -59,7 +59,7 @@ class LLMSettings(Section):
     n_threads: int | None = Field(default=None, ge=1, description="llama.cpp threads; None = its default")
     max_calls: int = Field(default=6, ge=1, le=32, description="Most tool calls the planner may emit per turn")
     max_repairs: int = Field(default=1, ge=0, le=5, description="Repair rounds for rejected calls")
-    plan_max_tokens: int = Field(default=220, ge=16)
+    plan_max_tokens: int = Field(default=320, ge=16)
     report_max_tokens: int = Field(default=450, ge=32)
     reflect: bool = Field(default=True, description="Ask the LLM for follow-up calls after each round")
     reporter: bool = Field(default=True, description="Let the LLM write the report (else the template reporter)")

@@ -144,7 +144,7 @@ class TraceRecorder:
     def now(self) -> float:
         return round(time.monotonic() - self.start, 6)
 
-    def emit(self, model: type[TraceEvent], node: str, **fields: Any) -> TraceEvent:
+    def emit(self, model: type[TraceEvent], node: str, /, **fields: Any) -> TraceEvent:
         event = model(
             case_id=self.case_id,
             t=self.now(),

@@ -1,0 +1,78 @@
+"""The one interface every LLM backend implements, and the prompt templates they share.
+
+A backend is async: `chat` returns one completion (optionally constrained to a JSON Schema),
+`stream` yields text pieces. Messages are OpenAI-style `{"role", "content"}` dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from medagent.tools.errors import UnavailableError
+
+Message = dict[str, str]
+
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
+
+
+class LLMError(UnavailableError):
+    """The LLM could not answer: server down, timed out, refused the request, or returned no usable text."""
+
+
+@dataclass
+class ChatResult:
+    text: str
+    model: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    seconds: float = 0.0
+
+    def json(self) -> Any:
+        """The completion parsed as JSON (a constrained completion is JSON by construction)."""
+        import json
+
+        text = self.text.strip()
+        if text.startswith("```"):
+            # Unconstrained models like to fence JSON in Markdown.
+            text = text.strip("`")
+            text = text[text.find("\n") + 1 :] if "\n" in text else text
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LLMError(f"the LLM ({self.model}) returned text that is not JSON: {self.text[:120]!r}") from exc
+
+
+class LLMBackend(Protocol):
+    name: str
+    template: str  # "chat" (the model's own chat template) or "alpaca"
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        schema: dict[str, Any] | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+    ) -> ChatResult: ...
+
+    def stream(self, messages: list[Message], *, max_tokens: int = 256, temperature: float = 0.0) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def render_alpaca(messages: list[Message]) -> str:
+    """PMC-LLaMA / MMed-Llama-3's Alpaca template: system → instruction, user turns → input."""
+    instruction = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    parts = [ALPACA_PREAMBLE, "", "### Instruction:", instruction]
+    for message in messages:
+        if message["role"] == "user":
+            parts += ["", "### Input:", message["content"]]
+        elif message["role"] == "assistant":
+            parts += ["", "### Response:", message["content"]]
+    parts += ["", "### Response:", ""]
+    return "\n".join(parts)

@@ -1,0 +1,142 @@
+"""In-process backends: llama.cpp (llama-cpp-python, the offline CPU default) and transformers.
+
+llama.cpp keeps the evaluated tokens of the previous call and reuses the longest common prefix,
+so prompts that start with the same system prompt and tool catalogue only prefill the case part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from medagent.agent.llm.base import ChatResult, LLMError, Message, render_alpaca
+
+_LLAMAS: dict[tuple, Any] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def load_llama(path: Path, n_ctx: int, n_threads: int | None) -> tuple[Any, threading.Lock]:
+    """One llama.cpp model (and the lock its single context needs) per (file, context, threads) per process."""
+    key = (str(path), n_ctx, n_threads)
+    with _LOAD_LOCK:
+        if key not in _LLAMAS:
+            from llama_cpp import Llama
+
+            if not path.is_file():
+                raise LLMError(f"GGUF model file {path} does not exist (llm.model_path)")
+            _LLAMAS[key] = (Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False), threading.Lock())
+        return _LLAMAS[key]
+
+
+class LlamaCppBackend:
+    template = "chat"
+
+    def __init__(self, path: Path, *, n_ctx: int = 4096, n_threads: int | None = None, name: str | None = None) -> None:
+        self.path = path
+        self.name = name or path.stem
+        self.llama, self._lock = load_llama(path, n_ctx, n_threads)  # one context: calls take turns
+
+    def _chat_sync(self, messages: list[Message], schema: dict[str, Any] | None, max_tokens: int, temperature: float) -> ChatResult:
+        kwargs: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+        if schema is not None:
+            kwargs["response_format"] = {"type": "json_object", "schema": schema}
+        started = time.monotonic()
+        with self._lock:
+            try:
+                answer = self.llama.create_chat_completion(messages=messages, **kwargs)
+            except ValueError as exc:  # e.g. the prompt does not fit n_ctx
+                raise LLMError(f"llama.cpp ({self.name}): {exc}") from exc
+        usage = answer.get("usage") or {}
+        return ChatResult(
+            text=answer["choices"][0]["message"].get("content") or "",
+            model=self.name,
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            seconds=time.monotonic() - started,
+        )
+
+    async def chat(self, messages: list[Message], *, schema: dict[str, Any] | None = None, max_tokens: int = 256, temperature: float = 0.0) -> ChatResult:
+        return await asyncio.to_thread(self._chat_sync, messages, schema, max_tokens, temperature)
+
+    async def stream(self, messages: list[Message], *, max_tokens: int = 256, temperature: float = 0.0) -> AsyncIterator[str]:
+        # llama.cpp streams from a blocking generator: drain it in a thread, hand pieces over a queue.
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def produce() -> None:
+            try:
+                with self._lock:
+                    for chunk in self.llama.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True):
+                        piece = chunk["choices"][0]["delta"].get("content")
+                        if piece:
+                            loop.call_soon_threadsafe(queue.put_nowait, piece)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        task = asyncio.ensure_future(asyncio.to_thread(produce))
+        while (piece := await queue.get()) is not None:
+            yield piece
+        await task
+
+    def reset_cache(self) -> None:
+        """Forget the evaluated prefix (benchmarks measure prefill with and without it)."""
+        with self._lock:
+            self.llama.reset()
+
+    async def aclose(self) -> None:
+        return None
+
+
+class TransformersBackend:
+    """Any local HF causal-LM checkpoint folder. No grammar: JSON is validated after decoding."""
+
+    def __init__(self, path: Path, *, template: str = "chat", device: str = "cpu", name: str | None = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not (path / "config.json").is_file():
+            raise LLMError(f"transformers model folder {path} has no config.json (llm.model_path)")
+        self.path = path
+        self.name = name or path.name
+        self.template = template
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=torch.float32).to(device).eval()
+        self._lock = threading.Lock()
+
+    def prompt(self, messages: list[Message]) -> str:
+        if self.template == "alpaca" or not getattr(self.tokenizer, "chat_template", None):
+            return render_alpaca(messages)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _chat_sync(self, messages: list[Message], max_tokens: int, temperature: float) -> ChatResult:
+        import torch
+
+        started = time.monotonic()
+        encoded = self.tokenizer(self.prompt(messages), return_tensors="pt").to(self.device)
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        with self._lock, torch.no_grad():
+            output = self.model.generate(**encoded, max_new_tokens=max_tokens, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling)
+        new = output[0, encoded["input_ids"].shape[1] :]
+        return ChatResult(
+            text=self.tokenizer.decode(new, skip_special_tokens=True),
+            model=self.name,
+            prompt_tokens=int(encoded["input_ids"].shape[1]),
+            completion_tokens=int(new.shape[0]),
+            seconds=time.monotonic() - started,
+        )
+
+    async def chat(self, messages: list[Message], *, schema: dict[str, Any] | None = None, max_tokens: int = 256, temperature: float = 0.0) -> ChatResult:
+        # `schema` is not enforced while decoding here; callers validate what comes back.
+        return await asyncio.to_thread(self._chat_sync, messages, max_tokens, temperature)
+
+    async def stream(self, messages: list[Message], *, max_tokens: int = 256, temperature: float = 0.0) -> AsyncIterator[str]:
+        result = await self.chat(messages, max_tokens=max_tokens, temperature=temperature)
+        yield result.text
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,141 @@
+"""The LLM reporter: the differential and cited report sentences, checked by the grounding checker.
+
+The model only sees tool evidence (ids, summaries) and the screened case text; its reply is
+constrained to cite existing evidence ids. Every sentence then goes through the grounding checker:
+unsupported ones stay in the report, flagged (result.json verdicts, marked in report.md). A
+diagnosis no tool ranked is kept but labelled as the model's own. On any LLM failure the template
+reporter writes the report, and its sentences are checked the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from medagent.agent import prompts
+from medagent.agent.grounding import GroundingChecker, default_checker
+from medagent.agent.llm.base import LLMError
+from medagent.agent.llm_planner import render_case, screen_patient_text
+from medagent.agent.reporter import TemplateReporter, differential_from_evidence
+from medagent.tools.config import Settings
+from medagent.tools.contracts import (
+    Case,
+    DiagnosisCandidate,
+    Evidence,
+    Finding,
+    GroundingSummary,
+    Report,
+    ReportSentence,
+)
+from medagent.tools.trace import ErrorEvent, LLMTurnEvent, TraceRecorder
+
+MAX_SENTENCES = 6
+
+
+def report_schema(ids: list[str]) -> dict[str, Any]:
+    cite = {"type": "array", "items": {"enum": ids}, "maxItems": 3}
+    return {
+        "type": "object",
+        "properties": {
+            "differential": {"type": "array", "maxItems": 5, "items": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 80}, "citations": cite}, "required": ["name", "citations"]}},
+            "sentences": {"type": "array", "maxItems": MAX_SENTENCES, "items": {"type": "object", "properties": {"text": {"type": "string", "maxLength": 220}, "citations": cite}, "required": ["text", "citations"]}},
+        },
+        "required": ["differential", "sentences"],
+    }
+
+
+class LLMReporter:
+    def __init__(self, backend: Any, settings: Settings, trace: TraceRecorder | None = None, checker: GroundingChecker | None = None) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.trace = trace
+        self.checker = checker or default_checker(settings.llm.grounding_similarity)
+        self.name = f"llm:{backend.name}"
+
+    async def report(self, case: Case, evidence: Sequence[Evidence], limitations: Sequence[str]) -> tuple[list[DiagnosisCandidate], str, list[Finding], Report, GroundingSummary]:
+        usable = [e for e in evidence if not e.error]
+        try:
+            if not usable:
+                raise LLMError("no usable tool evidence to report on")
+            differential, note, sentences = await self._write(case, evidence)
+        except Exception as exc:  # any LLM failure: the template reporter writes the report
+            if self.trace is not None:
+                self.trace.emit(ErrorEvent, "report", message=f"LLM reporter failed ({exc.__class__.__name__}: {exc}); the template reporter wrote the report")
+            differential, note, findings, report, _ = TemplateReporter().report(case, evidence, limitations)
+            sentences, summary = self.checker.check_report(report.sentences, evidence)
+            return differential, note, findings, report.model_copy(update={"sentences": sentences}), summary
+        checked, summary = self.checker.check_report(sentences, evidence)
+        findings = [Finding(statement=e.summary, evidence=[e.id]) for e in usable]
+        failed = [f"{e.tool} on {e.attachment or 'the case'} failed: {e.summary} [{e.id}]" for e in evidence if e.error]
+        return differential, note, findings, Report(sentences=checked, limitations=[*failed, *limitations]), summary
+
+    async def _write(self, case: Case, evidence: Sequence[Evidence]) -> tuple[list[DiagnosisCandidate], str, list[ReportSentence]]:
+        ranked = differential_from_evidence(evidence)
+        case_text, _ = render_case(case)
+        lines = []
+        for item in evidence:
+            summary, _ = screen_patient_text(item.summary)
+            lines.append(f"[{item.id}] {item.tool}{' on ' + item.attachment if item.attachment else ''}{' (FAILED)' if item.error else ''}: {summary[:300]}")
+        candidates = ""
+        if ranked:
+            candidates = "Diagnoses ranked by tools: " + "; ".join(f"{c.rank}. {c.name} [{', '.join(c.evidence)}]" for c in ranked[:8]) + "\n"
+        messages = [
+            {"role": "system", "content": prompts.REPORTER_SYSTEM},
+            {"role": "user", "content": prompts.REPORTER_CASE.format(case=case_text, evidence="\n".join(lines), candidates=candidates, max_sentences=MAX_SENTENCES)},
+        ]
+        ids = [e.id for e in evidence]
+        try:
+            result = await asyncio.wait_for(
+                self.backend.chat(messages, schema=report_schema(ids), max_tokens=self.settings.llm.report_max_tokens),
+                timeout=self.settings.llm.timeout_s,
+            )
+        except TimeoutError as exc:
+            raise LLMError(f"no reporter answer within {self.settings.llm.timeout_s:g} s") from exc
+        if self.trace is not None:
+            self.trace.emit(
+                LLMTurnEvent, "report", role="reporter", model=result.model, prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens, seconds=round(result.seconds, 6), messages=messages, completion=result.text,
+            )
+        reply = result.json()
+        if not isinstance(reply, dict) or not isinstance(reply.get("sentences"), list):
+            raise LLMError(f"reporter reply has no 'sentences' list: {result.text[:120]!r}")
+        sentences = [
+            ReportSentence(text=str(s.get("text", "")).strip(), citations=[str(c) for c in s.get("citations", []) if isinstance(c, str)])
+            for s in reply["sentences"] if isinstance(s, dict) and str(s.get("text", "")).strip()
+        ]
+        if not sentences:
+            raise LLMError("the reporter wrote no sentences")
+        differential, note = merge_differential(reply.get("differential") or [], ranked)
+        return differential, note, sentences
+
+
+def merge_differential(proposed: list[Any], ranked: list[DiagnosisCandidate]) -> tuple[list[DiagnosisCandidate], str]:
+    """The LLM's ranking, with codes and evidence from the tools' candidates; unranked names labelled."""
+    by_name = {c.name.lower(): c for c in ranked}
+    merged: list[DiagnosisCandidate] = []
+    own = []
+    for item in proposed:
+        if not isinstance(item, dict) or not str(item.get("name", "")).strip():
+            continue
+        name = str(item["name"]).strip()
+        if name.lower() in {c.name.lower() for c in merged}:
+            continue
+        tool = by_name.get(name.lower())
+        if tool is not None:
+            merged.append(tool.model_copy(update={"rank": len(merged) + 1}))
+        else:
+            own.append(name)
+            merged.append(DiagnosisCandidate(
+                rank=len(merged) + 1, name=name, rationale="Proposed by the LLM; no tool ranked it (unverified).",
+                evidence=[str(c) for c in item.get("citations", []) if isinstance(c, str)],
+            ))
+    for candidate in ranked:  # tool candidates the model left out keep their place after its picks
+        if candidate.name.lower() not in {c.name.lower() for c in merged}:
+            merged.append(candidate.model_copy(update={"rank": len(merged) + 1}))
+    note = ""
+    if own:
+        note = f"Flagged: {', '.join(own)} {'was' if len(own) == 1 else 'were'} proposed by the LLM without a tool ranking; treat as unverified."
+    elif not merged:
+        note = "No diagnosis is proposed: no tool in this run ranked diagnoses."
+    return merged, note
