@@ -41,6 +41,10 @@ class BertShape:
     intermediate_size: int = 3072
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
+    # Dropout does not change inference; tiny smoke towers train with 0 (a 32-wide random BERT's [CLS]
+    # barely depends on its input at first, and dropout noise drowns that signal).
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
 
 
 @dataclass

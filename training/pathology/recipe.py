@@ -1,0 +1,351 @@
+"""KEP training recipe: stage 1 knowledge encoder, stage 2 knowledge-enhanced image-text pretraining.
+
+Read top to bottom: config -> data -> tokenizer -> stage 1 -> stage 2 -> checkpoint.
+
+Stage 1 trains a BERT (+ MLP) by metric learning over disease knowledge: every text about one
+disease (name, synonyms, definitions, histology features) is a positive for the others and texts
+of other diseases are negatives. KEP's default is the AdaSP loss; this recipe uses the
+multi-positive InfoNCE (supervised contrastive) form of the same pull-together / push-apart idea.
+
+Stage 2 is CLIP-style: image<->caption InfoNCE (weight 1.0) plus caption<->knowledge InfoNCE
+(weight 0.3) against a *frozen* copy of the stage-1 encoder, normalised by the weight sum. The text
+tower starts from the stage-1 encoder; image and text towers are frozen for the first
+`freeze_epochs` (only the heads and the temperature move).
+
+Output folder = a KEP checkpoint that specialists/pathology loads: `pytorch_model.bin`
+(`{'state_dict': ...}` in the published key layout, plus the frozen `knowledge.*` BERT as KEP's
+training checkpoints carry), `kep_config.json`, and the tokenizer files.
+
+Data (gpu.yaml): image-text pairs as JSONL (`{"image": path, "caption": text}`) or CSV with
+`image` and `caption` columns (OpenPath / Quilt-1M exports), image paths relative to `image_root`;
+knowledge as JSONL `{"disease": name, "text": one fact}`. `smoke.yaml` makes synthetic H&E-like
+pairs and knowledge texts itself. Multi-GPU: launch with torchrun (DDP; features are gathered
+across ranks for the contrastive losses).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from medagent.specialists.pathology.labels import TEMPLATES
+from medagent.specialists.pathology.load import CONFIG_NAME, load_tokenizer
+from medagent.specialists.pathology.model import KEP, KEPConfig, PathBert, published_config, published_state_dict
+from medagent.specialists.pathology.preprocess import kep_transform, to_rgb
+from PIL import Image, ImageDraw
+
+# --------------------------------------------------------------------------------------------------
+# Config
+
+
+def load_config(path: Path, overrides: list[str]) -> dict[str, Any]:
+    """YAML file, then `a.b.c=value` overrides (values parsed as YAML)."""
+    cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override '{item}': expected key=value")
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def read_pairs(data: dict[str, Any]) -> list[tuple[Any, str]]:
+    path = Path(data["pairs"]).expanduser()
+    root = Path(data.get("image_root") or path.parent).expanduser()
+    rows: list[dict[str, str]]
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    else:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(root / row["image"], row["caption"]) for row in rows]
+
+
+def read_knowledge(path: str) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for line in Path(path).expanduser().read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            groups.setdefault(row["disease"], []).append(row["text"])
+    return groups
+
+
+SYNTHETIC_CLASSES = {
+    # label: (synonyms, knowledge facts) -- what a tiny knowledge tree would say about each tissue
+    "tumor": (("carcinoma",), ("crowded atypical nuclei", "high nuclear density", "malignant epithelial cells")),
+    "stroma": (("connective tissue",), ("pink collagen fibres", "sparse spindle nuclei", "fibrous tissue")),
+    "adipose tissue": (("fat",), ("empty round fat cells", "thin membranes", "pale vacuolated tissue")),
+}
+
+
+def synthetic_image(label: str, size: int, seed: int) -> Image.Image:
+    """A synthetic H&E-like field whose texture depends on the label."""
+    rng = np.random.default_rng(seed)
+    fat = label == "adipose tissue"
+    base = np.array((250, 248, 250) if fat else (236, 170, 200), dtype=np.float32)
+    image = Image.fromarray(np.clip(base + rng.normal(0, 6, (size, size, 3)), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    if label == "tumor":
+        for _ in range(size * size // 120):
+            x, y, r = rng.integers(0, size), rng.integers(0, size), rng.integers(3, 6)
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=(80, 45, 125))
+    elif label == "stroma":
+        for _ in range(size * size // 300):
+            x, y = rng.integers(0, size), rng.integers(0, size)
+            draw.line((x, y, x + rng.integers(10, 30), y + rng.integers(-4, 4)), fill=(200, 90, 150), width=2)
+    else:
+        step = max(8, size // 5)
+        for y in range(0, size, step):
+            for x in range(0, size, step):
+                draw.ellipse((x, y, x + step, y + step), outline=(236, 170, 200), width=2)
+    return image
+
+
+def synthetic_data(per_class: int, size: int, seed: int) -> tuple[list[tuple[Any, str]], dict[str, list[str]]]:
+    rng = random.Random(seed)
+    pairs = []
+    for index, (label, (synonyms, _)) in enumerate(SYNTHETIC_CLASSES.items()):
+        for k in range(per_class):
+            phrase = rng.choice((label, *synonyms))
+            pairs.append(
+                (synthetic_image(label, size, seed * 1000 + index * 100 + k), rng.choice(TEMPLATES).format(phrase))
+            )
+    knowledge = {label: [label, *synonyms, *facts] for label, (synonyms, facts) in SYNTHETIC_CLASSES.items()}
+    return pairs, knowledge
+
+
+def build_tokenizer(texts: list[str], folder: Path, vocab_size: int) -> Any:
+    """A small lower-casing WordPiece tokenizer (smoke runs; real runs use PubMedBERT's)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    fast.save_pretrained(str(folder))
+    return load_tokenizer(folder)
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses
+
+
+def gather(features: torch.Tensor) -> torch.Tensor:
+    """All ranks' features (with gradients) so every rank sees the whole global batch as negatives."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return features
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(features))
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between matched rows of two normalised feature sets."""
+    a, b = gather(a), gather(b)
+    logits = scale * a @ b.T
+    target = torch.arange(len(a), device=a.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def multi_positive_nce(features: torch.Tensor, groups: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss: texts of the same disease are positives, all others negatives."""
+    features, groups = gather(features), gather(groups)
+    logits = features @ features.T / temperature
+    self_mask = torch.eye(len(features), dtype=torch.bool, device=features.device)
+    logits = logits.masked_fill(self_mask, -1e4)
+    positives = (groups[:, None] == groups[None, :]) & ~self_mask
+    log_prob = logits.log_softmax(dim=1)
+    has_positive = positives.any(dim=1)
+    per_anchor = -(log_prob * positives).sum(1)[has_positive] / positives.sum(1)[has_positive]
+    return per_anchor.mean()
+
+
+# --------------------------------------------------------------------------------------------------
+# Loop helpers
+
+
+def schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def batches(n: int, size: int, rng: random.Random, rank: int, world: int) -> list[list[int]]:
+    order = list(range(n))
+    rng.shuffle(order)
+    order = order[rank::world]
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the entry-point signature)
+    cfg = load_config(config, overrides)
+    seed = int(cfg.get("seed", 0))
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+    # ---- distributed / device / precision
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device(cfg.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    amp = bool(cfg.get("amp", False)) and device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+    out = Path(cfg["output_dir"]).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+
+    # ---- data
+    data = cfg["data"]
+    if data.get("synthetic"):
+        syn = data["synthetic"]
+        pairs, knowledge = synthetic_data(int(syn["per_class"]), int(syn["image_size"]), seed)
+    else:
+        pairs, knowledge = read_pairs(data), read_knowledge(data["knowledge"])
+    knowledge_texts = [(text, gid) for gid, texts in enumerate(knowledge.values()) for text in texts]
+
+    # ---- tokenizer
+    model_cfg = cfg["model"]
+    if model_cfg.get("tokenizer"):
+        tokenizer = load_tokenizer(Path(model_cfg["tokenizer"]).expanduser())
+    else:
+        corpus = [c for _, c in pairs] + [t for t, _ in knowledge_texts]
+        corpus += [t.format(w) for t in TEMPLATES for w in knowledge]
+        tokenizer = build_tokenizer(corpus, out, int(model_cfg.get("vocab_size", 300)))
+    tokenizer.save_pretrained(str(out))
+
+    # ---- model
+    if model_cfg.get("kep"):
+        kep_cfg = KEPConfig.from_dict(
+            {**model_cfg["kep"], "bert": {**model_cfg["kep"].get("bert", {}), "vocab_size": len(tokenizer)}}
+        )
+    else:
+        kep_cfg = published_config(model_cfg.get("variant", "kep32"), vocab_size=len(tokenizer))
+    model = KEP(kep_cfg).to(device)
+    if model_cfg.get("bert_init"):  # e.g. a local PubMedBERT folder
+        from transformers import BertModel
+
+        model.text.bert_model.load_state_dict(BertModel.from_pretrained(model_cfg["bert_init"]).state_dict())
+    if model_cfg.get("visual_init"):  # a state_dict of the image tower in the published layout (visual.*)
+        visual = torch.load(model_cfg["visual_init"], map_location="cpu", weights_only=True)
+        model.visual.load_state_dict({k.removeprefix("visual."): v for k, v in visual.items()})
+    max_len = kep_cfg.max_text_length
+
+    def tokens(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+    # ---- stage 1: knowledge encoder
+    s1 = cfg["stage1"]
+    encoder = model.text
+    encoder_opt = torch.optim.AdamW(encoder.parameters(), lr=float(s1["lr"]), weight_decay=float(s1["weight_decay"]))
+    steps1 = int(s1["epochs"]) * max(1, math.ceil(len(knowledge_texts) / (int(s1["batch_size"]) * world)))
+    sched1 = schedule(encoder_opt, steps1, int(s1.get("warmup", 0)), float(s1.get("min_lr_ratio", 0.0)))
+    rng = random.Random(seed + 1)
+    encoder.train()
+    for epoch in range(int(s1["epochs"])):
+        for idx in batches(len(knowledge_texts), int(s1["batch_size"]), rng, rank, world):
+            ids, mask = tokens([knowledge_texts[i][0] for i in idx])
+            groups = torch.tensor([knowledge_texts[i][1] for i in idx], device=device)
+            with autocast:
+                loss = multi_positive_nce(
+                    F.normalize(encoder(ids, mask).float(), dim=-1), groups, float(s1["temperature"])
+                )
+            encoder_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            encoder_opt.step()
+            sched1.step()
+        if rank == 0 and (epoch + 1) % int(s1.get("log_every", 1)) == 0:
+            print(f"stage1 epoch {epoch + 1}: loss {loss.item():.4f}")
+
+    # ---- stage 2: knowledge-enhanced VLP (text tower starts from stage 1; a frozen copy gives targets)
+    s2 = cfg["stage2"]
+    knowledge_bert: PathBert = copy.deepcopy(encoder).eval().requires_grad_(False)
+    towers = [model.visual, model.text.bert_model]
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(s2["lr"]), weight_decay=float(s2["weight_decay"]))
+    steps2 = int(s2["epochs"]) * max(1, math.ceil(len(pairs) / (int(s2["batch_size"]) * world)))
+    sched2 = schedule(optimizer, steps2, int(s2.get("warmup", 0)), float(s2.get("min_lr_ratio", 0.0)))
+    weights = (float(s2["loss_weights"]["image_text"]), float(s2["loss_weights"]["text_knowledge"]))
+    transform = kep_transform(kep_cfg.image_size)
+
+    def image(item: Any) -> torch.Tensor:
+        picture = item if isinstance(item, Image.Image) else Image.open(item)
+        return transform(to_rgb(picture))
+
+    for epoch in range(int(s2["epochs"])):
+        frozen = epoch < int(s2.get("freeze_epochs", 0))
+        for tower in towers:
+            tower.requires_grad_(not frozen)
+        model.train()
+        for idx in batches(len(pairs), int(s2["batch_size"]), rng, rank, world):
+            pixels = torch.stack([image(pairs[i][0]) for i in idx]).to(device)
+            ids, mask = tokens([pairs[i][1] for i in idx])
+            with autocast:
+                image_features, text_features, scale = train_model(pixels, ids, mask)
+                with torch.no_grad():
+                    targets = F.normalize(knowledge_bert(ids, mask).float(), dim=-1)
+                scale = scale.clamp(max=100.0)
+                loss_it = info_nce(image_features.float(), text_features.float(), scale)
+                loss_tk = info_nce(text_features.float(), targets, scale)
+                loss = (weights[0] * loss_it + weights[1] * loss_tk) / sum(weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sched2.step()
+        if rank == 0 and (epoch + 1) % int(s2.get("log_every", 1)) == 0:
+            print(
+                f"stage2 epoch {epoch + 1}{' (towers frozen)' if frozen else ''}: loss {loss.item():.4f} "
+                f"(image-text {loss_it.item():.4f}, text-knowledge {loss_tk.item():.4f})"
+            )
+
+    # ---- checkpoint in the layout specialists/pathology loads
+    if rank == 0:
+        state = {k: v.detach().cpu() for k, v in published_state_dict(model).items()}
+        state.update({f"knowledge.{k}": v.detach().cpu() for k, v in knowledge_bert.state_dict().items()})
+        torch.save({"state_dict": state, "epoch": int(s2["epochs"])}, out / "pytorch_model.bin")
+        (out / CONFIG_NAME).write_text(json.dumps(kep_cfg.to_dict(), indent=2), encoding="utf-8")
+        print(f"KEP checkpoint written to {out}")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return out
