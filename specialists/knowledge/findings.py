@@ -48,8 +48,13 @@ def _number(value: float | str) -> float | None:
     return float(match.group()) if match else None
 
 
-def derive(name: str, value: float | str, unit: str | None) -> tuple[str, str] | None:
-    """(HPO id, reason) when this measurement lies outside its range; None when normal or unknown."""
+def derive(name: str, value: float | str, unit: str | None, age_years: float | None = None) -> tuple[str, str] | None:
+    """(HPO id, reason) when this measurement lies outside its range; None when normal or unknown.
+
+    The ranges are for adults: a child's measurement (under 16 years) is never turned into a phenotype.
+    """
+    if age_years is not None and age_years < 16:
+        return None
     key = name.strip().lower()
     number = _number(value)
     if number is None:

@@ -132,6 +132,17 @@ class KnowledgeGraph:
         self.index = {term: i for i, term in enumerate(self.term_ids)}
         self.disease_index = {d: i for i, d in enumerate(self.disease_ids)}
         self._icd_by_text: dict[str, str] | None = None
+        self._direct: sparse.csc_matrix | None = None
+
+    def direct(self) -> sparse.csc_matrix:
+        """diseases x terms: 1 where the disease is annotated with exactly that term."""
+        if getattr(self, "_direct", None) is None:
+            rows = np.repeat(np.arange(len(self.annotations)), [len(a) for a in self.annotations])
+            cols = np.concatenate(self.annotations)
+            self._direct = sparse.csc_matrix(
+                (np.ones(len(cols), dtype=np.float32), (rows, cols)), shape=(len(self.disease_ids), len(self.term_ids))
+            )
+        return self._direct
 
     # ---- terms
     def resolve(self, term_id: str) -> int | None:

@@ -35,7 +35,14 @@ _STOP = {
     "her", "their", "he", "she", "they", "patient", "year", "old", "man", "woman", "boy", "girl", "child", "male",
     "female", "infant", "presents", "present", "also", "some", "mild", "severe", "history", "no", "not",
 }  # fmt: skip
-_ENGLISH_HINTS = {"the", "with", "and", "of", "no", "a", "in", "has", "was", "is", "presents", "patient", "pain"}
+_ENGLISH_HINTS = {"the", "with", "and", "of", "no", "a", "in", "has", "was", "is", "presents", "patient", "pain", "he",
+                  "she", "for", "since", "on", "an", "her", "his", "had", "denies", "without", "at"}  # fmt: skip
+# Function words of the languages clinicians most often write in besides English.
+_FOREIGN_HINTS = {
+    "der", "die", "das", "und", "mit", "seit", "unter", "ist", "nicht", "kein", "keine", "ein", "eine", "le", "la",
+    "les", "et", "avec", "est", "une", "pas", "depuis", "el", "los", "las", "con", "y", "es", "una", "desde", "il",
+    "della", "che", "sono", "ed", "em", "com", "uma", "não", "het", "een", "niet", "och", "med", "och", "ikke",
+}  # fmt: skip
 
 
 def stem(token: str) -> str:
@@ -139,7 +146,9 @@ class Linker:
         if not text or not text.strip():
             raise KnowledgeError("no text to link (the history is empty)")
         words = tokens(text)
-        if len(words) >= 6 and not any(w in _ENGLISH_HINTS for w, _, _ in words):
+        english = sum(w in _ENGLISH_HINTS for w, _, _ in words)
+        foreign = sum(w in _FOREIGN_HINTS for w, _, _ in words)
+        if len(words) >= 5 and foreign >= 2 and foreign > english:
             raise KnowledgeError("the text does not look like English; the HPO linker only reads English")
         clause_ends = [m.start() for m in _CLAUSE.finditer(text)] + [len(text)]
         mentions: list[Mention] = []

@@ -24,6 +24,7 @@ class RankParams:
     beta: float = 0.5  # discount of a match through a shared ancestor rather than the term itself
     delta: float = 0.0  # size penalty: delta * log(number of the disease's annotations)
     min_frequency: float = 0.02  # floor so a rare feature still counts as a match
+    exact_bonus: float = 1.0  # added per present term the disease is annotated with exactly (not below it)
     excluded_from: float = 0.95  # an excluded feature costs only diseases that show it at least this often
 
 
@@ -72,7 +73,10 @@ def _term_scores(graph: KnowledgeGraph, q: int, params: RankParams, rows: np.nda
     values = np.where(block > 0, np.maximum(values, 0.0), 0.0)
     values[:, ancestors != q] *= params.beta
     best = values.argmax(axis=1)
-    return values[np.arange(len(rows)), best], ancestors[best]
+    score = values[np.arange(len(rows)), best]
+    if params.exact_bonus:
+        score = score + params.exact_bonus * (graph.direct()[:, [q]].toarray()[rows, 0] > 0)
+    return score, ancestors[best]
 
 
 def _excluded_penalty(frequency: np.ndarray, params: RankParams) -> np.ndarray:

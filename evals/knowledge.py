@@ -1,0 +1,331 @@
+"""The phenopackets suite: published rare-disease cases -> ranked OMIM diagnoses.
+
+Three input variants, side by side with hpo3's hypergeometric enrichment as the peer baseline:
+  ids          the case's coded HPO ids (present and excluded) -> knowledge.rank;
+  narrative    the `narrative` text alone -> knowledge.link -> knowledge.rank;
+  paraphrased  the narrative with each label replaced by one of the term's held-out synonyms
+               (the share `HOLDOUT_SHARE` of synonyms the linker's dictionary and dense index never
+               see), so that linking is tested rather than string lookup;
+  baseline     `pyhpo.stats.EnrichmentModel("omim")` on the present ids.
+Metrics: top-1/3/10 and MRR over cases, macro-averaged by PMID and by disease. Ties count against
+us (a case's rank is 1 + the number of diseases scoring at least as high, other than the answer).
+
+Run: `python -m medagent.evals.knowledge --data ../shared/data --ids dev_report_sample_ids.txt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+HOLDOUT_SHARE = 0.5
+VARIANTS = ("ids", "narrative", "paraphrased", "baseline")
+_SEX = {"FEMALE": "female", "MALE": "male", "OTHER_SEX": "other", "UNKNOWN_SEX": "unknown"}
+
+
+# ---------------------------------------------------------------- phenopacket -> case.json
+
+
+def convert_phenopacket(record: dict) -> dict:
+    """A case.json dict from a phenopacket: coded phenotypes kept, the narrative as history.
+
+    Accepts the flat records of ../shared/data/phenopackets/dev.jsonl and GA4GH phenopacket v2
+    JSON (`subject`, `phenotypicFeatures` with `type.id` and `excluded`). Diagnoses are not copied:
+    a case must not carry its answer.
+    """
+    if not isinstance(record, dict):
+        raise ValueError("phenopacket: expected a JSON object")
+    if "phenotypicFeatures" in record or "subject" in record:
+        features = record.get("phenotypicFeatures") or []
+        present = [f["type"]["id"] for f in features if not f.get("excluded") and f.get("type", {}).get("id")]
+        excluded = [f["type"]["id"] for f in features if f.get("excluded") and f.get("type", {}).get("id")]
+        labels = [f["type"].get("label", f["type"]["id"]) for f in features if not f.get("excluded")]
+        subject = record.get("subject") or {}
+        sex = _SEX.get(str(subject.get("sex", "UNKNOWN_SEX")).upper(), "unknown")
+        age = _iso_years(((subject.get("timeAtLastEncounter") or {}).get("age") or {}).get("iso8601duration"))
+        history = record.get("narrative") or (f"Presents with {', '.join(labels).lower()}." if labels else "")
+        case_id = record.get("id") or "phenopacket"
+    else:
+        for field in ("id", "present_hpo"):
+            if field not in record:
+                raise ValueError(f"phenopacket record: field '{field}' is missing")
+        present, excluded = list(record["present_hpo"]), list(record.get("excluded_hpo", []))
+        sex = _SEX.get(str(record.get("sex", "UNKNOWN_SEX")).upper(), "unknown")
+        age = record.get("age_years")
+        history = record.get("narrative", "")
+        case_id = record["id"]
+    case = {
+        "schema_version": 1,
+        "id": re.sub(r"[^A-Za-z0-9_.:-]", "_", str(case_id))[:128],
+        "patient": {"sex": sex, **({"age_years": float(age)} if age is not None and 0 <= float(age) <= 130 else {})},
+        "history": history,
+        "phenotypes": {"present": present, "excluded": excluded},
+        "question": "What is the most likely diagnosis?",
+    }
+    return case
+
+
+def _iso_years(duration: str | None) -> float | None:
+    if not duration:
+        return None
+    match = re.match(r"P(?:(\d+)Y)?(?:(\d+)M)?", duration)
+    if not match:
+        return None
+    return int(match.group(1) or 0) + int(match.group(2) or 0) / 12
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_records(data_dir: Path) -> dict[str, dict]:
+    path = data_dir / "phenopackets" / "dev.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: phenopackets file not found")
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["id"]: r for r in records}
+
+
+def read_ids(data_dir: Path, ids_file: str) -> list[str]:
+    path = data_dir / "phenopackets" / ids_file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: id list not found")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def paraphrase(record: dict, graph, linker, share: float = HOLDOUT_SHARE) -> tuple[str, int, int]:  # noqa: ANN001
+    """The narrative with each present/excluded label replaced by a held-out synonym of its term.
+
+    Returns (text, mentions replaced or kept, mentions that still match a dictionary entry exactly).
+    A term with no held-out synonym keeps its label (and counts as an exact match).
+    """
+    from medagent.specialists.knowledge.link import form_key, held_out
+
+    text = record.get("narrative", "")
+    pairs = list(zip(record["present_hpo"], record["present_labels"])) + list(
+        zip(record["excluded_hpo"], record["excluded_labels"])
+    )
+    pairs.sort(key=lambda p: -len(p[1]))  # longest label first, so no label is replaced inside another
+    placeholders = {}
+    mentions = exact = 0
+    for n, (term_id, label) in enumerate(pairs):
+        index = graph.resolve(term_id)
+        options = []
+        if index is not None:
+            options = [
+                s[0]
+                for s in graph.synonyms[index]
+                if s[2] not in ("obsolete_synonym", "abbreviation") and held_out(graph.term_ids[index], s[0], share)
+            ]
+        options.sort(key=lambda s: hashlib.sha1(f"{term_id}|{s}".encode()).hexdigest())
+        surface = options[0] if options else label
+        pattern = re.compile(re.escape(label), re.IGNORECASE)
+        if not pattern.search(text):
+            continue
+        marker = f"\x00{n}\x00"
+        text = pattern.sub(marker, text, count=1)
+        placeholders[marker] = surface.lower() if surface[:1].isupper() and not surface[:2].isupper() else surface
+        mentions += 1
+        exact += form_key(surface) in linker.dictionary
+    for marker, surface in placeholders.items():
+        text = text.replace(marker, surface)
+    return text, mentions, exact
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def _rank_of(scores: np.ndarray, gold: list[int]) -> float:
+    if not gold:
+        return float("inf")
+    return float(min(int(np.sum(scores >= scores[k])) for k in gold))
+
+
+def metrics(ranks: list[float]) -> dict[str, float]:
+    r = np.array(ranks, dtype=float)
+    return {
+        "n": int(len(r)),
+        "top1": float(np.mean(r <= 1)),
+        "top3": float(np.mean(r <= 3)),
+        "top10": float(np.mean(r <= 10)),
+        "mrr": float(np.mean(1.0 / r)),
+    }
+
+
+def grouped(ranks: list[float], groups: list[str]) -> dict[str, float]:
+    """Macro average: each group (PMID, disease) weighs the same."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for rank, group in zip(ranks, groups):
+        by[group].append(rank)
+    per = [metrics(v) for v in by.values()]
+    return {k: float(np.mean([p[k] for p in per])) for k in ("top1", "top3", "top10", "mrr")} | {"groups": len(per)}
+
+
+def evaluate(
+    data_dir: Path,
+    ids_file: str = "dev_report_sample_ids.txt",
+    variants: tuple[str, ...] = VARIANTS,
+    limit: int | None = None,
+    cache_dir: Path | None = None,
+    obo_path: Path | None = None,
+    embedder_path: Path | None = None,
+    dense: bool = True,
+) -> dict:
+    """Run the variants on the listed cases; returns metrics per variant (+ by PMID, by disease)."""
+    from medagent.specialists.knowledge.graph import KnowledgeError
+    from medagent.specialists.knowledge.link import split_mentions
+    from medagent.specialists.knowledge.load import load_linker
+    from medagent.specialists.knowledge.rank import rank_all_scores
+
+    if cache_dir is None:
+        from medagent.tools.config import cache_root
+
+        cache_dir = cache_root()
+    records = load_records(data_dir)
+    ids = read_ids(data_dir, ids_file)[:limit]
+    linker = load_linker(cache_dir, obo_path, holdout_share=HOLDOUT_SHARE, dense=dense, embedder_path=embedder_path)
+    graph = linker.graph
+    rows = np.array([i for i, d in enumerate(graph.disease_ids) if d.startswith("OMIM:")], dtype=np.int64)
+    position = {graph.disease_ids[r]: k for k, r in enumerate(rows)}
+    enrichment = None
+    if "baseline" in variants:
+        from pyhpo import HPOSet
+        from pyhpo.stats import EnrichmentModel
+
+        from medagent.specialists.knowledge.graph import hpo_ontology
+
+        hpo_ontology()  # the graph came from the cache: hpo3's ontology is not loaded yet
+        enrichment = EnrichmentModel("omim")
+    ranks: dict[str, list[float]] = {v: [] for v in variants}
+    seconds: dict[str, float] = {v: 0.0 for v in variants}
+    mentions = exact = 0
+    for case_id in ids:
+        record = records[case_id]
+        gold = [position[d] for d in record["diagnosis_ids"] if d in position]
+        for variant in variants:
+            started = time.perf_counter()
+            try:
+                if variant == "baseline":
+                    known = [graph.term_ids[i] for i in map(graph.resolve, record["present_hpo"]) if i is not None]
+                    result = enrichment.enrichment("hypergeom", HPOSet.from_queries(known))
+                    order = [f"OMIM:{int(x['item'].id)}" for x in result]
+                    golds = set(record["diagnosis_ids"])
+                    rank = next((k + 1.0 for k, d in enumerate(order) if d in golds), float("inf"))
+                else:
+                    if variant == "ids":
+                        # Ids of older releases are mapped through alt ids; ids HPO dropped are left out.
+                        present = [t for t in record["present_hpo"] if graph.resolve(t) is not None]
+                        excluded = [t for t in record["excluded_hpo"] if graph.resolve(t) is not None]
+                    else:
+                        text = record["narrative"]
+                        if variant == "paraphrased":
+                            text, m, e = paraphrase(record, graph, linker)
+                            mentions, exact = mentions + m, exact + e
+                        found_present, found_excluded = split_mentions(linker.link(text))
+                        present = list(dict.fromkeys(m.id for m in found_present))
+                        excluded = [t for t in dict.fromkeys(m.id for m in found_excluded) if t not in present]
+                    rank = _rank_of(rank_all_scores(graph, present, excluded, rows), gold) if present else float("inf")
+            except KnowledgeError:
+                rank = float("inf")
+            seconds[variant] += time.perf_counter() - started
+            ranks[variant].append(rank)
+    pmids = [records[i]["pmid"] for i in ids]
+    diseases = [records[i]["diagnosis_ids"][0] for i in ids]
+    report = {
+        "ids_file": ids_file,
+        "cases": len(ids),
+        "holdout_share": HOLDOUT_SHARE,
+        "paraphrase_mentions": mentions,
+        "paraphrase_exact_share": exact / mentions if mentions else None,
+        "graph_release": graph.release,
+        "variants": {},
+    }
+    for variant in variants:
+        report["variants"][variant] = metrics(ranks[variant]) | {
+            "by_pmid": grouped(ranks[variant], pmids),
+            "by_disease": grouped(ranks[variant], diseases),
+            "ms_per_case": 1000 * seconds[variant] / max(len(ids), 1),
+        }
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        f"phenopackets {report['ids_file']}: {report['cases']} cases; HPO {report['graph_release'].get('hpo3')}",
+        f"{'variant':<12} {'top1':>6} {'top3':>6} {'top10':>6} {'MRR':>6} | {'PMID top1':>9} {'PMID MRR':>8} | "
+        f"{'dis. top1':>9} {'dis. MRR':>8} | {'ms/case':>7}",
+    ]
+    for name, m in report["variants"].items():
+        lines.append(
+            f"{name:<12} {100 * m['top1']:>5.1f}% {100 * m['top3']:>5.1f}% {100 * m['top10']:>5.1f}% {m['mrr']:>6.3f} | "
+            f"{100 * m['by_pmid']['top1']:>8.1f}% {m['by_pmid']['mrr']:>8.3f} | "
+            f"{100 * m['by_disease']['top1']:>8.1f}% {m['by_disease']['mrr']:>8.3f} | {m['ms_per_case']:>7.1f}"
+        )
+    if report["paraphrase_exact_share"] is not None:
+        lines.append(
+            f"paraphrased: {report['paraphrase_mentions']} mentions, "
+            f"{100 * report['paraphrase_exact_share']:.1f}% still match a dictionary entry exactly "
+            f"(terms without a held-out synonym keep their label); held-out share {report['holdout_share']}"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- suite items for `medagent eval run`
+
+
+def build_items(data_dir: Path, limit: int | None = None, ids_file: str = "dev_report_sample_ids.txt") -> list[dict]:
+    """Pipeline items (SuiteItem dicts) for the runner: ids -> rank; narrative -> link -> rank; paraphrased.
+
+    The paraphrased items need the linker with `[knowledge] holdout_share = 0.5` (HOLDOUT_SHARE).
+    """
+    from medagent.specialists.knowledge.load import load_linker
+    from medagent.tools.config import cache_root
+
+    records = load_records(data_dir)
+    linker = load_linker(cache_root(), holdout_share=HOLDOUT_SHARE, dense=False)
+    items = []
+    for case_id in read_ids(data_dir, ids_file)[:limit]:
+        record = records[case_id]
+        case = convert_phenopacket(record)
+        expected = {"answer_ids": record["diagnosis_ids"], "answer_labels": record.get("diagnosis_labels", [])}
+        rank_ids = {"tool": "knowledge.rank", "arguments": {"present": record["present_hpo"],
+                                                            "excluded": record["excluded_hpo"]}}  # fmt: skip
+        rank_prev = {"tool": "knowledge.rank", "arguments": {"present": "$prev.present_ids",
+                                                             "excluded": "$prev.excluded_ids"}}  # fmt: skip
+        paraphrased = paraphrase(record, linker.graph, linker)[0]
+        for variant, steps in (
+            ("ids", [rank_ids]),
+            ("narrative", [{"tool": "knowledge.link", "arguments": {"text": record["narrative"]}}, rank_prev]),
+            ("paraphrased", [{"tool": "knowledge.link", "arguments": {"text": paraphrased}}, rank_prev]),
+        ):
+            items.append({"id": f"{case_id}:{variant}", "mode": "pipeline", "case": case, "steps": steps,
+                          "expected": expected, "group": record["pmid"],
+                          "meta": {"variant": variant, "disease": record["diagnosis_ids"][0]}})  # fmt: skip
+    return items
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--ids", default="dev_report_sample_ids.txt")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--embedder", type=Path, default=None)
+    parser.add_argument("--no-dense", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    args = parser.parse_args(argv)
+    report = evaluate(args.data, args.ids, tuple(args.variants.split(",")), args.limit,
+                      embedder_path=args.embedder, dense=not args.no_dense)  # fmt: skip
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
