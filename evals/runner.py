@@ -1,7 +1,12 @@
 """`medagent eval run` / `eval score`: one runner for every suite and mode.
 
-A run folder holds run.json (suite, settings, versions), traces/<item>.jsonl, results/<item>.json,
-scores.jsonl (one line per finished item: a restart skips those) and report.md.
+A run folder holds run.json (suite, settings, versions, tools available), traces/<item>.jsonl,
+results/<item>.json, scores.jsonl (one line per finished item: a restart skips those), report.md,
+report.html (self-contained, plots embedded) and plots/*.png.
+
+Items whose `expected.options` is set are multiple choice: the configured LLM answers them
+directly (one constrained completion); with no LLM configured they fail with that reason, and
+no answer is ever guessed.
 """
 
 from __future__ import annotations
@@ -10,20 +15,29 @@ import asyncio
 import importlib.metadata as metadata
 import json
 import platform
+import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from medagent.evals.scoring import aggregate, score_events
-from medagent.evals.suite import Suite, SuiteItem, load_suite, shared_data_dir
+from medagent.evals.scoring import aggregate, compare_to_baselines, score_events
+from medagent.evals.suite import Expected, Suite, SuiteItem, load_suite, shared_data_dir
 from medagent.tools.config import Settings, load_settings
 from medagent.tools.contracts import Evidence, EvidenceDraft, Result, ToolCall
-from medagent.tools.errors import MedagentError
+from medagent.tools.errors import CaseError, ConfigError, MedagentError
 from medagent.tools.intake import LoadedCase, load_case, resolve_attachments
 from medagent.tools.registry import Registry, ToolContext
-from medagent.tools.trace import ResultEvent, ToolCallEvent, ToolResultEvent, TraceRecorder, read_trace
+from medagent.tools.trace import (
+    ErrorEvent,
+    LLMTurnEvent,
+    ResultEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+    TraceRecorder,
+    read_trace,
+)
 
 
 def _versions() -> dict[str, str]:
@@ -94,17 +108,86 @@ async def _run_steps(item: SuiteItem, loaded: LoadedCase, settings: Settings, ru
     return result
 
 
-async def run_item(item: SuiteItem, suite: Suite, settings: Settings, run_dir: Path) -> dict[str, Any]:
-    """Run one item in a fresh state; write its trace and result; return its score line."""
+LETTERS = "ABCDEFGHIJ"
+
+
+def choice_prompt(question: str, options: list[str]) -> list[dict[str, str]]:
+    """The one prompt multiple-choice items get: the question, lettered options, answer with a letter."""
+    lettered = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(options))
+    return [
+        {"role": "system", "content": "You are a medical expert answering an exam question. Reply with JSON "
+                                      '{"answer": "<letter>"} naming the single best option.'},
+        {"role": "user", "content": f"{question.strip()}\n\nOptions:\n{lettered}"},
+    ]
+
+
+async def _run_choice(item: SuiteItem, loaded: LoadedCase, settings: Settings, trace: TraceRecorder) -> None:
+    """Multiple choice: one schema-constrained LLM completion; the chosen letter goes in the result event."""
+    options = item.expected.options or []
+    try:
+        from medagent.agent.llm import make_backend
+
+        backend = make_backend(settings)
+    except (ConfigError, ImportError) as exc:
+        raise MedagentError(f"no LLM configured, so this multiple-choice item was not answered ({exc}); "
+                            "set [llm] preset in medagent.toml, e.g. preset = \"offline-cpu\"") from exc
+    letters = list(LETTERS[: len(options)])
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": letters}}, "required": ["answer"]}
+    messages = choice_prompt(loaded.case.question if not loaded.case.history else f"{loaded.case.history}\n\n{loaded.case.question}", options)
+    try:
+        reply = await backend.chat(messages, schema=schema, max_tokens=16)
+    finally:
+        await backend.aclose()
+    trace.emit(LLMTurnEvent, "answer", role="answer", model=reply.model, prompt_tokens=reply.prompt_tokens,
+               completion_tokens=reply.completion_tokens, seconds=reply.seconds, messages=messages, completion=reply.text)
+    try:
+        letter = str(reply.json().get("answer", "")).strip().upper()[:1]
+    except (MedagentError, AttributeError):
+        match = re.search(r"\b([A-J])\b", reply.text)
+        letter = match.group(1) if match else ""
+    choice = letters.index(letter) if letter in letters else None
+    if choice is None:
+        trace.emit(ErrorEvent, "answer", message=f"the LLM named no option: {reply.text[:80]!r}")
+    trace.emit(ResultEvent, "answer", differential=[], grounding={"status": "not_run"}, evidence_count=0,
+               timings={"total_s": trace.now()}, choice=choice)
+
+
+def item_extras(item: SuiteItem) -> dict[str, Any]:
+    """Fields of the item (not of its trace) that the report and the robustness comparison need."""
+    extras: dict[str, Any] = {}
+    for key in ("category", "baseline"):
+        if item.meta.get(key) is not None:
+            extras[key] = item.meta[key]
+    if item.meta.get("expect") == "refusal":
+        extras["expect_refusal"] = True
+    if item.meta.get("subset"):
+        extras["subset"] = item.meta["subset"]
+    return extras
+
+
+async def run_item(item: SuiteItem, suite: Suite, settings: Settings, run_dir: Path, available: set[str] | None = None) -> dict[str, Any]:
+    """Run one item in a fresh state; write its trace and result; return its score line.
+
+    A clear project error (bad input, missing LLM) is recorded as the item's failure; any other
+    exception is recorded as a crash, so one item can never stop a run."""
     trace_path = run_dir / "traces" / f"{item.id}.jsonl"
     trace_path.unlink(missing_ok=True)
     started = time.monotonic()
-    line: dict[str, Any] = {"id": item.id, "mode": item.mode, "group": item.group}
+    line: dict[str, Any] = {"id": item.id, "mode": item.mode, "group": item.group, **item_extras(item)}
+    if available is not None and item.expected.required_tools:
+        line["unavailable_required"] = sorted(set(item.expected.required_tools) - available)
     try:
-        loaded = _load_item_case(item, suite, settings)
+        try:
+            loaded = _load_item_case(item, suite, settings)
+        except CaseError as exc:
+            line["refused"] = True
+            raise exc
         trace = TraceRecorder(loaded.case.id, trace_path)
         try:
-            if item.mode == "agent":
+            if item.expected.options is not None:
+                await _run_choice(item, loaded, settings, trace)
+                result = None
+            elif item.mode == "agent":
                 from medagent.agent.api import run_loaded
 
                 result, _ = await run_loaded(loaded, settings, run_dir / "artifacts" / item.id, trace)
@@ -114,18 +197,30 @@ async def run_item(item: SuiteItem, suite: Suite, settings: Settings, run_dir: P
                 raise MedagentError("dialogue items need `medagent chat` sessions, which are not built yet")
         finally:
             trace.close()
-        (run_dir / "results" / f"{item.id}.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
+        if result is not None:
+            (run_dir / "results" / f"{item.id}.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
         line.update(score_events(read_trace(trace_path), item.expected))
     except MedagentError as exc:
         line.update(completed=False, failure=str(exc))
+    except Exception as exc:  # noqa: BLE001  (a crash is a finding of the evaluation, not the end of the run)
+        line.update(completed=False, crashed=True, failure=f"crash: {type(exc).__name__}: {exc}")
     line["wall_s"] = round(time.monotonic() - started, 3)
     return line
 
 
-def _read_scores(path: Path) -> list[dict[str, Any]]:
+def read_scores(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _status(line: dict[str, Any]) -> str:
+    from medagent.evals.scoring import failure_reasons
+
+    reasons = failure_reasons(line)
+    if line.get("crashed") or line.get("failure"):
+        return f"[red]{'; '.join(reasons) or 'failed'}[/red]: {line.get('failure', '')[:160]}"
+    return f"[yellow]{'; '.join(reasons)}[/yellow]" if reasons else "[green]pass[/green]"
 
 
 def run_suite(
@@ -136,75 +231,130 @@ def run_suite(
     data_dir: Path | None = None,
     config: Path | None = None,
     settings: Settings | None = None,
+    quiet: bool = False,
+    item_ids: list[str] | None = None,
 ) -> str:
+    """Run a suite (built-in name or JSONL), resuming a run folder; write scores and the report.
+
+    Returns the Markdown summary. `limit` None takes the suite's default limit; 0 runs every item."""
     settings = settings or load_settings(config)
     suite = load_suite(suite_name, shared_data_dir(data_dir), limit)
     limit = limit if limit is not None else suite.default_limit
-    items = suite.items[:limit] if limit is not None else suite.items
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    if item_ids:
+        unknown = sorted(set(item_ids) - {item.id for item in suite.items})
+        if unknown:
+            raise MedagentError(f"suite {suite.name} has no item {', '.join(unknown)}")
+        items = [item for item in suite.items if item.id in set(item_ids)]
+    else:
+        items = suite.items[:limit] if limit else suite.items
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = out or Path("runs") / f"{suite.name}-{stamp}"
     for sub in ("traces", "results"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     scores_path = run_dir / "scores.jsonl"
-    done = {s["id"] for s in _read_scores(scores_path)}
+    done = {s["id"] for s in read_scores(scores_path)}
     todo = [item for item in items if item.id not in done]
+    registry = Registry(settings)
+    available = {name for name in registry.tools if registry.unavailable_reason(name) is None}
     (run_dir / "run.json").write_text(json.dumps({
-        "suite": suite.name, "items": len(items), "limit": limit, "workers": workers,
+        "suite": suite.name, "description": suite.description, "items": len(items), "limit": limit,
+        "default_limit": suite.default_limit, "suite_size": len(suite.items), "workers": workers,
         "settings": settings.model_dump(mode="json"), "versions": _versions(), "started": stamp,
-    }, indent=2), encoding="utf-8")
+        "tools_available": sorted(available),
+        "tools_unavailable": {name: registry.unavailable_reason(name) for name in sorted(set(registry.tools) - available)},
+    }, indent=2, default=str), encoding="utf-8")
 
+    from rich.console import Console
     from rich.progress import Progress
 
     lock = threading.Lock()
+    console = Console(stderr=True, quiet=quiet)
+    if limit and limit < len(suite.items):
+        console.print(f"{suite.name}: running {len(items)} of {len(suite.items)} items (--limit {limit}; --limit 0 runs all)")
 
     async def run_all() -> None:
         semaphore = asyncio.Semaphore(workers)
-        with Progress(transient=False) as progress:
+        with Progress(transient=False, console=console) as progress:
             task = progress.add_task(f"{suite.name}", total=len(items), completed=len(items) - len(todo))
 
             async def one(item: SuiteItem) -> None:
                 async with semaphore:
-                    line = await run_item(item, suite, settings, run_dir)
+                    line = await run_item(item, suite, settings, run_dir, available)
                 with lock, scores_path.open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(line) + "\n")
-                progress.update(task, advance=1, description=f"{suite.name} ({line['wall_s']:.1f}s/item)")
+                    handle.write(json.dumps(line, default=str) + "\n")
+                progress.console.print(f"{item.id}: {line['wall_s']:.1f} s  {_status(line)}")
+                progress.update(task, advance=1, description=f"{suite.name} (last {line['wall_s']:.1f} s/item)")
 
             await asyncio.gather(*(one(item) for item in todo))
 
     asyncio.run(run_all())
     wanted = {item.id for item in items}
-    scores = [s for s in _read_scores(scores_path) if s["id"] in wanted]
-    summary = aggregate(scores)
-    report = _report(suite.name, summary, scores)
-    (run_dir / "report.md").write_text(report, encoding="utf-8")
-    return report + f"\nrun folder: {run_dir}\n"
+    scores = [s for s in read_scores(scores_path) if s["id"] in wanted]
+    return finish(run_dir, suite.name, scores) + f"\nrun folder: {run_dir}\n"
 
 
-def _report(name: str, summary: dict[str, Any], scores: list[dict[str, Any]]) -> str:
-    lines = [f"# medagent eval — {name}", "", "| metric | value |", "|---|---|"]
+def finish(folder: Path, title: str, scores: list[dict[str, Any]]) -> str:
+    """Cross-item metrics, then report.md / report.html / plots in `folder`; returns the summary."""
+    from medagent.evals.report import write_report
+
+    compare_to_baselines(scores)
+    write_report(folder, title, scores)
+    return summary_markdown(title, aggregate(scores))
+
+
+def summary_markdown(title: str, summary: dict[str, Any]) -> str:
+    lines = [f"# medagent eval — {title}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in summary.items()]
-    failures = [s for s in scores if s.get("failure") or s.get("forbidden_called") or s.get("required_recall", 1) < 1]
-    if failures:
-        lines += ["", "## Items that failed a check", ""]
-        for s in failures:
-            why = s.get("failure") or (f"called forbidden {s['forbidden_called']}" if s.get("forbidden_called") else f"required-tool recall {s.get('required_recall')}")
-            lines.append(f"- {s['id']}: {why}")
     return "\n".join(lines) + "\n"
 
 
-def score_traces(traces: Path, suite_name: str | None = None, data_dir: Path | None = None) -> str:
+def score_traces(traces: Path, suite_name: str | None = None, data_dir: Path | None = None, out: Path | None = None) -> str:
+    """Score trace files from any run (optionally against a suite's expectations); write a report to `out`."""
     folder = traces / "traces" if (traces / "traces").is_dir() else traces
     files = sorted(folder.glob("*.jsonl"))
     if not files:
         raise MedagentError(f"{traces}: no trace .jsonl files found")
-    expected = {}
+    items: dict[str, SuiteItem] = {}
     if suite_name is not None:
         suite = load_suite(suite_name, shared_data_dir(data_dir), None)
-        expected = {item.id: item.expected for item in suite.items}
-    from medagent.evals.suite import Expected
-
+        items = {item.id: item for item in suite.items}
     scores = []
     for file in files:
-        line = {"id": file.stem, **score_events(read_trace(file), expected.get(file.stem, Expected()))}
+        item = items.get(file.stem)
+        line: dict[str, Any] = {"id": file.stem}
+        if item is not None:
+            line.update(group=item.group, mode=item.mode, **item_extras(item))
+        try:
+            events = read_trace(file)
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise MedagentError(f"{file}: not a medagent trace ({exc})") from exc
+        line.update(score_events(events, item.expected if item else Expected()))
+        line["wall_s"] = line["seconds"]
         scores.append(line)
-    return _report(f"scored {len(files)} traces from {folder}", aggregate(scores), scores)
+    title = f"{len(files)} traces from {folder}" + (f" against suite {suite_name}" if suite_name else "")
+    if out is None:
+        compare_to_baselines(scores)
+        return summary_markdown(title, aggregate(scores))
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "scores.jsonl").open("w", encoding="utf-8") as handle:
+        for line in scores:
+            handle.write(json.dumps(line, default=str) + "\n")
+    return finish(out, title, scores) + f"\nreport: {out / 'report.md'}\n"
+
+
+def export_sft(source: Path, out: Path) -> str:
+    """Training examples from traces through the ONE converter, medagent.agent.sft (the planner recipe's)."""
+    folder = source / "traces" if (source / "traces").is_dir() else source
+    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else [folder]
+    if not files or not all(f.is_file() for f in files):
+        raise MedagentError(f"{source}: no trace .jsonl files found")
+    try:
+        from medagent.agent import sft
+    except ImportError as exc:
+        raise MedagentError("the trace → SFT converter (medagent.agent.sft, owned by the planner recipe) is not "
+                            f"installed in this build ({exc})") from exc
+    convert = getattr(sft, "export_traces", None)
+    if convert is None:
+        raise MedagentError("medagent.agent.sft has no export_traces(trace_files, out) function")
+    written = convert(files, out)
+    return f"wrote {written} training examples from {len(files)} traces to {out}"
