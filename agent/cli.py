@@ -165,15 +165,16 @@ def train(
 def eval_run(
     suite: str = typer.Argument(..., help="a built-in suite name or a suite JSONL file"),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="run folder (default: runs/<suite>-<time>)"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="run at most N items"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="run at most N items (default: the suite's; 0 = all)"),
     workers: int = typer.Option(1, "--workers", min=1, help="items run concurrently"),
     data: Optional[Path] = typer.Option(None, "--data", help="data folder for built-in suites (default: ../shared/data when present)"),
+    item: Optional[list[str]] = typer.Option(None, "--item", help="run only this item id (repeatable)"),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
-    """Run a suite: each item in a fresh state; resumable; writes traces, scores and a report."""
+    """Run a suite: each item in a fresh state; resumable; writes traces, scores and a report (md + html)."""
     from medagent.evals.runner import run_suite
 
-    summary = run_suite(suite, out=out, limit=limit, workers=workers, data_dir=data, config=config)
+    summary = run_suite(suite, out=out, limit=limit, workers=workers, data_dir=data, config=config, item_ids=item)
     typer.echo(summary)
 
 
@@ -182,11 +183,36 @@ def eval_score(
     traces: Path = typer.Argument(..., help="a folder of trace .jsonl files (or a run folder)"),
     suite: Optional[str] = typer.Option(None, "--suite", help="suite whose expectations to score against"),
     data: Optional[Path] = typer.Option(None, "--data"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="also write scores.jsonl, report.md and report.html here"),
 ) -> None:
     """Score existing traces (from this or any other run)."""
     from medagent.evals.runner import score_traces
 
-    typer.echo(score_traces(traces, suite, data))
+    typer.echo(score_traces(traces, suite, data, out))
+
+
+@eval_app.command("compare")
+def eval_compare(
+    runs: list[Path] = typer.Argument(..., help="two or more run folders; deltas are against the first"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="folder for compare.md/.html (default: the last run folder)"),
+) -> None:
+    """Side-by-side metrics of runs, deltas, and the items whose verdict changed."""
+    from medagent.evals.report import compare_runs
+
+    text, md_path, html_path = compare_runs(runs, out)
+    typer.echo(text)
+    typer.echo(f"wrote {md_path} and {html_path}")
+
+
+@eval_app.command("export-sft")
+def eval_export_sft(
+    source: Path = typer.Argument(..., help="a run folder or a folder of trace .jsonl files"),
+    out: Path = typer.Option(..., "-o", "--out", help="training examples, JSONL"),
+) -> None:
+    """Turn traces into supervised fine-tuning examples (the planner recipe's converter)."""
+    from medagent.evals.runner import export_sft
+
+    typer.echo(export_sft(source, out))
 
 
 def main() -> None:

@@ -289,7 +289,13 @@ def run_suite(
 
     asyncio.run(run_all())
     wanted = {item.id for item in items}
-    scores = [s for s in read_scores(scores_path) if s["id"] in wanted]
+    everything = read_scores(scores_path)
+    # Cross-item metrics (robustness baselines) go into scores.jsonl too, rewritten whole and atomically.
+    compare_to_baselines(everything)
+    partial = scores_path.with_suffix(".jsonl.partial")
+    partial.write_text("".join(json.dumps(s, default=str) + "\n" for s in everything), encoding="utf-8")
+    partial.replace(scores_path)
+    scores = [s for s in everything if s["id"] in wanted]
     return finish(run_dir, suite.name, scores) + f"\nrun folder: {run_dir}\n"
 
 
