@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 import platform
 
+from pathlib import Path
+
+# One cache root for the whole test run (built graphs, indexes, assembled models are made once),
+# inside the checkout so tests never touch the user's own cache. Chat sessions get unique ids.
+os.environ.setdefault("MEDAGENT_HOME", str(Path(__file__).resolve().parent / ".medagent-home"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -110,6 +110,21 @@ def solve(
 
 
 @app.command()
+def chat(
+    session: Optional[str] = typer.Option(None, "--session", help="resume this session id"),
+    case_file: Optional[Path] = typer.Option(None, "--case", help="start a new session from a case.json"),
+    script: Optional[Path] = typer.Option(None, "--script", help="read user turns from this file ('-' = stdin) instead of the keyboard"),
+    list_sessions: bool = typer.Option(False, "--list", help="list sessions and exit"),
+    delete: Optional[str] = typer.Option(None, "--delete", help="delete a session and all its data"),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """A consultation: multi-turn, files attached along the way (/attach), sessions persist and resume."""
+    from medagent.agent.chat_cli import run_chat
+
+    raise typer.Exit(run_chat(config, session, case_file, script, list_sessions, delete))
+
+
+@app.command()
 def tools(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
     """List tools, whether each is available, and why not."""
     from medagent.tools.config import load_settings

@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from medagent.tools.errors import MedagentError
 
@@ -37,7 +38,7 @@ def run_doctor(config: Path | None) -> bool:
         settings = load_settings(config)
         console.print(f"  ✓ config: {settings.source or 'none found; defaults apply (offline CPU setup)'}")
     except MedagentError as exc:
-        console.print(f"  [red]✗ {exc}[/red]")
+        console.print(f"  [red]✗ {escape(str(exc))}[/red]")
         return False
     root = cache_root(settings)
     try:
@@ -52,7 +53,7 @@ def run_doctor(config: Path | None) -> bool:
     for name, tool in registry.tools.items():
         reason = registry.unavailable_reason(name)
         mark = "✓" if reason is None else "[yellow]–[/yellow]"
-        console.print(f"  {mark} {name}: {'available' if reason is None else 'unavailable: ' + reason}")
+        console.print(f"  {mark} {name}: {'available' if reason is None else 'unavailable: ' + escape(reason)}")
         for line in tool.doctor(settings):
-            console.print(f"      {line}", highlight=False)
+            console.print(f"      {escape(line)}", highlight=False)
     return ok

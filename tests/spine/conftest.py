@@ -30,7 +30,7 @@ def case_dir(tmp_path: Path) -> Path:
 def medagent(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the installed console script exactly as a user would."""
     exe = Path(sys.executable).parent / "medagent"
-    full_env = {**os.environ, "MEDAGENT_HOME": str((cwd or REPO) / ".medagent-home"), **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600)
 
 
