@@ -2,20 +2,20 @@
 
 One evidence item per recording: the summary quotes the words with their time span (what report.md
 shows), the payload holds the full `transcript` and its `segments` ({start, end, text, confidence}).
-A follow-up rule hands the transcript to `knowledge.link` when that tool is available.
+The knowledge adapter's follow-up rule (`words_to_link`) hands `payload['transcript']` to `knowledge.link`.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import Field
+
 from medagent.tools.config import Settings, cache_root
-from medagent.tools.contracts import AttachmentKind, Case, Evidence, EvidenceDraft, ToolCall
+from medagent.tools.contracts import AttachmentKind, EvidenceDraft
 from medagent.tools.errors import CaseError, UnavailableError
 from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
-from pydantic import Field
 
 QUOTE_WORDS = 60  # the summary quotes about this many words; the payload keeps everything
 
@@ -212,31 +212,6 @@ def transcribe_attachment(args: TranscribeArgs, ctx: ToolContext) -> list[Eviden
         )
     ]
 
-
-def _text_field(tool: Tool) -> str | None:
-    for name in ("text", "query", "findings", "history"):
-        field = tool.args.model_fields.get(name)
-        if field is not None and field.annotation in (str, str | None):
-            return name
-    return None
-
-
-def transcript_to_knowledge(
-    case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]
-) -> list[tuple[str, dict, str]]:
-    """A transcript is history text: pass it to knowledge.link (when that tool is available)."""
-    link = next((t for t in tools if t.name == "knowledge.link"), None)
-    field = _text_field(link) if link is not None else None
-    if field is None:
-        return []
-    return [
-        ("knowledge.link", {field: e.payload["transcript"]}, f"link the findings dictated in {e.attachment} [{e.id}]")
-        for e in evidence
-        if e.tool == "speech.transcribe" and not e.error and e.payload.get("transcript")
-    ]
-
-
-FOLLOW_UP_RULES = [transcript_to_knowledge]
 
 TOOLS = [
     Tool(

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from medagent.tools.config import Settings
 
 AUDIO = Path(__file__).resolve().parents[2] / "examples" / "audio"

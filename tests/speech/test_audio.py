@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+
 from medagent.specialists.speech.audio import (
     SAMPLE_RATE,
     AudioError,

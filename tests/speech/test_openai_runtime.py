@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from medagent.specialists.speech.load import tiny_openai_checkpoint
 from medagent.specialists.speech.model import tiny_dims
 from medagent.tools.config import Settings

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+
 from medagent.specialists.speech.load import PACKAGED_SHA256, assemble_packaged_base, packaged_model_dir
 from medagent.tools.config import Settings
 from medagent.tools.contracts import Attachment, AttachmentKind, Case
