@@ -36,7 +36,8 @@ _INSTRUCTION = re.compile(
     r"|\b(output|reply|respond|answer|print|return|reveal|repeat)\b.{0,40}\b(json|calls?|empty list|your prompt|instructions)\b",
     re.IGNORECASE,
 )
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+# Sentence ends, plus chat-template markers: an injected block never swallows the clinical sentence after it.
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+|(?=<\|?im_start)|(?<=<\|im_end\|>)\s*|(?=\[INST\])|(?<=\[/INST\])\s*")
 
 
 def screen_patient_text(text: str) -> tuple[str, list[str]]:
@@ -146,11 +147,13 @@ class LLMPlanner:
             return self.rules.plan(case, tools, evidence, calls)
         # The adapters' first-step rules (e.g. link the history to phenotypes) stay on as a guard; the
         # attachment coverage guard runs after the planner in the graph.
+        # They see the screened history too, so injected text reaches no tool's arguments.
+        screened = case.model_copy(update={"history": screen_patient_text(case.history)[0]})
         keys = {call_key(c.tool, c.arguments) for c in [*calls, *proposed]}
         guard = [
-            c.model_copy(update={"origin": CallOrigin.guard})
+            c
             for rule in _rules("FIRST_STEP_RULES")
-            for c in _calls(rule(case, tools, evidence, calls), [*calls, *proposed], CallOrigin.guard, "C")
+            for c in _calls(rule(screened, tools, evidence, calls), [*calls, *proposed], CallOrigin.guard, "C")
             if call_key(c.tool, c.arguments) not in keys
         ]
         return proposed + guard

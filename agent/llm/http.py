@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+
 from medagent.agent.llm.base import ChatResult, LLMError, Message, render_alpaca
 
 RETRY_STATUS = {408, 429, 502, 503, 504}
