@@ -108,8 +108,8 @@ def paraphrase(record: dict, graph, linker, share: float = HOLDOUT_SHARE) -> tup
     from medagent.specialists.knowledge.link import form_key, held_out
 
     text = record.get("narrative", "")
-    pairs = list(zip(record["present_hpo"], record["present_labels"])) + list(
-        zip(record["excluded_hpo"], record["excluded_labels"])
+    pairs = list(zip(record["present_hpo"], record["present_labels"], strict=True)) + list(
+        zip(record["excluded_hpo"], record["excluded_labels"], strict=True)
     )
     pairs.sort(key=lambda p: -len(p[1]))  # longest label first, so no label is replaced inside another
     placeholders = {}
@@ -161,7 +161,7 @@ def metrics(ranks: list[float]) -> dict[str, float]:
 def grouped(ranks: list[float], groups: list[str]) -> dict[str, float]:
     """Macro average: each group (PMID, disease) weighs the same."""
     by: dict[str, list[float]] = defaultdict(list)
-    for rank, group in zip(ranks, groups):
+    for rank, group in zip(ranks, groups, strict=True):
         by[group].append(rank)
     per = [metrics(v) for v in by.values()]
     return {k: float(np.mean([p[k] for p in per])) for k in ("top1", "top3", "top10", "mrr")} | {"groups": len(per)}

@@ -163,7 +163,7 @@ class KnowledgeGraph:
         """An ICD-10-CM code whose description equals this text (after normalisation), if any."""
         if self._icd_by_text is None:
             table: dict[str, str] = {}
-            for code, description in zip(self.icd_codes, self.icd_descriptions):
+            for code, description in zip(self.icd_codes, self.icd_descriptions, strict=True):
                 key = normalise(description)
                 # Prefer the shortest code (the category) when several share a description.
                 if key not in table or len(code) < len(table[key]):
@@ -303,7 +303,7 @@ def build_graph(obo_path: Path) -> KnowledgeGraph:
 
     # Closure: every ancestor of an annotation carries the largest frequency below it.
     rows, cols, vals = [], [], []
-    for d, (hits, freq) in enumerate(zip(annotations, annotation_freq)):
+    for d, (hits, freq) in enumerate(zip(annotations, annotation_freq, strict=True)):
         anc = [memo[h] for h in hits]
         all_terms = np.concatenate(anc)
         all_freq = np.repeat(freq, [len(a) for a in anc])
@@ -374,7 +374,7 @@ def release_key(obo_path: Path) -> str:
     # hpo3's version pins its compiled-in HPO release, so loading the ontology is not needed here.
     obo_version = "unknown"
     with open(obo_path, encoding="utf-8") as handle:
-        for _, line in zip(range(5), handle):
+        for _, line in zip(range(5), handle, strict=False):
             if line.startswith("data-version:"):
                 obo_version = line.split("/")[-1].strip()
     return (

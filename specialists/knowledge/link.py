@@ -41,7 +41,7 @@ _ENGLISH_HINTS = {"the", "with", "and", "of", "no", "a", "in", "has", "was", "is
 _FOREIGN_HINTS = {
     "der", "die", "das", "und", "mit", "seit", "unter", "ist", "nicht", "kein", "keine", "ein", "eine", "le", "la",
     "les", "et", "avec", "est", "une", "pas", "depuis", "el", "los", "las", "con", "y", "es", "una", "desde", "il",
-    "della", "che", "sono", "ed", "em", "com", "uma", "não", "het", "een", "niet", "och", "med", "och", "ikke",
+    "della", "che", "sono", "ed", "em", "com", "uma", "não", "het", "een", "niet", "och", "med", "ikke",
 }  # fmt: skip
 
 
@@ -186,9 +186,9 @@ class Linker:
 
         phrases = []
         bounds = [0] + [m.end() for m in _CLAUSE.finditer(text)] + [len(text)]
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
             cuts = [lo] + [x for m in _SEGMENT.finditer(text, lo, hi) for x in (m.start(), m.end())] + [hi]
-            for a, b in zip(cuts[::2], cuts[1::2]):
+            for a, b in zip(cuts[::2], cuts[1::2], strict=True):
                 piece = text[a:b]
                 words = [(w, s, e) for w, s, e in tokens(piece) if not covered[a + s : a + e].any()]
                 content = [w for w in words if w[0] not in _STOP and w[0] not in _NEG_WORDS and not w[0].isdigit()]
@@ -201,7 +201,7 @@ class Linker:
         vectors = encode(self.embedder, [text[s:e] for s, e in phrases])
         scores, rows = self.dense.search(vectors, 1)
         found = []
-        for (start, end), score, row in zip(phrases, scores[:, 0], rows[:, 0]):
+        for (start, end), score, row in zip(phrases, scores[:, 0], rows[:, 0], strict=True):
             if row >= 0 and score >= self.dense_threshold:
                 found.append(self._mention(self.dense.terms[row], start, end, text, "dense", float(score)))
         return found
