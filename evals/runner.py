@@ -121,23 +121,42 @@ def choice_prompt(question: str, options: list[str]) -> list[dict[str, str]]:
     ]
 
 
+# One LLM backend per run (loading a local model per item would dominate the run time).
+_BACKENDS: dict[int, Any] = {}
+_BACKEND_LOCK = threading.Lock()
+
+
+def _backend_once(settings: Settings) -> Any:
+    with _BACKEND_LOCK:
+        if id(settings) not in _BACKENDS:
+            try:
+                from medagent.agent.llm import make_backend
+
+                _BACKENDS[id(settings)] = make_backend(settings)
+            except (ConfigError, ImportError) as exc:
+                raise MedagentError(f"no LLM configured, so this multiple-choice item was not answered ({exc}); "
+                                    "set [llm] preset in medagent.toml, e.g. preset = \"offline-cpu\"") from exc
+        return _BACKENDS[id(settings)]
+
+
+async def _backend(settings: Settings) -> Any:
+    return await asyncio.to_thread(_backend_once, settings)
+
+
+async def _close_backend(settings: Settings) -> None:
+    backend = _BACKENDS.pop(id(settings), None)
+    if backend is not None:
+        await backend.aclose()
+
+
 async def _run_choice(item: SuiteItem, loaded: LoadedCase, settings: Settings, trace: TraceRecorder) -> None:
     """Multiple choice: one schema-constrained LLM completion; the chosen letter goes in the result event."""
     options = item.expected.options or []
-    try:
-        from medagent.agent.llm import make_backend
-
-        backend = make_backend(settings)
-    except (ConfigError, ImportError) as exc:
-        raise MedagentError(f"no LLM configured, so this multiple-choice item was not answered ({exc}); "
-                            "set [llm] preset in medagent.toml, e.g. preset = \"offline-cpu\"") from exc
+    backend = await _backend(settings)
     letters = list(LETTERS[: len(options)])
     schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": letters}}, "required": ["answer"]}
     messages = choice_prompt(loaded.case.question if not loaded.case.history else f"{loaded.case.history}\n\n{loaded.case.question}", options)
-    try:
-        reply = await backend.chat(messages, schema=schema, max_tokens=16)
-    finally:
-        await backend.aclose()
+    reply = await backend.chat(messages, schema=schema, max_tokens=16)
     trace.emit(LLMTurnEvent, "answer", role="answer", model=reply.model, prompt_tokens=reply.prompt_tokens,
                completion_tokens=reply.completion_tokens, seconds=reply.seconds, messages=messages, completion=reply.text)
     try:
@@ -218,6 +237,8 @@ def _status(line: dict[str, Any]) -> str:
     from medagent.evals.scoring import failure_reasons
 
     reasons = failure_reasons(line)
+    if line.get("expect_refusal") and not reasons:
+        return f"[green]handled as expected[/green]: {(line.get('failure') or 'error evidence')[:160]}"
     if line.get("crashed") or line.get("failure"):
         return f"[red]{'; '.join(reasons) or 'failed'}[/red]: {line.get('failure', '')[:160]}"
     return f"[yellow]{'; '.join(reasons)}[/yellow]" if reasons else "[green]pass[/green]"
@@ -247,6 +268,10 @@ def run_suite(
         items = [item for item in suite.items if item.id in set(item_ids)]
     else:
         items = suite.items[:limit] if limit else suite.items
+    # A robustness item is judged against its baseline: run the baseline too, first.
+    chosen = {item.id for item in items}
+    baselines = [i for i in suite.items if i.id not in chosen and i.id in {x.meta.get("baseline") for x in items}]
+    items = baselines + list(items)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = out or Path("runs") / f"{suite.name}-{stamp}"
     for sub in ("traces", "results"):
@@ -285,7 +310,10 @@ def run_suite(
                 progress.console.print(f"{item.id}: {line['wall_s']:.1f} s  {_status(line)}")
                 progress.update(task, advance=1, description=f"{suite.name} (last {line['wall_s']:.1f} s/item)")
 
-            await asyncio.gather(*(one(item) for item in todo))
+            try:
+                await asyncio.gather(*(one(item) for item in todo))
+            finally:
+                await _close_backend(settings)
 
     asyncio.run(run_all())
     wanted = {item.id for item in items}

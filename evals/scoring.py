@@ -13,7 +13,8 @@ Metric definitions (per item; `aggregate` averages them over the items that have
 - rejected / repaired / by_origin: planner quality (validation rejections, repair calls, who planned).
 - arg_valid_rate: accepted calls / all calls (a rejected call had invalid or impossible arguments).
 - repeated_calls: accepted calls that repeat an earlier (tool, arguments) pair.
-- error_evidence: tool results flagged as errors.
+- error_evidence: tool results flagged as errors; attachment_errors: those of calls that examined an
+  attachment (a bad input must end in a refusal or one of these, never in a silent result).
 - grounded_share: supported report sentences / report sentences (when grounding ran);
   unsupported: report sentences the checker flagged.
 - plan: the accepted calls as `tool(attachment)` (sorted, repeats kept): which tools examined what.
@@ -92,6 +93,7 @@ def score_events(events: list[TraceEvent], expected: Expected) -> dict[str, Any]
     called = [e.tool for e in accepted]
     results = [e for e in events if e.event == "tool_result"]
     final = next((e for e in reversed(events) if e.event == "result"), None)
+    examined = {e.call_id for e in accepted if isinstance(e.arguments.get("attachment"), str)}
     tool_seconds: dict[str, float] = defaultdict(float)
     for result in results:
         tool_seconds[result.tool] += result.seconds
@@ -111,6 +113,7 @@ def score_events(events: list[TraceEvent], expected: Expected) -> dict[str, Any]
         "repeated_calls": repeated,
         "steps": len([e for e in events if e.event == "plan"]),
         "error_evidence": sum(1 for e in results if e.error),
+        "attachment_errors": sum(1 for e in results if e.error and e.call_id in examined),
         "tools_called": sorted(set(called)),
         "plan": sorted(plan_entry(e.tool, e.arguments) for e in accepted),
         "tool_seconds": {k: round(v, 4) for k, v in tool_seconds.items()},
@@ -178,7 +181,7 @@ def failure_reasons(score: dict[str, Any]) -> list[str]:
     if score.get("crashed"):
         reasons.append("crash")
     elif score.get("expect_refusal"):
-        if score.get("completed") and not score.get("error_evidence"):
+        if score.get("completed") and not score.get("attachment_errors"):
             reasons.append("bad input accepted silently")
     elif failure.startswith("no LLM"):
         reasons.append("no LLM configured")
