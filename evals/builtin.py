@@ -297,7 +297,7 @@ def agentclinic_items(path: Path) -> list[SuiteItem]:
         history = (before + redacted).strip()
         case = Case(id=re.sub(r"[^A-Za-z0-9_.:-]", "-", raw["id"])[:128], history=history, question=question)
         items.append(SuiteItem(
-            id=case.id, case=case, group="leaking (redacted)" if found else "leak-free",
+            id=case.id, case=case,
             expected=Expected(answer_labels=[answer]),
             meta={"category": "leaking (redacted)" if found else "leak-free", "subset": [] if found else ["leak-free"],
                   "leak_phrases": found},

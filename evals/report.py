@@ -227,6 +227,11 @@ def build_page(title: str, scores: list[dict[str, Any]], run: dict[str, Any] | N
         if len(rows) > MAX_GROUP_ROWS:
             page.p(f"{len(rows)} {attribute}s; the {MAX_GROUP_ROWS} largest are shown (all are in scores.jsonl).")
         page.table([attribute, "items", "pass rate", *[label for _, label in keys], "median s"], rows[:MAX_GROUP_ROWS])
+        if attribute == "group" and len(rows) > 1:
+            # Macro-average: each group (e.g. a PMID) counts once, however many items it holds.
+            macro = [f"{label} {mean(r[3 + i] for r in rows if r[3 + i] is not None):.3f}"
+                     for i, (_, label) in enumerate(keys) if any(r[3 + i] is not None for r in rows)]
+            page.p(f"Macro-average over {len(rows)} groups: pass rate {mean(r[2] for r in rows):.3f}" + "".join(f", {m}" for m in macro) + ".")
         shown = rows[:20]
         series = {"pass rate": [r[2] or 0.0 for r in shown]}
         for index, (key, label) in enumerate(keys):

@@ -282,7 +282,8 @@ def run_suite(
     registry = Registry(settings)
     available = {name for name in registry.tools if registry.unavailable_reason(name) is None}
     (run_dir / "run.json").write_text(json.dumps({
-        "suite": suite.name, "description": suite.description, "items": len(items), "limit": limit,
+        "suite": suite.name, "suite_source": str(Path(suite_name).resolve()) if Path(suite_name).exists() else suite_name,
+        "description": suite.description, "items": len(items), "limit": limit,
         "default_limit": suite.default_limit, "suite_size": len(suite.items), "workers": workers,
         "settings": settings.model_dump(mode="json"), "versions": _versions(), "started": stamp,
         "tools_available": sorted(available),
@@ -376,19 +377,40 @@ def score_traces(traces: Path, suite_name: str | None = None, data_dir: Path | N
     return finish(out, title, scores) + f"\nreport: {out / 'report.md'}\n"
 
 
-def export_sft(source: Path, out: Path) -> str:
-    """Training examples from traces through the ONE converter, medagent.agent.sft (the planner recipe's)."""
+def export_sft(source: Path, out: Path, suite_name: str | None = None, data_dir: Path | None = None,
+               config: Path | None = None) -> str:
+    """Training examples from traces through the ONE converter, medagent.agent.sft.convert (the planner recipe's).
+
+    Steps planned without an LLM turn in the trace (rule planner) need the case and the tool catalogue to
+    rebuild the prompt: the cases come from the suite (`suite_name`, else the run folder's run.json)."""
     folder = source / "traces" if (source / "traces").is_dir() else source
     files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else [folder]
     if not files or not all(f.is_file() for f in files):
         raise MedagentError(f"{source}: no trace .jsonl files found")
     try:
-        from medagent.agent import sft
+        from medagent.agent.sft import convert
     except ImportError as exc:
         raise MedagentError("the trace → SFT converter (medagent.agent.sft, owned by the planner recipe) is not "
                             f"installed in this build ({exc})") from exc
-    convert = getattr(sft, "export_traces", None)
-    if convert is None:
-        raise MedagentError("medagent.agent.sft has no export_traces(trace_files, out) function")
-    written = convert(files, out)
+    settings = load_settings(config)
+    run_file = source / "run.json"
+    if suite_name is None and run_file.is_file():
+        recorded = json.loads(run_file.read_text(encoding="utf-8"))
+        suite_name = recorded.get("suite_source") or recorded.get("suite")
+    cases = {}
+    if suite_name is not None:
+        try:
+            suite = load_suite(suite_name, shared_data_dir(data_dir), None)
+        except MedagentError:
+            suite = None  # a user suite file that moved: LLM-planned steps still convert
+        for item in suite.items if suite else []:
+            try:
+                case = _load_item_case(item, suite, settings).case
+            except MedagentError:
+                continue
+            cases[case.id] = case
+    registry = Registry(settings)
+    tools = [tool for name, tool in registry.tools.items() if registry.unavailable_reason(name) is None]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = convert(files, out, cases, tools)
     return f"wrote {written} training examples from {len(files)} traces to {out}"
