@@ -223,11 +223,14 @@ def eval_compare(
 def eval_export_sft(
     source: Path = typer.Argument(..., help="a run folder or a folder of trace .jsonl files"),
     out: Path = typer.Option(..., "-o", "--out", help="training examples, JSONL"),
+    suite: Optional[str] = typer.Option(None, "--suite", help="suite holding the traced cases (default: the run's)"),
+    data: Optional[Path] = typer.Option(None, "--data"),
+    config: Optional[Path] = ConfigOpt,
 ) -> None:
-    """Turn traces into supervised fine-tuning examples (the planner recipe's converter)."""
+    """Turn traces into supervised fine-tuning examples (the planner recipe's converter, agent/sft.py)."""
     from medagent.evals.runner import export_sft
 
-    typer.echo(export_sft(source, out))
+    typer.echo(export_sft(source, out, suite, data, config))
 
 
 def main() -> None:
