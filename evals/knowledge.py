@@ -329,3 +329,45 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------- common disease coverage (AgentClinic)
+
+
+def agentclinic_coverage(data_dir: Path, cache_dir: Path | None = None) -> dict:
+    """How often an AgentClinic gold diagnosis is reachable in the graph at all, by exact name.
+
+    Levels: rankable (an OMIM/ORPHA disease name), codable (an ICD-10-CM description, also as
+    "X, unspecified"), or a concept at all (those, or an HPO term label/synonym). Cases whose test
+    results name the diagnosis (an answer leak) are counted separately, and the leak-free subset reported.
+    """
+    from medagent.specialists.knowledge.graph import load_graph, normalise
+
+    if cache_dir is None:
+        from medagent.tools.config import cache_root
+
+        cache_dir = cache_root()
+    graph = load_graph(cache_dir)
+    diseases = {normalise(n) for n in graph.disease_names}
+    terms = {normalise(t) for t in graph.labels} | {normalise(s[0]) for syns in graph.synonyms for s in syns}
+    path = data_dir / "agentclinic" / "dev.jsonl"
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for record in records:
+        gold = normalise(record["answer"].replace("’s", "").replace("'s", ""))
+        results = record["question"].split("TEST RESULTS:", 1)[-1] if "TEST RESULTS:" in record["question"] else ""
+        rankable = gold in diseases
+        codable = graph.icd_for_text(gold) is not None or graph.icd_for_text(f"{gold}, unspecified") is not None
+        rows.append({"rankable": rankable, "codable": codable, "concept": rankable or codable or gold in terms,
+                     "leak": bool(gold) and gold in normalise(results)})  # fmt: skip
+
+    def share(subset: list[dict], key: str) -> float:
+        return sum(r[key] for r in subset) / len(subset) if subset else 0.0
+
+    clean = [r for r in rows if not r["leak"]]
+    return {
+        "cases": len(rows),
+        "leaks": len(rows) - len(clean),
+        "all": {k: share(rows, k) for k in ("rankable", "codable", "concept")},
+        "leak_free": {k: share(clean, k) for k in ("rankable", "codable", "concept")},
+    }

@@ -77,7 +77,7 @@ class Mention:
     label: str
     span: tuple[int, int]
     text: str
-    method: str  # "exact", "synonym", "dense"
+    method: str  # "exact", "synonym", "word set", "dense"
     score: float
     negated: bool
 
@@ -133,6 +133,13 @@ class Linker:
             if key not in self.dictionary or (kind == "exact" and self.dictionary[key][1] != "exact"):
                 self.dictionary[key] = (i, kind)
         self.max_len = max(len(k) for k in self.dictionary)
+        # Word order varies between wordings ("nail hypoplasia" / "hypoplasia of the nails"): a second
+        # dictionary keyed by the set of content words catches those; exact keys are tried first.
+        self.bags: dict[tuple[str, ...], int] = {}
+        for key, (i, _kind) in self.dictionary.items():
+            bag = _bag(key)
+            if len(bag) >= 2:
+                self.bags.setdefault(bag, i)
         self.dense = dense
         self.embedder = embedder
         self.dense_threshold = dense_threshold
@@ -161,6 +168,18 @@ class Linker:
                 if key in self.dictionary:
                     hit = (n, *self.dictionary[key])
                     break
+            if hit is None:
+                for n in range(min(self.max_len + 2, len(words) - k), 1, -1):
+                    if words[k][0] in _STOP or words[k + n - 1][0] in _STOP:
+                        continue
+                    if any(w in _BREAKS for w, _, _ in words[k : k + n]) or _PUNCT.search(
+                        text, words[k][1], words[k + n - 1][2]
+                    ):
+                        continue  # a word set never spans two listed findings
+                    bag = _bag(tuple(w for w, _, _ in words[k : k + n]))
+                    if len(bag) >= 2 and bag in self.bags:
+                        hit = (n, self.bags[bag], "word set")
+                        break
             if hit is None:
                 k += 1
                 continue
@@ -205,6 +224,14 @@ class Linker:
             if row >= 0 and score >= self.dense_threshold:
                 found.append(self._mention(self.dense.terms[row], start, end, text, "dense", float(score)))
         return found
+
+
+_BREAKS = {"and", "or", "with", "but", "no", "not", "without", "nor"}
+_PUNCT = re.compile(r"[,;:.()!?]")
+
+
+def _bag(key: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted({w for w in key if w not in _STOP}))
 
 
 _NEG_WORDS = {w for phrase in _NEG_BEFORE + _NEG_AFTER for w in phrase.split()}
