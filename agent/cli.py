@@ -199,11 +199,12 @@ def eval_score(
     suite: Optional[str] = typer.Option(None, "--suite", help="suite whose expectations to score against"),
     data: Optional[Path] = typer.Option(None, "--data"),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="also write scores.jsonl, report.md and report.html here"),
+    config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Score existing traces (from this or any other run)."""
     from medagent.evals.runner import score_traces
 
-    typer.echo(score_traces(traces, suite, data, out))
+    typer.echo(score_traces(traces, suite, data, out, config))
 
 
 @eval_app.command("compare")

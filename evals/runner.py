@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from medagent.evals.scoring import aggregate, compare_to_baselines, score_events
+from medagent.evals.scoring import aggregate, compare_to_baselines, score_events, with_graph_ids
 from medagent.evals.suite import Expected, Suite, SuiteItem, load_suite, shared_data_dir
 from medagent.tools.config import Settings, load_settings
 from medagent.tools.contracts import Evidence, EvidenceDraft, Result, ToolCall
@@ -218,7 +218,8 @@ async def run_item(item: SuiteItem, suite: Suite, settings: Settings, run_dir: P
             trace.close()
         if result is not None:
             (run_dir / "results" / f"{item.id}.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
-        line.update(score_events(read_trace(trace_path), item.expected))
+        expected = await asyncio.to_thread(with_graph_ids, item.expected, settings)
+        line.update(score_events(read_trace(trace_path), expected))
     except MedagentError as exc:
         line.update(completed=False, failure=str(exc))
     except Exception as exc:  # noqa: BLE001  (a crash is a finding of the evaluation, not the end of the run)
@@ -343,13 +344,15 @@ def summary_markdown(title: str, summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def score_traces(traces: Path, suite_name: str | None = None, data_dir: Path | None = None, out: Path | None = None) -> str:
+def score_traces(traces: Path, suite_name: str | None = None, data_dir: Path | None = None, out: Path | None = None,
+                 config: Path | None = None, settings: Settings | None = None) -> str:
     """Score trace files from any run (optionally against a suite's expectations); write a report to `out`."""
     folder = traces / "traces" if (traces / "traces").is_dir() else traces
     files = sorted(folder.glob("*.jsonl"))
     if not files:
         raise MedagentError(f"{traces}: no trace .jsonl files found")
     items: dict[str, SuiteItem] = {}
+    settings = settings or load_settings(config)
     if suite_name is not None:
         suite = load_suite(suite_name, shared_data_dir(data_dir), None)
         items = {item.id: item for item in suite.items}
@@ -363,7 +366,7 @@ def score_traces(traces: Path, suite_name: str | None = None, data_dir: Path | N
             events = read_trace(file)
         except (ValueError, json.JSONDecodeError) as exc:
             raise MedagentError(f"{file}: not a medagent trace ({exc})") from exc
-        line.update(score_events(events, item.expected if item else Expected()))
+        line.update(score_events(events, with_graph_ids(item.expected, settings) if item else Expected()))
         line["wall_s"] = line["seconds"]
         scores.append(line)
     title = f"{len(files)} traces from {folder}" + (f" against suite {suite_name}" if suite_name else "")

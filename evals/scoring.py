@@ -4,7 +4,9 @@ Metric definitions (per item; `aggregate` averages them over the items that have
 - rank: 1-based position of the first differential candidate whose codes include an expected id
   or whose name matches an expected label. Labels match after normalising case, punctuation,
   possessives ("Hirschsprung's"), a parenthesised abbreviation ("(COPD)") and a trailing generic
-  word ("disease", "syndrome", "disorder"); None if absent.
+  word ("disease", "syndrome", "disorder"); None if absent. The runner also adds, through the
+  knowledge graph, the OMIM/ORPHA ids whose disease name matches a label (`graph_answer_ids`),
+  so "Myasthenia gravis" matches OMIM:254200 and ORPHA:589 by id.
 - top1/top3/top10: rank <= k; rr: 1/rank (0 when absent); MRR is the mean of rr.
 - mc_correct: the option the LLM chose (the `choice` of the result event) is the expected one.
 - required_recall: share of expected tools that were called (accepted calls only).
@@ -65,6 +67,42 @@ def diagnosis_rank(differential: list[dict[str, Any]], expected: Expected) -> in
         if labels and any(normalise_label(name) in labels for name in names if name):
             return position
     return None
+
+
+_GRAPHS: dict[str, Any] = {}
+
+
+def graph_answer_ids(labels: list[str], settings: Any) -> list[str]:
+    """Synonym-aware answers through the knowledge graph: the OMIM/ORPHA diseases whose name (or the
+    head of it before the first comma, e.g. "Myasthenia gravis" for OMIM and ORPHA alike) matches an
+    expected label after `normalise_label`. Empty when the knowledge graph is disabled or not built."""
+    if not labels or not getattr(getattr(settings, "knowledge", None), "enabled", False):
+        return []
+    from medagent.tools.config import cache_root
+
+    key = str(cache_root(settings))
+    if key not in _GRAPHS:
+        try:
+            from medagent.specialists.knowledge.graph import load_graph
+
+            graph = load_graph(cache_root(settings), settings.knowledge.hpo_obo)
+            names: dict[str, list[str]] = defaultdict(list)
+            for disease_id, name in zip(graph.disease_ids, graph.disease_names, strict=True):
+                for form in {normalise_label(name), normalise_label(name.split(",")[0])}:
+                    names[form].append(disease_id)
+            _GRAPHS[key] = names
+        except Exception:  # noqa: BLE001  (no graph: labels still match by name, as documented)
+            _GRAPHS[key] = {}
+    names = _GRAPHS[key]
+    return sorted({disease for label in labels for disease in names.get(normalise_label(label), [])})
+
+
+def with_graph_ids(expected: Expected, settings: Any) -> Expected:
+    """`expected` with the graph's ids for its labels added (diagnosis items only)."""
+    if not expected.answer_labels or expected.options is not None:
+        return expected
+    extra = [i for i in graph_answer_ids(expected.answer_labels, settings) if i not in expected.answer_ids]
+    return expected.model_copy(update={"answer_ids": [*expected.answer_ids, *extra]}) if extra else expected
 
 
 def plan_entry(tool: str, arguments: dict[str, Any]) -> str:
