@@ -118,6 +118,7 @@ class Reply:
     new_evidence: list[Evidence] = field(default_factory=list)
     question: str | None = None
     done: bool = False
+    done_taking_history: bool = False
 
 
 class ChatSession:
@@ -268,13 +269,70 @@ class ChatSession:
         if not text:
             return Reply(text="")
         self._log_turn("user", text)
+        meta = self._meta()
+        pending = meta.get("pending_question")
+        sentence = None
+        if pending:
+            from medagent.agent.history_taking import Question, answer_to_history
+
+            sentence = answer_to_history(text, Question(**pending))
         case = await self.case()
-        history = f"{case.history}\n{text}".strip() if case.history else text
+        addition = sentence or text
+        history = f"{case.history}\n{addition}".strip() if case.history else addition
         before = len(await self.evidence())
         result = await self._run({"case": case.model_copy(update={"history": history}), "warnings": []})
         reply = self._reply(result, before)
-        self._log_turn("assistant", reply.text, evidence=[e.id for e in reply.new_evidence])
+        self._take_history(reply, result)
+        self._log_turn("assistant", reply.text, evidence=[e.id for e in reply.new_evidence], question=reply.question)
         return reply
+
+    def _meta(self) -> dict[str, Any]:
+        return json.loads((self.folder / "session.json").read_text(encoding="utf-8"))
+
+    def _save_meta(self, meta: dict[str, Any]) -> None:
+        (self.folder / "session.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+    def _take_history(self, reply: Reply, result: Result) -> None:
+        """Ask the one question that best separates the leading diagnoses, or say there is enough."""
+        from medagent.agent.history_taking import enough, latest_ranking, next_question
+
+        meta = self._meta()
+        asked = meta.setdefault("asked", [])
+        meta["pending_question"] = None
+        ranking = latest_ranking(result.evidence)
+        limit = self.settings.agent.max_questions
+        if ranking is None:
+            linked = any(e.tool == "knowledge.link" and e.payload.get("present") for e in result.evidence)
+            if not linked and len(asked) < limit and "knowledge.link" in self._available_tools():
+                reply.question = "Tell me more about the main complaint: what it is, since when, and what else you noticed."
+                meta["asked"].append("open:complaint")
+                self._log_turn("assistant", reply.question, kind="question", reason="no phenotype could be linked yet")
+        elif (why := enough(ranking)) is not None:
+            reply.text += "\n" + why
+            reply.done_taking_history = True
+        elif len(asked) >= limit:
+            reply.text += f"\nI have asked {len(asked)} questions; concluding with the current differential [{ranking.id}]."
+            reply.done_taking_history = True
+        else:
+            question = None
+            try:
+                from medagent.specialists.knowledge.graph import load_graph
+
+                graph = load_graph(cache_root(self.settings), self.settings.knowledge.hpo_obo)
+                question = next_question(graph, ranking, {a for a in asked if a.startswith("HP:")})
+            except Exception as exc:  # history taking is an aid: its failure must not end the turn
+                self._log_turn("assistant", "", kind="question_error", reason=f"{exc.__class__.__name__}: {exc}")
+            if question is not None:
+                reply.question = question.text
+                meta["asked"].append(question.term)
+                meta["pending_question"] = question.__dict__
+                self._log_turn("assistant", question.text, kind="question", reason=question.reason, term=question.term)
+        self._save_meta(meta)
+
+    def _available_tools(self) -> set[str]:
+        from medagent.tools.registry import Registry
+
+        return {tool.name for tool in Registry(self.settings).available()}
 
     def _reply(self, result: Result, before: int, lead: str = "") -> Reply:
         new = result.evidence[before:]

@@ -235,6 +235,12 @@ def eval_export_sft(
 
 
 def main() -> None:
+    import os
+
+    # Models are never fetched from a hub at run time, and library progress bars stay off the screen.
+    for key, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                       ("TRANSFORMERS_VERBOSITY", "error"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(key, value)
     try:
         app()
     except MedagentError as exc:

@@ -28,6 +28,7 @@ class AgentSettings(Section):
     tool_timeout_s: float = Field(default=300.0, gt=0)
     max_concurrency: int = Field(default=4, ge=1)
     allow_outside_paths: bool = False
+    max_questions: int = Field(default=5, ge=0, le=20, description="chat: history-taking questions per session")
 
 
 class LLMSettings(Section):
@@ -47,6 +48,7 @@ class LLMSettings(Section):
     )
     model_path: Path | None = Field(default=None, description="GGUF file (llamacpp) or HF checkpoint folder (transformers)")
     packaged: str | None = Field(default=None, description="Packaged GGUF to assemble when model_path is unset")
+    adapter_path: Path | None = Field(default=None, description="LoRA adapter folder from `medagent train planner` (transformers)")
     model: str | None = Field(default=None, description="Model id the server serves (http)")
     base_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:8000 (http)")
     dialect: Literal["llamacpp", "vllm", "openai"] | None = Field(default=None, description="How JSON constraints are sent")

@@ -135,3 +135,22 @@ def test_interactive_screen_in_a_real_terminal(tmp_path):
         wait_for("Resume with")
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+
+
+def test_history_taking_asks_a_separating_question_and_uses_the_answer(tmp_path):
+    import json
+
+    history = ("8-month-old boy, fussy, with a distended abdomen, vomiting and constipation since birth; "
+               "delayed passage of meconium. No fever.")
+    done = chat(turns=f"{history}\nyes\n")
+    assert done.returncode == 0, done.stderr
+    sid = session_id(done.stdout)
+    asked = re.findall(r"medagent asks> Does the patient have (.+?)\?", done.stdout)
+    assert asked, done.stdout
+    folder = Path(os.environ["MEDAGENT_HOME"]) / "sessions" / sid
+    turns = [json.loads(line) for line in (folder / "turns.jsonl").read_text().splitlines()]
+    questions = [t for t in turns if t.get("kind") == "question"]
+    # Each question is logged with the reason: how often each leading candidate shows the feature.
+    assert questions and "separates the leading candidates" in questions[0]["reason"] and "%" in questions[0]["reason"]
+    # "yes" became a history sentence naming the feature, which the linker then found.
+    assert f"Reports {asked[0].lower()}" in done.stdout or asked[0].lower() in done.stdout.split("you> yes")[1].lower()
