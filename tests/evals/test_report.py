@@ -122,3 +122,17 @@ def test_export_sft_uses_the_one_converter(tmp_path, settings):
     # The rule planner's step 1 becomes a chat example whose target is the call that ran.
     target = json.loads(examples[0]["messages"][-1]["content"])
     assert target["calls"][0]["tool"] == "imaging.describe" and target["calls"][0]["arguments"] == {"attachment": "mr"}
+
+
+def test_diagnosis_labels_match_through_the_knowledge_graph():
+    from medagent.evals.scoring import diagnosis_rank, with_graph_ids
+    from medagent.evals.suite import Expected
+    from medagent.tools.config import Settings
+
+    expected = with_graph_ids(Expected(answer_labels=["Myasthenia gravis"]), Settings())
+    assert {"OMIM:254200", "ORPHA:589"} <= set(expected.answer_ids)
+    # A candidate named differently but coded with the disease's id now counts, at its rank.
+    differential = [{"name": "Lambert-Eaton syndrome", "codes": []},
+                    {"name": "MG, generalised", "codes": [{"system": "ORPHA", "id": "ORPHA:589"}]}]
+    assert diagnosis_rank(differential, expected) == 2
+    assert diagnosis_rank(differential, Expected(answer_labels=["Myasthenia gravis"])) is None
