@@ -381,6 +381,9 @@ def medmcqa_suite(data_dir: Path | None, limit: int | None) -> Suite:
 
 # ------------------------------------------------------------------ suites whose logic lives in other areas' modules
 
+PHENOPACKETS_DEFAULT_LIMIT = 150
+
+
 @register("phenopackets")
 def phenopackets_suite(data_dir: Path | None, limit: int | None) -> Suite:
     """Phenopackets (evals/knowledge.py builds the items): three input variants per case, grouped by PMID."""
@@ -388,15 +391,16 @@ def phenopackets_suite(data_dir: Path | None, limit: int | None) -> Suite:
 
     if data_dir is None or not (data_dir / "phenopackets" / "dev.jsonl").is_file():
         raise MedagentError("suite 'phenopackets' needs --data DIR holding phenopackets/dev.jsonl")
-    # Three items (variants) per case: build just enough cases for the item limit.
-    cases = None if not limit else -(-limit // 3)
+    # Three items (variants) per case: build just enough cases for the item limit (0 = every case).
+    wanted = PHENOPACKETS_DEFAULT_LIMIT if limit is None else limit
+    cases = None if wanted == 0 else -(-wanted // 3)
     raw = build_items(data_dir, cases)
     items = []
     for entry in raw:
         entry.setdefault("meta", {}).setdefault("category", entry["meta"].get("variant"))
         items.append(SuiteItem.model_validate(entry))
     return Suite(
-        name="phenopackets", items=items, base_dir=data_dir / "phenopackets", default_limit=150,
+        name="phenopackets", items=items, base_dir=data_dir / "phenopackets", default_limit=PHENOPACKETS_DEFAULT_LIMIT,
         description=("Phenopacket-store dev sample (dev_report_sample_ids.txt) in pipeline mode: coded ids → knowledge.rank; "
                      "narrative → knowledge.link → knowledge.rank; paraphrased narrative (held-out synonyms; needs "
                      f"[knowledge] holdout_share = {HOLDOUT_SHARE}). Grouped by PMID: HPO annotations are partly curated "
