@@ -22,7 +22,10 @@ HISTORY = (
     "vomiting or diarrhea. Her skin shows multiple cafe-au-lait spots and she has scoliosis. Her brother had "
     "similar seizures and died young. Neurological examination found hyperreflexia, dysarthria and tremor "
     "of both hands. MRI showed cerebellar atrophy. She had delayed speech and language development as a "
-    "child and poor school performance. Her feet show pes cavus and she has recurrent respiratory infections."
+    "child and poor school performance. Her feet show pes cavus and she has recurrent respiratory infections. "
+    "Her mother noticed episodes of staring and lip smacking lasting a minute, followed by confusion. "
+    "On examination her blood pressure was high, her heart rate was fast and her abdomen was distended. "
+    "Hearing tests confirmed sensorineural loss in both ears, worse at high frequencies."
 )
 RANK_TERMS = ["HP:0001250", "HP:0001249", "HP:0000365", "HP:0004322", "HP:0000316", "HP:0002240",
               "HP:0001744", "HP:0001324", "HP:0001903", "HP:0002066"]  # fmt: skip

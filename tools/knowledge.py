@@ -125,10 +125,10 @@ def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     payload["excluded_ids"] = [t for t in payload["excluded_ids"] if t not in payload["present_ids"]]
     if not mentions and not payload["derived"]:
         raise ToolError(f"knowledge.link ({args.source}): no phenotype found in the text")
-    names = ", ".join(m.label for m in present[:6]) or "none"
+    names = ", ".join(list(dict.fromkeys(m.label for m in present))[:8]) or "none"
     summary = f"Phenotypes in {args.source}: {names}"
     if excluded:
-        summary += f"; excluded: {', '.join(m.label for m in excluded[:6])}"
+        summary += f"; excluded: {', '.join(list(dict.fromkeys(m.label for m in excluded))[:8])}"
     if payload["derived"]:
         summary += f"; from measurements: {', '.join(d['label'] for d in payload['derived'])}"
     return [EvidenceDraft(summary=summary, payload=payload, confidence=None)]

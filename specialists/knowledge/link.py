@@ -25,7 +25,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)?")
 _CLAUSE = re.compile(r"[.;:!?\n]|\b(?:but|however|although|though|except|whereas)\b", re.IGNORECASE)
 _NEG_BEFORE = [
     "no", "not", "without", "denies", "denied", "deny", "denying", "negative for", "absence of", "free of",
-    "ruled out", "rules out", "no evidence of", "no signs of", "no sign of", "never", "nor", "non",
+    "ruled out", "rules out", "no evidence of", "no signs of", "no sign of", "never", "nor", "non", "normal",
 ]  # fmt: skip
 _NEG_AFTER = ["was absent", "were absent", "is absent", "are absent", "was not observed", "were not observed",
               "not present", "was excluded", "were excluded", "was ruled out", "were ruled out", "absent"]  # fmt: skip
@@ -213,15 +213,19 @@ class Linker:
                 content = [w for w in words if w[0] not in _STOP and w[0] not in _NEG_WORDS and not w[0].isdigit()]
                 if not content:
                     continue
+                if any(w[0].isdigit() for w in words):
+                    continue  # measurements are read by value (findings.py), not by what they sound like
                 start, end = a + content[0][1], a + content[-1][2]
-                phrases.append((start, end))
+                phrases.append((start, end, len(content)))
         if not phrases:
             return []
-        vectors = encode(self.embedder, [text[s:e] for s, e in phrases])
+        vectors = encode(self.embedder, [text[s:e] for s, e, _ in phrases])
         scores, rows = self.dense.search(vectors, 1)
         found = []
-        for (start, end), score, row in zip(phrases, scores[:, 0], rows[:, 0], strict=True):
-            if row >= 0 and score >= self.dense_threshold:
+        for (start, end, size), score, row in zip(phrases, scores[:, 0], rows[:, 0], strict=True):
+            # One word carries little context ("crying" lands near "bloody tears"): ask for more similarity.
+            needed = self.dense_threshold if size > 1 else max(self.dense_threshold, 0.85)
+            if row >= 0 and score >= needed:
                 found.append(self._mention(self.dense.terms[row], start, end, text, "dense", float(score)))
         return found
 
