@@ -140,8 +140,7 @@ def test_interactive_screen_in_a_real_terminal(tmp_path):
 def test_history_taking_asks_a_separating_question_and_uses_the_answer(tmp_path):
     import json
 
-    history = ("8-month-old boy, fussy, with a distended abdomen, vomiting and constipation since birth; "
-               "delayed passage of meconium. No fever.")
+    history = "Baby boy with a distended abdomen and constipation."  # thin: two phenotypes
     done = chat(turns=f"{history}\nyes\n")
     assert done.returncode == 0, done.stderr
     sid = session_id(done.stdout)
