@@ -213,7 +213,10 @@ async def run_item(item: SuiteItem, suite: Suite, settings: Settings, run_dir: P
             elif item.mode in ("direct", "pipeline"):
                 result = await _run_steps(item, loaded, settings, run_dir, trace)
             else:
-                raise MedagentError("dialogue items need `medagent chat` sessions, which are not built yet")
+                from medagent.evals.dialogue import run_dialogue
+
+                result, dialogue_metrics = await run_dialogue(item, settings, run_dir, trace_path)
+                line.update(dialogue_metrics)
         finally:
             trace.close()
         if result is not None:

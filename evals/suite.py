@@ -12,10 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from medagent.tools.contracts import Case
 from medagent.tools.errors import MedagentError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Step(BaseModel):
@@ -116,6 +115,7 @@ def load_suite_file(path: Path) -> Suite:
 
 def load_suite(name_or_path: str, data_dir: Path | None = None, limit: int | None = None) -> Suite:
     import medagent.evals.builtin  # noqa: F401  (registers the built-in suites)
+    import medagent.evals.dialogue  # noqa: F401
 
     if name_or_path in BUILTIN:
         return BUILTIN[name_or_path](data_dir, limit)
