@@ -76,6 +76,14 @@ def ct_quant(args: AttachmentArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         )
     if volume.units != "HU":
         raise ToolError(f"{attachment.id}: CT without a rescale to Hounsfield units (no RescaleSlope/Intercept)")
+    # A volume labelled CT that holds no air (about -1000 HU) is not CT in Hounsfield units: NIfTI carries
+    # no modality, so a wrong word in the case would otherwise yield confident, meaningless volumes.
+    low, high = (float(v) for v in np.percentile(volume.voxels, [0.5, 99.5]))
+    if low > -700:
+        raise ToolError(
+            f"{attachment.id}: labelled CT, but its intensities ({low:.0f} to {high:.0f}) hold no air near -1000 HU; "
+            "this does not look like CT in Hounsfield units (check the attachment's modality)"
+        )
     hu, affine = _canonical(volume)
     spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
     try:

@@ -95,6 +95,20 @@ def test_mr_is_refused_naming_the_modality(tmp_path: Path) -> None:
     assert args is None and "MR" in reason
 
 
+def test_mr_mislabelled_as_ct_is_refused(tmp_path: Path) -> None:
+    """NIfTI carries no modality: an MR that a case calls CT must not yield confident tissue volumes."""
+    import shutil
+
+    from medagent.tools.intake import resolve_attachments
+
+    shutil.copy(EXAMPLES / "data" / "mr_small.nii.gz", tmp_path / "scan.nii.gz")
+    case = Case.model_validate({"id": "x", "attachments": [{"id": "v", "kind": "volume", "path": "scan.nii.gz", "modality": "CT"}]})
+    loaded = resolve_attachments(case, tmp_path)
+    ctx = ToolContext(loaded.case, tmp_path, tmp_path / "artifacts", Settings())
+    with pytest.raises(ToolError, match="no air near -1000 HU"):
+        CT_QUANT.run(AttachmentArgs(attachment="v"), ctx)
+
+
 def test_single_slice_and_missing_geometry_are_refused(tmp_path: Path) -> None:
     case_dir = tmp_path / "case"
     case_dir.mkdir()
