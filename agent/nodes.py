@@ -140,6 +140,7 @@ async def act(state: CaseState, config: RunnableConfig) -> dict[str, Any]:
         error = any(d.error for d in drafts)
         run.trace.emit(
             ToolResultEvent, "act", call_id=call.call_id, tool=call.tool, evidence=ids, error=error,
+            details=evidence_details(evidence[len(evidence) - len(ids):]),
             started=t0, finished=t1, seconds=round(t1 - t0, 6),
         )
         tool_seconds.append((call.call_id, t1 - t0))
@@ -152,6 +153,11 @@ async def act(state: CaseState, config: RunnableConfig) -> dict[str, Any]:
         "tool_seconds": tool_seconds,
         **_timed("act", started),
     }
+
+
+def evidence_details(items: list[Evidence]) -> list[dict[str, Any]]:
+    """What the trace keeps of each evidence item, so a trace alone can be scored on its content."""
+    return [{"id": e.id, "summary": e.summary, "attachment": e.attachment, "error": e.error, "payload": e.payload} for e in items]
 
 
 def _case_dir(state: CaseState):

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from medagent.agent.nodes import evidence_details
 from medagent.evals.scoring import aggregate, compare_to_baselines, score_events, with_graph_ids
 from medagent.evals.suite import Expected, Suite, SuiteItem, load_suite, shared_data_dir
 from medagent.tools.config import Settings, load_settings
@@ -98,7 +99,7 @@ async def _run_steps(item: SuiteItem, loaded: LoadedCase, settings: Settings, ru
             evidence.append(item_evidence)
             ids.append(item_evidence.id)
         trace.emit(ToolResultEvent, "act", call_id=call.call_id, tool=call.tool, evidence=ids, error=any(d.error for d in drafts),
-                   started=t0, finished=t1, seconds=round(t1 - t0, 6))
+                   details=evidence_details(evidence[len(evidence) - len(ids):]), started=t0, finished=t1, seconds=round(t1 - t0, 6))
         previous = evidence[-1] if ids else None
     differential, note, findings, report, grounding = TemplateReporter().report(loaded.case, evidence, [])
     result = Result(case_id=loaded.case.id, question=loaded.case.question, differential=differential, differential_note=note,

@@ -65,6 +65,9 @@ class ToolResultEvent(TraceEvent):
     tool: str
     evidence: list[str]
     error: bool
+    details: list[dict[str, Any]] = Field(
+        default_factory=list, description="each evidence item: id, summary, attachment, error, payload"
+    )
     started: float
     finished: float
     seconds: float
