@@ -319,7 +319,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--embedder", type=Path, default=None)
     parser.add_argument("--no-dense", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    parser.add_argument("--agentclinic", action="store_true", help="only report AgentClinic diagnosis coverage")
     args = parser.parse_args(argv)
+    if args.agentclinic:
+        coverage = agentclinic_coverage(args.data)
+        print(f"AgentClinic: {coverage['cases']} cases, {coverage['leaks']} name the diagnosis in their test results")
+        for subset in ("all", "leak_free"):
+            shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in coverage[subset].items())
+            print(f"  {subset:<9} gold diagnosis reachable by name: {shares}")
+        return
     report = evaluate(args.data, args.ids, tuple(args.variants.split(",")), args.limit,
                       embedder_path=args.embedder, dense=not args.no_dense)  # fmt: skip
     print(format_report(report))
