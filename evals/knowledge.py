@@ -335,9 +335,6 @@ def main(argv: list[str] | None = None) -> None:
         args.json.write_text(json.dumps(report, indent=1))
 
 
-if __name__ == "__main__":
-    main()
-
 
 # ---------------------------------------------------------------- common disease coverage (AgentClinic)
 
@@ -379,3 +376,7 @@ def agentclinic_coverage(data_dir: Path, cache_dir: Path | None = None) -> dict:
         "all": {k: share(rows, k) for k in ("rankable", "codable", "concept")},
         "leak_free": {k: share(clean, k) for k in ("rankable", "codable", "concept")},
     }
+
+
+if __name__ == "__main__":
+    main()
