@@ -1,9 +1,11 @@
 """History taking for chat: which question best separates the leading diagnoses, and when to stop.
 
-The candidates come from the latest `knowledge.rank` evidence. For each phenotype annotated to any of
-the top candidates (and not yet known or asked), its separation is the information content of the
-term times the spread of its annotation frequency across the candidates, weighted by their rank.
-The question with the largest separation is asked, and its reason (the frequencies) is logged.
+The candidates come from the latest `knowledge.rank` evidence, weighted by rank (1, 1/2, 1/3, ...).
+For each phenotype annotated to any of them (and not yet known or asked), a yes/no answer splits that
+belief: P(yes) = sum of weight × frequency of the feature in each candidate. The question asked is the
+one with the largest expected information gain (entropy before minus expected entropy after), so it
+targets features that some leading candidates usually show and others do not — not merely rare ones.
+Its reason (the frequency in each candidate) is logged.
 """
 
 from __future__ import annotations
@@ -64,11 +66,9 @@ def next_question(graph, ranking: Evidence, asked: set[str]) -> Question | None:
     frequencies = graph.closure[rows][:, terms].toarray()  # candidates x terms
     weights = 1.0 / np.arange(1, len(rows) + 1)
     weights /= weights.sum()
-    mean = weights @ frequencies
-    spread = np.sqrt(weights @ (frequencies - mean) ** 2)
-    separation = spread * graph.ic[terms]
-    best = int(np.argmax(separation))
-    if separation[best] <= 0:
+    gain = information_gain(weights, frequencies)
+    best = int(np.argmax(gain))
+    if gain[best] <= 1e-6:
         return None
     term = terms[best]
     label = graph.labels[term]
@@ -76,6 +76,22 @@ def next_question(graph, ranking: Evidence, asked: set[str]) -> Question | None:
         f"{name} {frequency:.0%}" for name, frequency in zip(names, frequencies[:, best])
     ) + f" [{ranking.id}]"
     return Question(text=f"Does the patient have {label.lower()}?", reason=reason, term=graph.term_ids[term], label=label)
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy (nats) of each column of a matrix of unnormalised weights."""
+    total = p.sum(axis=0, keepdims=True)
+    q = np.divide(p, total, out=np.zeros_like(p), where=total > 0)
+    return -(q * np.log(np.where(q > 0, q, 1.0))).sum(axis=0)
+
+
+def information_gain(weights: np.ndarray, frequencies: np.ndarray) -> np.ndarray:
+    """Expected entropy reduction over the candidates from asking about each feature (one per column)."""
+    yes = weights[:, None] * frequencies
+    no = weights[:, None] * (1.0 - frequencies)
+    p_yes = yes.sum(axis=0)
+    prior = _entropy(weights[:, None])[0]
+    return prior - (p_yes * _entropy(yes) + (1.0 - p_yes) * _entropy(no))
 
 
 YES = ("yes", "yeah", "yep", "y", "correct", "true", "she does", "he does", "they do", "present", "positive")
