@@ -167,6 +167,11 @@ def build_model(cfg: dict[str, Any], constants: dict[str, Any]) -> Any:
             eos_token_id=EOT,
         )
         model = WhisperForConditionalGeneration(config)
+        # HF initialises the conv stem with std 0.02, so its output is ~1 % of the sinusoidal position
+        # signal and a random encoder barely hears the audio; He init makes the audio dominate again.
+        for conv in (model.model.encoder.conv1, model.model.encoder.conv2):
+            torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            torch.nn.init.zeros_(conv.bias)
     else:
         model = WhisperForConditionalGeneration.from_pretrained(str(_path(init)))
     generation = model.generation_config
@@ -273,7 +278,7 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
         if rank == 0 and (step % int(train.get("log_every", 10)) == 0 or step == steps - 1):
             record = {
                 "step": step,
-                "loss": round(float(loss), 4),
+                "loss": round(loss.item(), 4),
                 "lr": schedule.get_last_lr()[0],
                 "s": round(time.perf_counter() - started, 1),
             }
