@@ -130,12 +130,27 @@ def parse_calls(payload: Any, origin: CallOrigin) -> list[ToolCall]:
     return calls
 
 
+def planner_messages(case_text: str, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]) -> list[Message]:
+    lines = []
+    if calls:
+        lines.append("Calls already made: " + "; ".join(f"{c.tool}({json.dumps(c.arguments)})" for c in calls))
+    for item in evidence:
+        summary, _ = screen_patient_text(item.summary)
+        lines.append(f"[{item.id}] {item.tool}{' on ' + item.attachment if item.attachment else ''}: {summary[:300]}")
+    context = ("\n".join(lines) + "\n") if lines else ""
+    return [
+        {"role": "system", "content": prompts.PLANNER_SYSTEM.replace("{catalogue}", catalogue(tools))},
+        {"role": "user", "content": prompts.PLANNER_CASE.format(case=case_text, evidence=context)},
+    ]
+
+
 class LLMPlanner:
     def __init__(self, backend: Any, settings: Settings, trace: TraceRecorder | None = None) -> None:
         self.backend = backend
         self.settings = settings
         self.trace = trace
         self.rules = RulePlanner()
+        self._idle = False
         self.name = f"llm:{backend.name}"
 
     # -- the two graph entry points ------------------------------------------------------------
@@ -160,13 +175,15 @@ class LLMPlanner:
 
     async def reflect(self, case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]) -> list[ToolCall]:
         follow_ups = self.rules.reflect(case, tools, evidence, calls)
-        if not self.settings.llm.reflect:
+        if not self.settings.llm.reflect or self._idle:
             return follow_ups
         try:
             proposed = await self._turn("reflect", case, tools, evidence, calls)
         except Exception as exc:  # fall back to the rule planner's follow-ups
             self._error("reflect", f"LLM reflection failed ({exc.__class__.__name__}: {exc}); rule follow-ups used")
             return follow_ups
+        # Loop guard: once the model has nothing new to ask, later rounds do not ask it again.
+        self._idle = not proposed
         # The rule follow-ups (e.g. transcript → knowledge links) stay on as a guard.
         keys = {call_key(c.tool, c.arguments) for c in proposed}
         return proposed + [c for c in follow_ups if call_key(c.tool, c.arguments) not in keys]
@@ -196,7 +213,9 @@ class LLMPlanner:
             key = call_key(call.tool, call.arguments)
             _, reason = registry.validate(call, case)
             if reason is None and key in done:
-                reason = "repeated call: the same tool with the same arguments was already made"
+                # Loop guard: a repeat is dropped, never repaired (asking again only invites the same reply).
+                self._error("plan", f"loop guard: dropped repeated call {call.tool}({json.dumps(call.arguments)})")
+                continue
             if reason is None:
                 accepted.append(call)
                 done.add(key)
@@ -232,17 +251,7 @@ class LLMPlanner:
         return accepted
 
     def messages(self, case_text: str, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]) -> list[Message]:
-        lines = []
-        if calls:
-            lines.append("Calls already made: " + "; ".join(f"{c.tool}({json.dumps(c.arguments)})" for c in calls))
-        for item in evidence:
-            summary, _ = screen_patient_text(item.summary)
-            lines.append(f"[{item.id}] {item.tool}{' on ' + item.attachment if item.attachment else ''}: {summary[:300]}")
-        context = ("\n".join(lines) + "\n") if lines else ""
-        return [
-            {"role": "system", "content": prompts.PLANNER_SYSTEM.replace("{catalogue}", catalogue(tools))},
-            {"role": "user", "content": prompts.PLANNER_CASE.format(case=case_text, evidence=context)},
-        ]
+        return planner_messages(case_text, tools, evidence, calls)
 
     async def _chat(self, node: str, messages: list[Message], schema: dict[str, Any], max_tokens: int):
         try:

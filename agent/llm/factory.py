@@ -92,7 +92,8 @@ def make_backend(settings: Settings):
         path = values.get("model_path")
         if path is None or not (path.expanduser() / "config.json").is_file():
             raise ConfigError(f"llm.model_path {path}: not a transformers checkpoint folder (no config.json)")
-        return TransformersBackend(path.expanduser(), template=values.get("template") or "chat")
+        adapter = llm.adapter_path.expanduser() if llm.adapter_path else None
+        return TransformersBackend(path.expanduser(), template=values.get("template") or "chat", adapter=adapter)
     raise ConfigError(f"llm.backend '{backend}' is not one of llamacpp, http, transformers")
 
 

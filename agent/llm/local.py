@@ -94,7 +94,7 @@ class LlamaCppBackend:
 class TransformersBackend:
     """Any local HF causal-LM checkpoint folder. No grammar: JSON is validated after decoding."""
 
-    def __init__(self, path: Path, *, template: str = "chat", device: str = "cpu", name: str | None = None) -> None:
+    def __init__(self, path: Path, *, template: str = "chat", device: str = "cpu", name: str | None = None, adapter: Path | None = None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -105,7 +105,15 @@ class TransformersBackend:
         self.template = template
         self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=torch.float32).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=torch.float32)
+        if adapter is not None:  # a LoRA adapter from training/planner
+            from peft import PeftModel
+
+            if not (adapter / "adapter_config.json").is_file():
+                raise LLMError(f"LoRA adapter folder {adapter} has no adapter_config.json (llm.adapter_path)")
+            model = PeftModel.from_pretrained(model, str(adapter))
+            self.name = f"{self.name}+{adapter.name}"
+        self.model = model.to(device).eval()
         self._lock = threading.Lock()
 
     def prompt(self, messages: list[Message]) -> str:
