@@ -93,8 +93,11 @@ def main() -> None:
         "segments": len(transcript.segments),
     }
     print(json.dumps(result, indent=1))
-    print(f"RTF {result['real_time_factor']} ({'meets' if result['ratio_to_target'] <= 1 else 'misses'} the {TARGET_RTF} target, "
-          f"{result['ratio_to_target']}× of it) on {result['cpus']} CPUs, load average {result['load_average_1min']}")  # fmt: skip
+    verdict = "meets" if result["ratio_to_target"] <= 1 else "misses"
+    print(
+        f"RTF {result['real_time_factor']} ({verdict} the {TARGET_RTF} target, {result['ratio_to_target']}× of it) "
+        f"on {result['cpus']} CPUs, load average {result['load_average_1min']}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,10 @@ from medagent.evals.suite import shared_data_dir
 DEBIAN_PACKAGES = {"espeak-ng": "espeak-ng", "sox": "sox"}
 HISTORY_WORDS = 45  # ~15 s of speech per item at espeak-ng's 160 words/min
 
-UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+UNITS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen"
+).split()
 TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 SYMBOLS = {"%": " percent ", "°c": " degrees celsius ", "°f": " degrees fahrenheit ", "&": " and ", "/": " per "}
 
@@ -184,7 +187,8 @@ def evaluate_model(name: str, runtime: Any, items: list[dict[str, Any]], options
         distance = edit_distance(ref, hyp)
         errors, words = errors + distance, words + len(ref)
         audio_s, elapsed_s = audio_s + transcript.duration_s, elapsed_s + transcript.elapsed_s
-        rows.append({"id": item["id"], "wer": round(distance / max(1, len(ref)), 4), "rtf": round(transcript.real_time_factor, 3),
+        rows.append({"id": item["id"], "wer": round(distance / max(1, len(ref)), 4),
+                     "rtf": round(transcript.real_time_factor, 3),
                      "reference": item["text"], "hypothesis": transcript.text})  # fmt: skip
     return {
         "model": name,
@@ -206,7 +210,8 @@ def report_table(results: list[dict[str, Any]]) -> str:
     ]
     for r in results:
         lines.append(
-            f"| {r['model']} | {r['runtime']} | {r['items']} | {r['audio_s']} | {r['wer']:.1%} | {r['real_time_factor']} |"
+            f"| {r['model']} | {r['runtime']} | {r['items']} | {r['audio_s']} | {r['wer']:.1%} "
+            f"| {r['real_time_factor']} |"
         )
     return "\n".join(lines)
 

@@ -216,7 +216,8 @@ def transcribe_attachment(args: TranscribeArgs, ctx: ToolContext) -> list[Eviden
 TOOLS = [
     Tool(
         name="speech.transcribe",
-        purpose="Transcribe an audio recording (dictated history, patient interview) with Whisper; returns time-stamped text.",
+        purpose="Transcribe an audio recording (dictated history, patient interview) with Whisper; "
+        "returns time-stamped text.",
         args=TranscribeArgs,
         run=transcribe_attachment,
         attachment_kinds=(AttachmentKind.audio,),

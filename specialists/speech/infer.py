@@ -72,7 +72,8 @@ def transcribe(
     notes = []
     if stream.truncated:
         notes.append(
-            f"the file ends after {duration:.1f} s although its header announces {stream.facts.seconds:.1f} s (truncated)"
+            f"the file ends after {duration:.1f} s although its header announces "
+            f"{stream.facts.seconds:.1f} s (truncated)"
         )
     if duration and silent_s >= duration - 1e-6:
         notes.append(f"no speech: the recording is silent (loudest 20 ms at {loudest:.0f} dBFS)")

@@ -1,4 +1,4 @@
-"""Whisper fine-tuning recipe: HF `WhisperForConditionalGeneration` on audio/transcript pairs, exported for both runtimes.
+"""Whisper fine-tuning recipe: HF `WhisperForConditionalGeneration` on audio/transcript pairs, exported twice.
 
 Read top to bottom: config -> data (16 kHz audio -> log-mel, text -> Whisper tokens) -> model -> loop
 -> checkpoint. The output folder holds `hf/` (the fine-tuned HF model, tokenizer, feature extractor),
