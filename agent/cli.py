@@ -234,6 +234,36 @@ def eval_export_sft(
     typer.echo(export_sft(source, out, suite, data, config))
 
 
+@convert_app.command("phenopacket")
+def convert_phenopacket(
+    file: Path = typer.Argument(..., help="a GA4GH phenopacket v2 JSON file (or a flat record as in the phenopackets dev set)"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="case.json to write (default: print it)"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Write a case.json from a phenopacket: coded phenotypes kept, narrative as history, diagnosis left out."""
+    from medagent.evals.knowledge import convert_phenopacket as convert
+    from medagent.tools.intake import parse_case
+
+    if not file.is_file():
+        raise MedagentError(f"{file}: file not found")
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+        case = convert(record)
+    except json.JSONDecodeError as exc:
+        raise MedagentError(f"{file}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MedagentError(f"{file}: {exc}") from exc
+    parse_case(case, str(file))  # the written case always validates
+    text = json.dumps(case, indent=2)
+    if out is None:
+        typer.echo(text)
+        return
+    if out.exists() and not overwrite:
+        raise MedagentError(f"{out}: exists; pass --overwrite to replace it")
+    out.write_text(text + "\n", encoding="utf-8")
+    typer.echo(f"wrote {out}")
+
+
 def main() -> None:
     import os
 
