@@ -31,6 +31,11 @@ def small_gguf() -> Path:
     return packaged_gguf(SMALL)
 
 
+@pytest.fixture(scope="session")
+def large_gguf() -> Path:
+    return packaged_gguf(LARGE)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
