@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 from PIL import Image
 
 from medagent.agent.api import run_loaded
@@ -57,6 +58,7 @@ def reproduced(text: str, tools: set[str], ids: set[str]) -> bool:
     return tools <= found_tools and all(i in text for i in ids)
 
 
+@pytest.mark.slow
 def test_traces_to_lora_adapter_round_trip(tmp_path):
     from medagent.training.planner.recipe import main
 
