@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from medagent.evals.suite import Expected, Suite, SuiteItem, register
+from medagent.evals.suite import Expected, Step, Suite, SuiteItem, register
 from medagent.tools.contracts import Attachment, Case, Patient
 from medagent.tools.errors import MedagentError
 
@@ -406,3 +406,32 @@ def phenopackets_suite(data_dir: Path | None, limit: int | None) -> Suite:
                      f"[knowledge] holdout_share = {HOLDOUT_SHARE}). Grouped by PMID: HPO annotations are partly curated "
                      "from the same papers."),
     )
+
+
+# ------------------------------------------------------------------ speech (synthesised histories)
+
+@register("speech")
+def speech_suite(data_dir: Path | None, limit: int | None) -> Suite:
+    """AgentClinic histories spoken by espeak-ng, transcribed by `speech.transcribe` (direct mode), scored by WER.
+
+    Needs espeak-ng and sox (`make speech-tools`); it says what is missing and installs nothing. The audio is
+    made once into the cache root. Compare models by running it under two configs and `medagent eval compare`.
+    """
+    from medagent.evals.speech import build_items
+    from medagent.tools.config import cache_root, load_settings
+
+    audio_dir = cache_root(load_settings()) / "evals" / "speech-suite"
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    made = build_items(data_dir, limit if limit else 10, audio_dir)
+    items = []
+    for row in made:
+        name = Path(row["audio"]).name
+        case = Case(id=row["id"], attachments=[Attachment(id="audio", kind="audio", path=name, modality="audio")])
+        items.append(SuiteItem(
+            id=row["id"], mode="direct", case=case,
+            steps=[Step(tool="speech.transcribe", arguments={"attachment": "audio"})],
+            expected=Expected(transcript=row["text"], required_tools=["speech.transcribe"]),
+            meta={"seconds": row["seconds"]},
+        ))
+    return Suite(name="speech", items=items, base_dir=audio_dir, default_limit=10,
+                 description="spoken AgentClinic histories (espeak-ng), WER and real-time factor per configured model")

@@ -18,6 +18,8 @@ Metric definitions (per item; `aggregate` averages them over the items that have
 - error_evidence: tool results flagged as errors; attachment_errors: those of calls that examined an
   attachment (a bad input must end in a refusal or one of these, never in a silent result).
 - grounded_share: supported report sentences / report sentences (when grounding ran);
+- wer / rtf: word error rate of the first transcript against `expected.transcript` (normalised: case,
+  punctuation, numbers; evals/speech.py) and the transcription's real-time factor;
   unsupported: report sentences the checker flagged.
 - plan: the accepted calls as `tool(attachment)` (sorted, repeats kept): which tools examined what.
 - findings_used / findings_recall: expected finding phrases that appear in what the agent
@@ -189,6 +191,13 @@ def score_events(events: list[TraceEvent], expected: Expected) -> dict[str, Any]
     if final is not None and final.grounding.get("status") == "checked" and final.grounding.get("sentences"):
         score["grounded_share"] = final.grounding["supported"] / final.grounding["sentences"]
         score["unsupported"] = final.grounding.get("flagged", 0)
+    if expected.transcript is not None:
+        heard = next((d for e in results if e.tool == "speech.transcribe" for d in e.details if not d.get("error")), None)
+        if heard is not None:
+            from medagent.evals.speech import wer
+
+            score["wer"] = wer(expected.transcript, heard["payload"].get("transcript", ""))
+            score["rtf"] = heard["payload"].get("real_time_factor")
     if expected.findings:
         text = _used_text(events)
         used = [phrase for phrase in expected.findings if f" {normalise(phrase)} " in text]
@@ -252,7 +261,7 @@ def failure_reasons(score: dict[str, Any]) -> list[str]:
 AVERAGED = (
     "top1", "top3", "top10", "rr", "mc_correct", "required_recall", "tool_precision", "tool_f1", "arg_valid_rate",
     "grounded_share", "findings_recall", "plan_unchanged", "findings_kept", "error_evidence", "rejected",
-    "repeated_calls", "steps", "llm_tokens",
+    "repeated_calls", "steps", "llm_tokens", "wer", "rtf",
 )
 
 

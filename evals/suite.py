@@ -35,6 +35,7 @@ class Expected(BaseModel):
     required_tools: list[str] = Field(default_factory=list)
     forbidden_tools: list[str] = Field(default_factory=list)
     findings: list[str] = Field(default_factory=list, description="phrases the evidence must mention")
+    transcript: str | None = Field(default=None, description="the words spoken in the item's audio (for WER)")
 
 
 class SuiteItem(BaseModel):
