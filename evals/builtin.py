@@ -435,3 +435,29 @@ def speech_suite(data_dir: Path | None, limit: int | None) -> Suite:
         ))
     return Suite(name="speech", items=items, base_dir=audio_dir, default_limit=10,
                  description="spoken AgentClinic histories (espeak-ng), WER and real-time factor per configured model")
+
+
+# ------------------------------------------------------------------ VQA-RAD (needs RadFM weights)
+
+@register("vqa-rad")
+def vqa_rad_suite(data_dir: Path | None, limit: int | None) -> Suite:
+    """VQA-RAD `val` fold through `imaging.vqa` (direct mode): closed accuracy and open token recall.
+
+    Needs `[radfm] path`; without it every item fails with the reason. The majority-answer and
+    always-"yes" baselines print beside the score: `python -m medagent.evals.radfm` (same items)."""
+    from medagent.evals.radfm import build_items, vqa_rad_file
+
+    folder = vqa_rad_file(data_dir).parent
+    items = []
+    for row in build_items(data_dir, None, fold="val"):
+        image = Path(row["image"]).relative_to(folder)
+        case = Case(id=row["id"], question=row["question"],
+                    attachments=[Attachment(id="image", kind="image", path=str(image))])
+        items.append(SuiteItem(
+            id=row["id"], mode="direct", case=case,
+            steps=[Step(tool="imaging.vqa", arguments={"attachment": "image", "question": row["question"]})],
+            expected=Expected(vqa_answer=row["answer"], vqa_closed=row["closed"], required_tools=["imaging.vqa"]),
+            meta={"category": "closed" if row["closed"] else "open"},
+        ))
+    return Suite(name="vqa-rad", items=items, base_dir=folder, default_limit=50,
+                 description="VQA-RAD val fold (split by image) through RadFM; needs [radfm] path")

@@ -20,6 +20,8 @@ Metric definitions (per item; `aggregate` averages them over the items that have
 - grounded_share: supported report sentences / report sentences (when grounding ran);
 - wer / rtf: word error rate of the first transcript against `expected.transcript` (normalised: case,
   punctuation, numbers; evals/speech.py) and the transcription's real-time factor;
+- vqa_closed_correct / vqa_open_recall: VQA-RAD closed-question exactness and open-question token recall
+  of the `imaging.vqa` answer (evals/radfm.py);
   unsupported: report sentences the checker flagged.
 - plan: the accepted calls as `tool(attachment)` (sorted, repeats kept): which tools examined what.
 - findings_used / findings_recall: expected finding phrases that appear in what the agent
@@ -198,6 +200,16 @@ def score_events(events: list[TraceEvent], expected: Expected) -> dict[str, Any]
 
             score["wer"] = wer(expected.transcript, heard["payload"].get("transcript", ""))
             score["rtf"] = heard["payload"].get("real_time_factor")
+    if expected.vqa_answer is not None:
+        answered = next((d for e in results if e.tool == "imaging.vqa" for d in e.details if not d.get("error")), None)
+        if answered is not None:
+            from medagent.evals.radfm import closed_correct, token_recall
+
+            prediction = answered["payload"].get("answer", "")
+            if expected.vqa_closed:
+                score["vqa_closed_correct"] = closed_correct(prediction, expected.vqa_answer)
+            else:
+                score["vqa_open_recall"] = token_recall(prediction, expected.vqa_answer)
     if expected.findings:
         text = _used_text(events)
         used = [phrase for phrase in expected.findings if f" {normalise(phrase)} " in text]
@@ -261,7 +273,7 @@ def failure_reasons(score: dict[str, Any]) -> list[str]:
 AVERAGED = (
     "top1", "top3", "top10", "rr", "mc_correct", "required_recall", "tool_precision", "tool_f1", "arg_valid_rate",
     "grounded_share", "findings_recall", "plan_unchanged", "findings_kept", "error_evidence", "rejected",
-    "repeated_calls", "steps", "llm_tokens", "wer", "rtf",
+    "repeated_calls", "steps", "llm_tokens", "wer", "rtf", "vqa_closed_correct", "vqa_open_recall",
 )
 
 

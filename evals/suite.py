@@ -36,6 +36,8 @@ class Expected(BaseModel):
     forbidden_tools: list[str] = Field(default_factory=list)
     findings: list[str] = Field(default_factory=list, description="phrases the evidence must mention")
     transcript: str | None = Field(default=None, description="the words spoken in the item's audio (for WER)")
+    vqa_answer: str | None = Field(default=None, description="reference answer of a visual question (VQA-RAD)")
+    vqa_closed: bool = Field(default=False, description="closed question (yes/no, short choice): exact-start match")
 
 
 class SuiteItem(BaseModel):
