@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -125,7 +127,12 @@ async def act(state: CaseState, config: RunnableConfig) -> dict[str, Any]:
         evidence_so_far=list(state.get("evidence", [])),
     )
     semaphore = asyncio.Semaphore(run.settings.agent.max_concurrency)
-    outcomes = await asyncio.gather(*(_run_one(run, call, args, tool_ctx, semaphore) for call, args in accepted))
+    # Our own pool, sized by max_concurrency: asyncio's default one has only cpu_count + 4 threads.
+    pool = ThreadPoolExecutor(max_workers=run.settings.agent.max_concurrency, thread_name_prefix="medagent-tool")
+    try:
+        outcomes = await asyncio.gather(*(_run_one(run, call, args, tool_ctx, semaphore, pool) for call, args in accepted))
+    finally:
+        pool.shutdown(wait=False)  # a timed-out tool's thread may still be running; never wait for it
 
     evidence: list[Evidence] = []
     next_id = len(state.get("evidence", [])) + 1
@@ -170,7 +177,8 @@ def _args_text(call: ToolCall) -> str:
     return ", ".join(f"{k}={v}" for k, v in call.arguments.items())
 
 
-async def _run_one(run: RunContext, call: ToolCall, args: Any, ctx: ToolContext, semaphore: asyncio.Semaphore) -> tuple[list[EvidenceDraft], float, float]:
+async def _run_one(run: RunContext, call: ToolCall, args: Any, ctx: ToolContext, semaphore: asyncio.Semaphore,
+                   pool: ThreadPoolExecutor) -> tuple[list[EvidenceDraft], float, float]:
     tool = run.registry.tools[call.tool]
     attachment = getattr(args, "attachment", None)
     async with semaphore:
@@ -178,7 +186,8 @@ async def _run_one(run: RunContext, call: ToolCall, args: Any, ctx: ToolContext,
         t0 = run.trace.now()
         timeout = run.settings.agent.tool_timeout_s
         try:
-            drafts = await asyncio.wait_for(asyncio.to_thread(tool.run, args, ctx), timeout=timeout)
+            work = asyncio.get_running_loop().run_in_executor(pool, functools.partial(tool.run, args, ctx))
+            drafts = await asyncio.wait_for(work, timeout=timeout)
             if not drafts:
                 drafts = [EvidenceDraft(summary=f"{call.tool} returned no findings.", attachment=attachment, error=True)]
         except asyncio.TimeoutError:
