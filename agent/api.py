@@ -6,6 +6,7 @@ import asyncio
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from medagent.agent.graph import build_graph
 from medagent.agent.planner import RulePlanner
@@ -66,7 +67,10 @@ async def run_loaded(
     trace: TraceRecorder | None = None,
     tools: list[Tool] | None = None,
     on_progress: Callable[[str], None] | None = None,
+    planner: Any = None,
 ) -> tuple[Result, TraceRecorder]:
+    """Run the case graph once. `planner` overrides the configured one (e.g. a custom planner object with
+    `name`, `plan(case, tools, evidence, calls)` and `reflect(...)`)."""
     trace = trace or TraceRecorder(loaded.case.id)
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     run = RunContext(
@@ -74,7 +78,7 @@ async def run_loaded(
         registry=Registry(settings, tools),
         trace=trace,
         artifacts_dir=artifacts_dir,
-        planner=make_planner(settings, trace),
+        planner=planner or make_planner(settings, trace),
         reporter=make_reporter(settings, trace),
         on_progress=on_progress,
     )

@@ -239,8 +239,8 @@ class ChatSession:
         case = (await self.state())["case"]
         trace = TraceRecorder(case.id, self.folder / "trace.jsonl")
         run = RunContext(settings=self.settings, registry=Registry(self.settings), trace=trace,
-                         artifacts_dir=self.folder / "artifacts", planner=make_planner(self.settings),
-                         reporter=make_reporter(self.settings), on_progress=self.on_progress)
+                         artifacts_dir=self.folder / "artifacts", planner=make_planner(self.settings, trace),
+                         reporter=make_reporter(self.settings, trace), on_progress=self.on_progress)
         run.artifacts_dir.mkdir(exist_ok=True)
         try:
             # Checkpoint every node before moving on, so a killed process loses at most the node it was in.

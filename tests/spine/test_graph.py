@@ -74,15 +74,9 @@ class EndlessPlanner(RulePlanner):
 
 
 def test_reflection_is_bounded_and_repeats_are_rejected(examples, tmp_path):
-    from medagent.agent import api
-
     settings = Settings.model_validate({"agent": {"max_steps": 3}})
-    original = api.make_planner
-    api.make_planner = lambda s: EndlessPlanner()
-    try:
-        result, trace = solve_with(examples, tmp_path, list(DESCRIBE), settings)
-    finally:
-        api.make_planner = original
+    result, trace = asyncio.run(run_loaded(loaded_case(examples), settings, tmp_path / "a", TraceRecorder("g1"),
+                                           list(DESCRIBE), planner=EndlessPlanner()))
     plans = [e for e in trace.events if e.event == "plan"]
     assert [p.step for p in plans] == [1, 2, 3]
     rejected = [e for e in trace.events if e.event == "tool_call" and e.rejected]
