@@ -53,11 +53,14 @@ def _sentence(text: str) -> str:
 
 
 def differential_from_evidence(evidence: Sequence[Evidence]) -> list[DiagnosisCandidate]:
-    """Merge ranked candidates from tool evidence (first tool's order wins; evidence ids kept)."""
-    merged: dict[str, DiagnosisCandidate] = {}
+    """Ranked candidates from tool evidence. A tool that ranked several times (as more was learnt) counts
+    with its latest ranking; rankings from different tools merge in order, evidence ids kept."""
+    latest: dict[str, Evidence] = {}
     for item in evidence:
-        if item.error:
-            continue
+        if not item.error and item.payload.get("differential"):
+            latest[item.tool] = item
+    merged: dict[str, DiagnosisCandidate] = {}
+    for item in latest.values():
         for candidate in item.payload.get("differential", []) or []:
             key = candidate["name"].lower()
             if key in merged:

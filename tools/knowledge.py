@@ -265,19 +265,25 @@ def coded_to_rank(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence
 
 
 def link_to_rank(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]):  # noqa: ANN201
+    """One ranking over everything known so far: the case's coded phenotypes plus every linked text
+    (history, transcripts, VQA answers), so the differential weighs all the evidence together."""
     if not _has(tools, "knowledge.rank"):
         return []
-    proposals = []
-    for item in evidence:
-        if item.tool != "knowledge.link" or item.error:
-            continue
-        present = list(dict.fromkeys([m["id"] for m in item.payload.get("present", [])]
-                                     + [d["id"] for d in item.payload.get("derived", [])]))  # fmt: skip
-        excluded = [m["id"] for m in item.payload.get("excluded", []) if m["id"] not in present]
-        if present:
-            proposals.append(("knowledge.rank", {"present": present, "excluded": excluded, "evidence": [item.id]},
-                              f"rank diseases by the phenotypes linked in {item.id}"))  # fmt: skip
-    return proposals
+    links = [item for item in evidence if item.tool == "knowledge.link" and not item.error]
+    if not links:
+        return []
+    present = [t for t in case.phenotypes.present if t.upper().startswith("HP:")]
+    excluded = [t for t in case.phenotypes.excluded if t.upper().startswith("HP:")]
+    for item in links:
+        present += [m["id"] for m in item.payload.get("present", [])] + [d["id"] for d in item.payload.get("derived", [])]
+        excluded += [m["id"] for m in item.payload.get("excluded", [])]
+    present = list(dict.fromkeys(present))
+    excluded = [t for t in dict.fromkeys(excluded) if t not in present]
+    if not present:
+        return []
+    ids = [item.id for item in links]
+    return [("knowledge.rank", {"present": present, "excluded": excluded, "evidence": ids},
+             f"rank diseases by all phenotypes found so far ({', '.join(ids)})")]  # fmt: skip
 
 
 def words_to_link(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]):  # noqa: ANN201
