@@ -157,13 +157,11 @@ def candidate_labels(case: Case, tools, evidence: list[Evidence], calls: list[To
     if "pathology.classify" not in {t.name for t in tools}:
         return []
     names: list[str] = []
-    for item in evidence:
-        if item.tool != "knowledge.rank" or item.error:
-            continue
-        for candidate in item.payload.get("candidates", []):
-            name = candidate.get("name") or candidate.get("label") if isinstance(candidate, dict) else candidate
-            if isinstance(name, str) and name.strip() and name not in names:
-                names.append(name.strip())
+    ranking = next((e for e in reversed(evidence) if e.tool == "knowledge.rank" and not e.error), None)
+    for candidate in ranking.payload.get("differential", []) if ranking is not None else []:
+        name = candidate.get("name") if isinstance(candidate, dict) else None
+        if isinstance(name, str) and name.strip() and name.strip() not in names:
+            names.append(name.strip())
     names = names[:MAX_FOLLOW_UP_LABELS]
     if len(names) < 2:
         return []

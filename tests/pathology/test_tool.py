@@ -106,7 +106,7 @@ def test_follow_up_rule_passes_ranked_diagnoses_as_labels(tmp_path, tiles_dir):
         tool="knowledge.rank",
         call_id="c1",
         summary="ranked",
-        payload={"candidates": [{"name": "colon adenocarcinoma"}, {"name": "colonic lymphoma"}]},
+        payload={"differential": [{"name": "colon adenocarcinoma"}, {"name": "colonic lymphoma"}]},
     )
     proposals = candidate_labels(case, TOOLS, [ranked], [])
     assert {p[1]["attachment"] for p in proposals} == {"he1", "slide", "bad", "ga"}
