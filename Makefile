@@ -30,7 +30,8 @@ setup: $(STAMP)
 setup-dev: $(DEVSTAMP)
 
 demo: setup
-	$(VENV)/bin/medagent solve examples/multimodal_case.json -o out/demo --overwrite
+	# Plans and reports with the offline LLM (packaged Qwen2.5-Coder-1.5B, llama.cpp): a few minutes on 2 cores.
+	$(VENV)/bin/medagent solve examples/multimodal_case.json -o out/demo --overwrite --config examples/medagent-offline.toml
 	@echo "open out/demo/report.md"
 
 test: setup-dev

@@ -48,6 +48,11 @@ def run_doctor(config: Path | None) -> bool:
         writable = False
     console.print(f"  {'✓' if writable else '[red]✗'} cache root: {root}{'' if writable else ' is not writable[/red]'}")
     ok = ok and writable
+    console.print("\n[bold]LLM (planner and reporter)[/bold]")
+    from medagent.agent.llm.factory import doctor_lines
+
+    for line in doctor_lines(settings):
+        console.print(f"  {escape(line)}", highlight=False)
     console.print("\n[bold]tools[/bold]")
     registry = Registry(settings)
     for name, tool in registry.tools.items():
