@@ -74,14 +74,10 @@ def coverage_guard(case: Case, tools: Sequence[Tool], planned: Sequence[ToolCall
     examined = {
         c.arguments.get("attachment") for c in list(done) + list(planned) if isinstance(c.arguments.get("attachment"), str)
     }
-    proposals = [
-        p for p in examine_attachments(case, tools, (), ()) if p[1]["attachment"] not in examined
-    ]
-    # One fitting tool per unexamined attachment is enough for coverage.
-    first_per_attachment: dict[str, Proposal] = {}
-    for proposal in proposals:
-        first_per_attachment.setdefault(proposal[1]["attachment"], proposal)
-    return _calls(list(first_per_attachment.values()), list(done) + list(planned), CallOrigin.guard, "C")
+    # An attachment the planner left alone gets every fitting tool, as the rule planner would give it:
+    # a scan only described (size, spacing) has not really been examined.
+    proposals = [p for p in examine_attachments(case, tools, (), ()) if p[1]["attachment"] not in examined]
+    return _calls(proposals, list(done) + list(planned), CallOrigin.guard, "C")
 
 
 def unexaminable(case: Case, tools: Sequence[Tool]) -> list[str]:
