@@ -22,28 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from medagent.specialists.knowledge.embed import DenseIndex, load_embedder
 from medagent.specialists.knowledge.graph import load_graph
 from medagent.specialists.knowledge.link import held_out, phenotype_terms
+from medagent.training.config import load_config
 
 # ---------------------------------------------------------------------------------------------- config
-
-
-def load_config(path: Path, overrides: list[str]) -> dict[str, Any]:
-    """YAML file, then `a.b=value` overrides (values parsed as YAML)."""
-    cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override '{item}': expected key=value")
-        node = cfg
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return cfg
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -37,30 +37,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
+from PIL import Image, ImageDraw
+
 from medagent.specialists.pathology.labels import TEMPLATES
 from medagent.specialists.pathology.load import CONFIG_NAME, load_tokenizer
 from medagent.specialists.pathology.model import KEP, KEPConfig, PathBert, published_config, published_state_dict
 from medagent.specialists.pathology.preprocess import kep_transform, to_rgb
-from PIL import Image, ImageDraw
+from medagent.training.config import load_config
 
 # --------------------------------------------------------------------------------------------------
 # Config
-
-
-def load_config(path: Path, overrides: list[str]) -> dict[str, Any]:
-    """YAML file, then `a.b.c=value` overrides (values parsed as YAML)."""
-    cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override '{item}': expected key=value")
-        node = cfg
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return cfg
 
 
 # --------------------------------------------------------------------------------------------------

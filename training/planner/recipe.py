@@ -22,25 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from medagent.agent.llm.base import render_alpaca
 from medagent.tools.errors import ConfigError
-
-
-def load_config(path: Path, overrides: list[str]) -> dict[str, Any]:
-    """YAML file, then `a.b.c=value` overrides (values parsed as YAML)."""
-    cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not key=value")
-        key, value = item.split("=", 1)
-        node = cfg
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return cfg
+from medagent.training.config import load_config
 
 
 # -- data ------------------------------------------------------------------------------------------

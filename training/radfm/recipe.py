@@ -24,31 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from medagent.specialists.radfm.load import load_radfm, save_checkpoint
 from medagent.specialists.radfm.preprocess import build_prompt, image_to_tensor, stack_images, volume_to_tensor
 from medagent.specialists.radfm.tiny import build_tiny
+from medagent.training.config import load_config as read_config
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
 
 
 # ---------------------------------------------------------------- config
-
-
-def read_config(path: Path, overrides: list[str]) -> dict[str, Any]:
-    """YAML, then `a.b=value` overrides (values parsed as YAML)."""
-    config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    for override in overrides:
-        key, _, raw = override.partition("=")
-        if not key or not _:
-            raise ValueError(f"override '{override}' is not key=value")
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
-    return config
 
 
 # ---------------------------------------------------------------- data

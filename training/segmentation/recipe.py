@@ -18,22 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-
-def load_config(config: Path, overrides: list[str]) -> dict[str, Any]:
-    """The YAML file with `dotted.key=value` overrides (values parsed as YAML)."""
-    cfg = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
-    for override in overrides:
-        key, _, value = override.partition("=")
-        if not _:
-            raise ValueError(f"override '{override}' is not key=value")
-        node = cfg
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return cfg
+from medagent.training.config import load_config
 
 
 def synthetic_data(cfg: dict[str, Any], folder: Path) -> list[dict[str, str]]:

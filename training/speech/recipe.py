@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from medagent.specialists.speech.audio import read_audio
+from medagent.training.config import load_config
 from medagent.training.speech.export import export_ctranslate2, export_openai
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,21 +37,6 @@ PREFIX = [SOT, EN, TRANSCRIBE, NO_TIMESTAMPS]
 
 # --------------------------------------------------------------------------------------------------
 # Config
-
-
-def load_config(path: Path, overrides: list[str]) -> dict[str, Any]:
-    """YAML file, then `a.b=value` overrides (values parsed as YAML)."""
-    cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override '{item}': expected key=value")
-        node = cfg
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return cfg
 
 
 def _path(value: str | Path) -> Path:
