@@ -20,6 +20,8 @@ Metric definitions (per item; `aggregate` averages them over the items that have
 - grounded_share: supported report sentences / report sentences (when grounding ran);
 - wer / rtf: word error rate of the first transcript against `expected.transcript` (normalised: case,
   punctuation, numbers; evals/speech.py) and the transcription's real-time factor;
+- turns / questions / evidence_cited (dialogue items): patient turns, history-taking questions asked,
+  distinct evidence ids cited in the final report;
 - vqa_closed_correct / vqa_open_recall: VQA-RAD closed-question exactness and open-question token recall
   of the `imaging.vqa` answer (evals/radfm.py);
   unsupported: report sentences the checker flagged.
@@ -274,6 +276,7 @@ AVERAGED = (
     "top1", "top3", "top10", "rr", "mc_correct", "required_recall", "tool_precision", "tool_f1", "arg_valid_rate",
     "grounded_share", "findings_recall", "plan_unchanged", "findings_kept", "error_evidence", "rejected",
     "repeated_calls", "steps", "llm_tokens", "wer", "rtf", "vqa_closed_correct", "vqa_open_recall",
+    "turns", "questions", "evidence_cited",
 )
 
 
