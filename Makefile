@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.medagent-installed
 DEVSTAMP := $(VENV)/.medagent-dev-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-dev demo test lint speech-tools clean
+.PHONY: setup setup-dev demo test lint speech-tools system-deps clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt requirements-models.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ lint: setup-dev
 # Debian packages the speech evaluation suite needs to synthesise spoken histories.
 speech-tools:
 	apt-get update && apt-get install -y espeak-ng sox
+
+# Debian packages some tests use when present: tmux (the chat screen test). Installed visibly, only if missing.
+system-deps:
+	@command -v tmux >/dev/null || { apt-get update && apt-get install -y tmux; } || echo "tmux could not be installed: the terminal test will be skipped, saying why"
 
 clean:
 	rm -rf out runs build *.egg-info
