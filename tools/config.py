@@ -51,6 +51,9 @@ class LLMSettings(Section):
     adapter_path: Path | None = Field(default=None, description="LoRA adapter folder from `medagent train planner` (transformers)")
     model: str | None = Field(default=None, description="Model id the server serves (http)")
     base_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:8000 (http)")
+    base_urls: list[str] = Field(
+        default_factory=list, description="several servers of the same model, used round-robin (http; overrides base_url)"
+    )
     dialect: Literal["llamacpp", "vllm", "openai"] | None = Field(default=None, description="How JSON constraints are sent")
     template: Literal["chat", "alpaca"] | None = Field(default=None, description="Prompt template; alpaca for PMC-LLaMA/MMed")
     api_key_env: str = Field(default="MEDAGENT_LLM_API_KEY", description="Name of the env var holding the API key")

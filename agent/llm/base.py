@@ -31,6 +31,7 @@ class ChatResult:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     seconds: float = 0.0
+    server: str | None = None  # which server answered (HTTP backends)
 
     def json(self) -> Any:
         """The completion parsed as JSON (a constrained completion is JSON by construction)."""

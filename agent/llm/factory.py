@@ -77,15 +77,24 @@ def make_backend(settings: Settings):
     if backend == "http":
         from medagent.agent.llm.http import HTTPBackend
 
-        base_url = values.get("base_url")
-        if not base_url:
+        urls = list(llm.base_urls) or ([values["base_url"]] if values.get("base_url") else [])
+        if not urls:
             raise ConfigError(f"[llm] preset '{llm.preset}' needs base_url (e.g. http://127.0.0.1:8000)")
-        check_remote(llm, base_url)
-        return HTTPBackend(
-            base_url, values.get("model") or "default", dialect=values.get("dialect") or "openai",
-            template=values.get("template") or "chat", api_key=os.environ.get(llm.api_key_env),
-            timeout_s=llm.timeout_s, retries=llm.retries,
-        )
+        for url in urls:
+            check_remote(llm, url)
+        backends = [
+            HTTPBackend(
+                url, values.get("model") or "default", dialect=values.get("dialect") or "openai",
+                template=values.get("template") or "chat", api_key=os.environ.get(llm.api_key_env),
+                timeout_s=llm.timeout_s, retries=llm.retries,
+            )
+            for url in urls
+        ]
+        if len(backends) == 1:
+            return backends[0]
+        from medagent.agent.llm.http import RoundRobinBackend
+
+        return RoundRobinBackend(backends)
     if backend == "transformers":
         from medagent.agent.llm.local import TransformersBackend
 

@@ -11,6 +11,7 @@ prompt rendered here, because they ship no chat template.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -115,6 +116,7 @@ class HTTPBackend:
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
             seconds=time.monotonic() - started,
+            server=self.base_url,
         )
 
     async def stream(self, messages: list[Message], *, max_tokens: int = 256, temperature: float = 0.0) -> AsyncIterator[str]:
@@ -150,3 +152,42 @@ class HTTPBackend:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+class RoundRobinBackend:
+    """Several servers of one model (e.g. one vLLM per GPU). Each request goes to the next server; the
+    turn counter is shared by every backend built for the same servers in this process, so concurrent
+    eval items spread across them. A server that cannot be reached is skipped for that request; a server
+    that refuses the request (HTTP 4xx/5xx other than overload) is an error, as with one server."""
+
+    _turns: dict[tuple[str, ...], itertools.count] = {}
+
+    def __init__(self, backends: list[HTTPBackend]) -> None:
+        if not backends:
+            raise LLMError("round-robin needs at least one server")
+        self.backends = backends
+        self._counter = RoundRobinBackend._turns.setdefault(tuple(b.base_url for b in backends), itertools.count())
+        self.template = backends[0].template
+        self.name = "round-robin(" + ", ".join(b.name for b in backends) + ")"
+
+    def _order(self) -> list[HTTPBackend]:
+        start = next(self._counter) % len(self.backends)
+        return self.backends[start:] + self.backends[:start]
+
+    async def chat(self, messages: list[Message], **options: Any) -> ChatResult:
+        failures = []
+        for backend in self._order():
+            try:
+                return await backend.chat(messages, **options)
+            except LLMError as exc:
+                if "refused the request" in str(exc):
+                    raise
+                failures.append(str(exc))
+        raise LLMError("every LLM server failed: " + "; ".join(failures))
+
+    def stream(self, messages: list[Message], **options: Any) -> AsyncIterator[str]:
+        return self._order()[0].stream(messages, **options)
+
+    async def aclose(self) -> None:
+        for backend in self.backends:
+            await backend.aclose()

@@ -42,13 +42,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def llama_server(small_gguf: Path, tmp_path_factory):
-    """`python -m llama_cpp.server` on 127.0.0.1 with the 0.5B model; stopped when the session ends."""
+def start_server(gguf: Path, alias: str, folder: Path):
+    """`python -m llama_cpp.server` on 127.0.0.1; a generator yielding its URL, stopping it afterwards."""
     port = free_port()
-    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    log = folder / "server.log"
     command = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(small_gguf), "--model_alias", "small",
+        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", alias,
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
     ]
     with log.open("w") as sink:
@@ -74,3 +73,15 @@ def llama_server(small_gguf: Path, tmp_path_factory):
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="session")
+def llama_server(small_gguf: Path, tmp_path_factory):
+    """The 0.5B model behind a real llama.cpp server; stopped when the session ends."""
+    yield from start_server(small_gguf, "small", tmp_path_factory.mktemp("llama-server"))
+
+
+@pytest.fixture(scope="session")
+def second_llama_server(small_gguf: Path, tmp_path_factory):
+    """A second server of the same model under another alias (round-robin tests)."""
+    yield from start_server(small_gguf, "small-b", tmp_path_factory.mktemp("llama-server-b"))
