@@ -95,7 +95,8 @@ def multimodal_items() -> list[SuiteItem]:
              attachments=[ct_dicom]), ["imaging.describe"], no_audio_no_slide),
         item("mm-ct-mr-diagnosis", "mixed", Case(id="mm-ct-mr-diagnosis", patient=Patient(**multi["patient"]), history=multi["history"],
              question=multi["question"], attachments=[ct_nifti, mr]),
-             ["imaging.describe", *DIAGNOSIS_TOOLS], no_audio_no_slide),
+             ["imaging.describe", *DIAGNOSIS_TOOLS], no_audio_no_slide,
+             forbidden_calls=[{"tool": "imaging.ct_quant", "attachment": "mr"}, {"tool": "imaging.segment", "attachment": "mr"}]),
     ]
     audio_files = sorted(p for p in (EXAMPLES / "audio").glob("*.wav")) + sorted((EXAMPLES / "audio").glob("dyspnoea.flac"))
     for path in audio_files:

@@ -11,7 +11,8 @@ Metric definitions (per item; `aggregate` averages them over the items that have
 - mc_correct: the option the LLM chose (the `choice` of the result event) is the expected one.
 - required_recall: share of expected tools that were called (accepted calls only).
 - tool_precision: share of the distinct tools called that are expected ones; tool_f1 combines the two.
-- forbidden_called: expected-forbidden tools that were called anyway.
+- forbidden_called: expected-forbidden tools that were called anyway, and `tool(attachment)` for a
+  tool forbidden on one attachment only (`expected.forbidden_calls`).
 - rejected / repaired / by_origin: planner quality (validation rejections, repair calls, who planned).
 - arg_valid_rate: accepted calls / all calls (a rejected call had invalid or impossible arguments).
 - repeated_calls: accepted calls that repeat an earlier (tool, arguments) pair.
@@ -176,8 +177,11 @@ def score_events(events: list[TraceEvent], expected: Expected) -> dict[str, Any]
         score["tool_precision"] = precision
         score["tool_f1"] = (2 * precision * recall / (precision + recall)) if precision + recall else 0.0
         score["required_missed"] = sorted(required - set(called))
-    if expected.forbidden_tools:
-        score["forbidden_called"] = sorted(set(expected.forbidden_tools) & set(called))
+    if expected.forbidden_tools or expected.forbidden_calls:
+        made = {(e.tool, str(e.arguments.get("attachment"))) for e in accepted}
+        on_attachment = [f"{c['tool']}({c['attachment']})" for c in expected.forbidden_calls
+                         if (c.get("tool"), str(c.get("attachment"))) in made]
+        score["forbidden_called"] = sorted(set(expected.forbidden_tools) & set(called)) + on_attachment
     if final is not None and (expected.answer_ids or expected.answer_labels) and expected.options is None:
         rank = diagnosis_rank(final.differential, expected)
         score.update(

@@ -34,6 +34,9 @@ class Expected(BaseModel):
     answer_idx: int | None = None
     required_tools: list[str] = Field(default_factory=list)
     forbidden_tools: list[str] = Field(default_factory=list)
+    forbidden_calls: list[dict[str, str]] = Field(
+        default_factory=list, description='a tool forbidden on one attachment only: {"tool": ..., "attachment": ...}'
+    )
     findings: list[str] = Field(default_factory=list, description="phrases the evidence must mention")
     transcript: str | None = Field(default=None, description="the words spoken in the item's audio (for WER)")
     vqa_answer: str | None = Field(default=None, description="reference answer of a visual question (VQA-RAD)")
