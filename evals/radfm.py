@@ -13,20 +13,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from medagent.evals.suite import shared_data_dir
+from medagent.evals.suite import dev_file
 
 WORD = re.compile(r"[a-z0-9]+")
 
 
 def vqa_rad_file(data_dir: Path | None) -> Path:
-    """`data_dir` may be the vqa_rad folder itself or the shared data folder holding it."""
-    base = shared_data_dir(data_dir)
-    if base is None:
-        raise FileNotFoundError("no VQA-RAD data: pass the folder that holds vqa_rad/dev.jsonl")
-    for candidate in (base / "dev.jsonl", base / "vqa_rad" / "dev.jsonl"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{base}: no dev.jsonl or vqa_rad/dev.jsonl")
+    return dev_file(data_dir, "vqa_rad")
 
 
 def build_items(data_dir: Path | None, limit: int | None = None, fold: str = "val") -> list[dict[str, Any]]:

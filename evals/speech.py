@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medagent.evals.suite import shared_data_dir
+from medagent.evals.suite import dev_file
 
 DEBIAN_PACKAGES = {"espeak-ng": "espeak-ng", "sox": "sox"}
 HISTORY_WORDS = 45  # ~15 s of speech per item at espeak-ng's 160 words/min
@@ -140,13 +140,7 @@ def synthesise(text: str, out: Path, speed: int = 160, voice: str = "en-us") -> 
 
 
 def agentclinic_file(data_dir: Path | None) -> Path:
-    base = shared_data_dir(data_dir)
-    if base is None:
-        raise FileNotFoundError("no AgentClinic data: pass the folder that holds agentclinic/dev.jsonl")
-    for candidate in (base / "dev.jsonl", base / "agentclinic" / "dev.jsonl"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{base}: no dev.jsonl or agentclinic/dev.jsonl")
+    return dev_file(data_dir, "agentclinic")
 
 
 def build_items(data_dir: Path | None, limit: int | None, audio_dir: Path) -> list[dict[str, Any]]:

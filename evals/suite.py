@@ -99,6 +99,17 @@ def shared_data_dir(explicit: Path | None) -> Path | None:
     return None
 
 
+def dev_file(data_dir: Path | None, folder: str) -> Path:
+    """`<folder>/dev.jsonl` of the development data; `data_dir` may be that folder itself or the data root."""
+    base = shared_data_dir(data_dir)
+    if base is None:
+        raise FileNotFoundError(f"no {folder} data: pass the folder that holds {folder}/dev.jsonl")
+    for candidate in (base / "dev.jsonl", base / folder / "dev.jsonl"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{base}: no dev.jsonl or {folder}/dev.jsonl")
+
+
 def load_suite_file(path: Path) -> Suite:
     if not path.is_file():
         raise MedagentError(f"{path}: suite file not found")
