@@ -65,7 +65,18 @@ class LLMReporter:
             differential, note, findings, report, _ = TemplateReporter().report(case, evidence, limitations)
             sentences, summary = self.checker.check_report(report.sentences, evidence)
             return differential, note, findings, report.model_copy(update={"sentences": sentences}), summary
-        checked, summary = self.checker.check_report(sentences, evidence)
+        # A small model repeats itself: one copy of a sentence says all it says (it keeps its verdict).
+        unique: dict[str, ReportSentence] = {}
+        for sentence in sentences:
+            unique.setdefault(" ".join(sentence.text.lower().split()), sentence)
+        sentences = list(unique.values())
+        checked, _ = self.checker.check_report(sentences, evidence)
+        # Every finding stays in the report, grounded: evidence that no supported sentence cites is
+        # restated as the template reporter would, after the LLM's own sentences.
+        supported = {c for sentence in checked if sentence.verdict.value == "supported" for c in sentence.citations}
+        restated = [s for s in TemplateReporter().report(case, [e for e in usable if e.id not in supported], [])[3].sentences
+                    if s.citations and s.citations[0] not in supported and not s.text.startswith("The highest-ranked")]
+        checked, summary = self.checker.check_report([*sentences, *restated], evidence)
         findings = [Finding(statement=e.summary, evidence=[e.id]) for e in usable]
         failed = [f"{e.tool} on {e.attachment or 'the case'} failed: {e.summary} [{e.id}]" for e in evidence if e.error]
         return differential, note, findings, Report(sentences=checked, limitations=[*failed, *limitations]), summary
