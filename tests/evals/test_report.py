@@ -109,12 +109,6 @@ def test_export_sft_uses_the_one_converter(tmp_path, settings):
     run = tmp_path / "run"
     suite = _suite(tmp_path, ["imaging.describe"])
     run_suite(str(suite), out=run, settings=settings, quiet=True, item_ids=["mr-describe"])
-    try:
-        import medagent.agent.sft  # noqa: F401
-    except ImportError:
-        with pytest.raises(MedagentError, match=r"medagent.agent.sft.*not installed"):
-            export_sft(run, tmp_path / "sft.jsonl")
-        pytest.skip("agent/sft.py (the planner recipe's converter) is not in this build yet; the command says so")
     out = tmp_path / "sft" / "examples.jsonl"
     message = export_sft(run, out)  # the run folder knows its suite
     examples = [json.loads(line) for line in out.read_text().splitlines()]
