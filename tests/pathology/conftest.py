@@ -53,30 +53,12 @@ def he_texture(kind: str, size: tuple[int, int], seed: int) -> Image.Image:
 
 
 def make_tokenizer(folder: Path) -> Path:
-    """A lower-casing WordPiece tokenizer over the label words, saved as an HF fast-tokenizer folder."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A lower-casing WordPiece tokenizer over the label words, built the way the smoke recipe builds one."""
+    from medagent.training.pathology.recipe import build_tokenizer
 
     corpus = [prompt for label_set in BUILTIN.values() for group in label_set.prompts() for prompt in group]
     corpus += [t.format(w) for t in TEMPLATES for w in ("tumor", "stroma", "fat", "glands", "necrosis", "mucin")]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=400, special_tokens=special))
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    fast.save_pretrained(str(folder))
+    build_tokenizer(corpus, folder, vocab_size=400)
     return folder
 
 
