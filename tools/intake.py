@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from medagent.tools.contracts import AttachmentKind, Case
 from medagent.tools.errors import CaseError
-from medagent.tools.medio import FileInfo, sniff, validate_attachment
+from medagent.tools.medio import FileInfo, sniff, sniff_series, validate_attachment
 
 # Which sniffed formats each declared kind may hold.
 KIND_FORMATS = {
@@ -116,20 +116,10 @@ def resolve_attachments(case: Case, case_dir: Path, allow_outside: bool = False)
 
 
 def _sniff_series(folder: Path, series_uid: str, where: str) -> FileInfo:
-    from medagent.tools.medio import dicom_series_uids
-
     try:
-        counts = dicom_series_uids(folder)
+        return sniff_series(folder, series_uid)
     except CaseError as exc:
         raise CaseError(f"{where}: {exc}") from exc
-    if series_uid not in counts:
-        found = ", ".join(sorted(counts)) or "none"
-        raise CaseError(f"{where}: no DICOM series {series_uid} in {folder} (found: {found})")
-    from medagent.tools.medio import _dcmread
-
-    first = next(p for p in sorted(folder.iterdir()) if p.is_file() and str(_dcmread(p, True).get("SeriesInstanceUID")) == series_uid)
-    modality = _dcmread(first, True).get("Modality")
-    return FileInfo(folder, "dicom", "volume", modality=str(modality).upper() if modality else None, series_uid=series_uid, files=counts[series_uid])
 
 
 def load_case(path: Path, allow_outside: bool = False) -> LoadedCase:

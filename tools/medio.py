@@ -159,8 +159,14 @@ def _sniff_dicom_folder(folder: Path) -> FileInfo:
     return FileInfo(folder, "dicom", "volume", modality=_modality(files[0][1]), series_uid=uid, files=len(files))
 
 
-def dicom_series_uids(folder: Path) -> dict[str, int]:
-    return {uid: len(files) for uid, files in _dicom_series(folder).items()}
+def sniff_series(folder: Path, series_uid: str) -> FileInfo:
+    """One named series of a DICOM folder (headers read once)."""
+    series = _dicom_series(folder)
+    if series_uid not in series:
+        found = ", ".join(sorted(series)) or "none"
+        raise CaseError(f"no DICOM series {series_uid} in {folder} (found: {found})")
+    files = series[series_uid]
+    return FileInfo(folder, "dicom", "volume", modality=_modality(files[0][1]), series_uid=series_uid, files=len(files))
 
 
 def safe_metadata(ds: Any) -> dict[str, Any]:
