@@ -22,8 +22,12 @@ import re
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from medagent.specialists.knowledge.rank import RankParams
 
 HOLDOUT_SHARE = 0.5
 VARIANTS = ("ids", "narrative", "paraphrased", "baseline")
@@ -176,12 +180,15 @@ def evaluate(
     obo_path: Path | None = None,
     embedder_path: Path | None = None,
     dense: bool = True,
+    params: RankParams | None = None,
 ) -> dict:
     """Run the variants on the listed cases; returns metrics per variant (+ by PMID, by disease)."""
     from medagent.specialists.knowledge.graph import KnowledgeError
     from medagent.specialists.knowledge.link import split_mentions
     from medagent.specialists.knowledge.load import load_linker
-    from medagent.specialists.knowledge.rank import rank_all_scores
+    from medagent.specialists.knowledge.rank import RankParams, rank_all_scores
+
+    params = params or RankParams()
 
     if cache_dir is None:
         from medagent.tools.config import cache_root
@@ -230,7 +237,8 @@ def evaluate(
                         found_present, found_excluded = split_mentions(linker.link(text))
                         present = list(dict.fromkeys(m.id for m in found_present))
                         excluded = [t for t in dict.fromkeys(m.id for m in found_excluded) if t not in present]
-                    rank = _rank_of(rank_all_scores(graph, present, excluded, rows), gold) if present else float("inf")
+                    scores = rank_all_scores(graph, present, excluded, ("OMIM",), params)[1]
+                    rank = _rank_of(scores, gold) if present else float("inf")
             except KnowledgeError:
                 rank = float("inf")
             seconds[variant] += time.perf_counter() - started

@@ -141,7 +141,9 @@ def rank(args: RankArgs, ctx: ToolContext) -> list[EvidenceDraft]:
 
     knowledge = ctx.settings.knowledge
     graph = _graph(ctx.settings)
-    params = RankParams(alpha=knowledge.alpha, beta=knowledge.beta, gamma=knowledge.gamma)
+    params = RankParams(alpha=knowledge.alpha, beta=knowledge.beta, gamma=knowledge.gamma,
+                        exact_bonus=knowledge.exact_bonus, hypergeom=knowledge.hypergeom,
+                        pertinent_negative=knowledge.pertinent_negative)  # fmt: skip
     try:
         candidates = rank_diseases(graph, args.present, args.excluded, knowledge.top, tuple(knowledge.sources), params)
     except KnowledgeError as exc:
@@ -149,13 +151,16 @@ def rank(args: RankArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     differential = []
     for candidate in candidates:
         system = candidate.disease_id.split(":")[0]
-        explains = [m for m in candidate.matches if m.contribution > 0]
+        explains = [m for m in candidate.matches if m.contribution > 0 and m.kind != "pertinent negative"]
         rationale = "; ".join(
             f"{m.label}" + ("" if m.kind == "exact" else f" (via {m.matched_label}, {m.kind})") for m in explains[:5]
         )
         against = [m.label for m in candidate.matches if m.contribution < 0]
         if against:
             rationale += f"; against: {', '.join(against)} (excluded but typical)"
+        checked = [m.label for m in candidate.matches if m.kind == "pertinent negative"]
+        if checked:
+            rationale += f"; known features stated absent (pertinent negatives): {', '.join(checked[:5])}"
         differential.append(
             {
                 "name": candidate.name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from medagent.specialists.knowledge.graph import KnowledgeError
-from medagent.specialists.knowledge.rank import rank
+from medagent.specialists.knowledge.rank import RankParams, rank, rank_all_scores
 
 MARFAN = ["HP:0001166", "HP:0001083", "HP:0002616", "HP:0001519"]  # arachnodactyly, ectopia lentis, aortic root dilatation, tall stature  # noqa: E501
 
@@ -19,12 +19,36 @@ def test_marfan_features_rank_marfan_first_with_evidence(graph):
     assert all(m.kind in {"exact", "more specific in disease", "shared ancestor"} for m in candidates[0].matches)
 
 
-def test_excluded_typical_feature_lowers_a_disease(graph):
-    base = {c.disease_id: c.score for c in rank(graph, MARFAN, top=50, sources=("OMIM",))}
-    # Ectopia lentis excluded: it can only cost Marfan syndrome, never help it.
-    with_excluded = rank(graph, MARFAN[:1] + MARFAN[2:], ["HP:0001083"], top=50, sources=("OMIM",))
+def test_excluded_typical_feature_lowers_a_disease_when_the_penalty_is_on(graph):
+    classic = RankParams(gamma=1.0, excluded_from=0.0, pertinent_negative=0.0)
+    base = {c.disease_id: c.score for c in rank(graph, MARFAN, top=50, sources=("OMIM",), params=classic)}
+    # Ectopia lentis excluded: with the LIRICAL-style penalty it can only cost Marfan syndrome.
+    with_excluded = rank(graph, MARFAN[:1] + MARFAN[2:], ["HP:0001083"], top=50, sources=("OMIM",), params=classic)
     scores = {c.disease_id: c.score for c in with_excluded}
     assert scores.get("OMIM:154700", -1e9) < base["OMIM:154700"]
+    marfan = next(c for c in with_excluded if c.disease_id == "OMIM:154700")
+    assert any(m.kind == "excluded but typical" and m.contribution < 0 for m in marfan.matches)
+
+
+def test_pertinent_negative_is_shown_as_evidence(graph):
+    """Default weights: a stated-absent feature the disease is known for is listed as a pertinent negative."""
+    candidates = rank(graph, MARFAN[:1] + MARFAN[2:], ["HP:0001083"], top=20, sources=("OMIM",))
+    marfan = next(c for c in candidates if c.disease_id == "OMIM:154700")
+    negative = [m for m in marfan.matches if m.kind == "pertinent negative"]
+    assert [m.term for m in negative] == ["HP:0001083"] and negative[0].contribution > 0
+    without = rank(graph, MARFAN[:1] + MARFAN[2:], ["HP:0001083"], top=20, sources=("OMIM",),
+                   params=RankParams(pertinent_negative=0.0))  # fmt: skip
+    assert not any(m.kind == "pertinent negative" for c in without for m in c.matches)
+
+
+def test_rank_is_vectorised_and_ranks_every_disease(graph):
+    """All OMIM diseases get a score in one call; the top of that list is what rank() returns."""
+    import numpy as np
+
+    rows, scores = rank_all_scores(graph, MARFAN, [], ("OMIM",))
+    assert len(rows) == len(scores) > 5000
+    best = graph.disease_ids[int(rows[int(np.argmax(scores))])]
+    assert best == rank(graph, MARFAN, top=1, sources=("OMIM",))[0].disease_id == "OMIM:154700"
 
 
 def test_unknown_and_contradictory_terms_are_named(graph):
