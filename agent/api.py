@@ -40,24 +40,35 @@ def _use_llm(settings: Settings, choice: str) -> bool:
     return configured
 
 
-def make_planner(settings: Settings, trace: TraceRecorder | None = None):
+def make_backend_if_configured(settings: Settings) -> Any:
+    """The one LLM backend a run's planner and reporter share, or None when the rules run the case."""
+    if not _use_llm(settings, settings.agent.planner):
+        return None
+    from medagent.agent.llm import make_backend
+
+    return make_backend(settings)
+
+
+def make_planner(settings: Settings, trace: TraceRecorder | None = None, backend: Any = None):
     """The configured planner: the LLM planner when an LLM is configured, else the rule planner."""
     if not _use_llm(settings, settings.agent.planner):
         return RulePlanner()
     from medagent.agent.llm import make_backend
     from medagent.agent.llm_planner import LLMPlanner
 
-    return LLMPlanner(make_backend(settings), settings, trace)
+    return LLMPlanner(backend or make_backend(settings), settings, trace)
 
 
-def make_reporter(settings: Settings, trace: TraceRecorder | None = None):
-    """The LLM reporter (checked by the grounding checker) when an LLM is configured, else the template."""
+def make_reporter(settings: Settings, trace: TraceRecorder | None = None, backend: Any = None,
+                  on_text: Callable[[str], None] | None = None):
+    """The LLM reporter (checked by the grounding checker) when an LLM is configured, else the template.
+    `on_text` receives the LLM's report sentences as they are written."""
     if not _use_llm(settings, settings.agent.planner) or not settings.llm.reporter:
         return TemplateReporter()
     from medagent.agent.llm import make_backend
     from medagent.agent.llm_reporter import LLMReporter
 
-    return LLMReporter(make_backend(settings), settings, trace)
+    return LLMReporter(backend or make_backend(settings), settings, trace, on_text=on_text)
 
 
 async def run_loaded(
@@ -73,20 +84,25 @@ async def run_loaded(
     `name`, `plan(case, tools, evidence, calls)` and `reflect(...)`)."""
     trace = trace or TraceRecorder(loaded.case.id)
     artifacts_dir.mkdir(parents=True, exist_ok=True)
-    run = RunContext(
-        settings=settings,
-        registry=Registry(settings, tools),
-        trace=trace,
-        artifacts_dir=artifacts_dir,
-        planner=planner or make_planner(settings, trace),
-        reporter=make_reporter(settings, trace),
-        on_progress=on_progress,
-    )
-    run.models.update({name: tool.version(settings) for name, tool in run.registry.tools.items() if run.registry.unavailable_reason(name) is None})
-    state = await graph().ainvoke(
-        {"case": loaded.case, "case_dir": str(loaded.case_dir), "warnings": loaded.warnings},
-        config={"configurable": {"run": run}, "recursion_limit": 4 * settings.agent.max_steps + 10},
-    )
+    backend = make_backend_if_configured(settings)
+    try:
+        run = RunContext(
+            settings=settings,
+            registry=Registry(settings, tools),
+            trace=trace,
+            artifacts_dir=artifacts_dir,
+            planner=planner or make_planner(settings, trace, backend),
+            reporter=make_reporter(settings, trace, backend),
+            on_progress=on_progress,
+        )
+        run.models.update({name: tool.version(settings) for name, tool in run.registry.tools.items() if run.registry.unavailable_reason(name) is None})
+        state = await graph().ainvoke(
+            {"case": loaded.case, "case_dir": str(loaded.case_dir), "warnings": loaded.warnings},
+            config={"configurable": {"run": run}, "recursion_limit": 4 * settings.agent.max_steps + 10},
+        )
+    finally:
+        if backend is not None:  # HTTP backends hold a connection pool
+            await backend.aclose()
     return state["result"], trace
 
 

@@ -125,9 +125,10 @@ class ChatSession:
     """One open consultation. Use as a context manager: it holds the session lock while open."""
 
     def __init__(self, settings: Settings, session_id: str | None = None, case_file: Path | None = None,
-                 on_progress: Callable[[str], None] | None = None) -> None:
+                 on_progress: Callable[[str], None] | None = None, on_text: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.on_progress = on_progress
+        self.on_text = on_text  # the LLM reporter's sentences, streamed as they are written
         root = sessions_root(settings)
         if session_id is None:
             session_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
@@ -231,22 +232,25 @@ class ChatSession:
             handle.write(json.dumps({"role": role, "text": text, "ts": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}) + "\n")
 
     async def _run(self, update: dict[str, Any] | None) -> Result:
-        from medagent.agent.api import make_planner, make_reporter
+        from medagent.agent.api import make_backend_if_configured, make_planner, make_reporter
         from medagent.agent.state import RunContext
         from medagent.tools.registry import Registry
         from medagent.tools.trace import TraceRecorder
 
         case = (await self.state())["case"]
         trace = TraceRecorder(case.id, self.folder / "trace.jsonl")
+        backend = make_backend_if_configured(self.settings)
         run = RunContext(settings=self.settings, registry=Registry(self.settings), trace=trace,
-                         artifacts_dir=self.folder / "artifacts", planner=make_planner(self.settings, trace),
-                         reporter=make_reporter(self.settings, trace), on_progress=self.on_progress)
+                         artifacts_dir=self.folder / "artifacts", planner=make_planner(self.settings, trace, backend),
+                         reporter=make_reporter(self.settings, trace, backend, self.on_text), on_progress=self.on_progress)
         run.artifacts_dir.mkdir(exist_ok=True)
         try:
             # Checkpoint every node before moving on, so a killed process loses at most the node it was in.
             values = await self.graph.ainvoke(update, config=self._config(run), durability="sync")
         finally:
             trace.close()
+            if backend is not None:
+                await backend.aclose()
         self.interrupted = False
         self._write_meta(values["case"], turn=True)
         return values["result"]
@@ -342,6 +346,10 @@ class ChatSession:
             lines += [f"  [{e.id}] {'(error) ' if e.error else ''}{e.summary}" for e in new]
         else:
             lines.append("No new evidence from this turn.")
+        flagged = [s for s in result.report.sentences if s.verdict.value not in ("supported", "not_checked")]
+        if flagged:
+            lines.append("Flagged report sentences (their cited evidence does not support them):")
+            lines += [f"  ! {s.text} [{', '.join(s.citations) or 'no citation'}] ({s.verdict.value})" for s in flagged]
         if result.differential:
             lines.append("Differential so far:")
             lines += [f"  {c.rank}. {c.name} [{', '.join(c.evidence)}]" for c in result.differential[:5]]

@@ -36,13 +36,18 @@ def run_chat(config: Path | None, session_id: str | None, case_file: Path | None
 
     async def main() -> int:
         progress = lambda message: console.print(f"  [dim]{message}[/dim]")  # noqa: E731
-        async with ChatSession(settings, session_id, case_file, on_progress=progress) as session:
+        draft = _DraftWriter(console)
+        async with ChatSession(settings, session_id, case_file, on_progress=progress, on_text=draft) as session:
             console.print(f"[bold]medagent chat[/bold] — session {session.id}. /help lists commands. [dim]{RESEARCH_NOTICE}[/dim]")
             if session.interrupted:
                 console.print("The last turn was interrupted; finishing it from its last checkpoint.")
-                _show(console, await session.resume())
+                reply = await session.resume()
+                draft.end_turn()
+                _show(console, reply)
             elif case_file is not None:
-                _show(console, await session.examine())
+                reply = await session.examine()
+                draft.end_turn()
+                _show(console, reply)
             turns = iter(lines) if lines is not None else None
             while True:
                 if turns is not None:
@@ -63,6 +68,7 @@ def run_chat(config: Path | None, session_id: str | None, case_file: Path | None
                     if turns is not None:
                         continue
                     continue
+                draft.end_turn()
                 _show(console, reply)
                 if reply.done:
                     return 0
@@ -74,6 +80,35 @@ def _read_script(path: Path) -> str:
     if not path.is_file():
         raise MedagentError(f"{path}: script file not found")
     return path.read_text(encoding="utf-8")
+
+
+class _DraftWriter:
+    """Prints the LLM reporter's sentences as they are decoded, one per line; grounding verdicts follow in the reply."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.open = False  # the draft header was printed this turn
+        self.line_start = True
+
+    def __call__(self, piece: str) -> None:
+        if not self.open:
+            self.console.print("[bold green]medagent (draft report, checked below)>[/bold green]")
+            self.open, self.line_start = True, True
+        if piece == "\n":
+            if not self.line_start:
+                self.console.print()
+            self.line_start = True
+            return
+        if self.line_start:
+            self.console.print("  ", end="")
+            self.line_start = False
+        self.console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+        self.console.file.flush()
+
+    def end_turn(self) -> None:
+        if self.open and not self.line_start:
+            self.console.print()
+        self.open = False
 
 
 def _show(console: Console, reply) -> None:

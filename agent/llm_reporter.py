@@ -10,12 +10,13 @@ reporter writes the report, and its sentences are checked the same way.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from medagent.agent import prompts
 from medagent.agent.grounding import GroundingChecker, default_checker
-from medagent.agent.llm.base import LLMError
+from medagent.agent.llm.base import ChatResult, LLMError
 from medagent.agent.llm_planner import render_case, screen_patient_text
 from medagent.agent.reporter import TemplateReporter, differential_from_evidence
 from medagent.tools.config import Settings
@@ -31,6 +32,81 @@ from medagent.tools.contracts import (
 from medagent.tools.trace import ErrorEvent, LLMTurnEvent, TraceRecorder
 
 MAX_SENTENCES = 6
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", '"': '"', "\\": "\\", "/": "/"}
+
+
+def partial_sentence_texts(reply: str) -> list[str]:
+    """The `text` values of the `sentences` array in a JSON reply that may still be half-written.
+
+    The last value may be cut short; an escape cut in the middle is held back until it is complete,
+    so each value only ever grows as more of the reply arrives.
+    """
+    position = reply.find('"sentences"')
+    texts: list[str] = []
+    while position >= 0:
+        key = reply.find('"text"', position)
+        if key < 0:
+            break
+        i = key + len('"text"')
+        while i < len(reply) and reply[i] in " \t\r\n:":
+            i += 1
+        if i >= len(reply) or reply[i] != '"':
+            break
+        i += 1
+        chars: list[str] = []
+        closed = False
+        while i < len(reply):
+            c = reply[i]
+            if c == '"':
+                closed = True
+                i += 1
+                break
+            if c != "\\":
+                chars.append(c)
+                i += 1
+                continue
+            if i + 1 >= len(reply):
+                break
+            if reply[i + 1] == "u":
+                if i + 6 > len(reply):
+                    break
+                try:
+                    chars.append(chr(int(reply[i + 2 : i + 6], 16)))
+                except ValueError:  # not a valid escape: show it as written
+                    chars.append(reply[i : i + 6])
+                i += 6
+                continue
+            chars.append(_ESCAPES.get(reply[i + 1], reply[i + 1]))
+            i += 2
+        texts.append("".join(chars))
+        if not closed:
+            break
+        position = i
+    return texts
+
+
+class SentenceStream:
+    """Hands the report sentences to `on_text` piece by piece while the model is still writing them."""
+
+    def __init__(self, on_text: Callable[[str], None]) -> None:
+        self.on_text = on_text
+        self.reply = ""
+        self._shown: list[int] = []  # characters already handed over, per sentence
+
+    def feed(self, piece: str) -> None:
+        self.reply += piece
+        for index, text in enumerate(partial_sentence_texts(self.reply)):
+            if index == len(self._shown):
+                if index:
+                    self.on_text("\n")
+                self._shown.append(0)
+            if len(text) > self._shown[index]:
+                self.on_text(text[self._shown[index] :])
+                self._shown[index] = len(text)
+
+    def close(self) -> None:
+        if self._shown:
+            self.on_text("\n")
 
 
 def report_schema(ids: list[str]) -> dict[str, Any]:
@@ -46,8 +122,12 @@ def report_schema(ids: list[str]) -> dict[str, Any]:
 
 
 class LLMReporter:
-    def __init__(self, backend: Any, settings: Settings, trace: TraceRecorder | None = None, checker: GroundingChecker | None = None) -> None:
+    """`on_text`, when given, receives the report sentences as the model writes them (before grounding)."""
+
+    def __init__(self, backend: Any, settings: Settings, trace: TraceRecorder | None = None, checker: GroundingChecker | None = None,
+                 on_text: Callable[[str], None] | None = None) -> None:
         self.backend = backend
+        self.on_text = on_text
         self.settings = settings
         self.trace = trace
         self.checker = checker or default_checker(settings.llm.grounding_similarity)
@@ -58,7 +138,7 @@ class LLMReporter:
         try:
             if not usable:
                 raise LLMError("no usable tool evidence to report on")
-            differential, note, sentences = await self._write(case, evidence)
+            differential, note, sentences, cut = await self._write(case, evidence)
         except Exception as exc:  # any LLM failure: the template reporter writes the report
             if self.trace is not None:
                 self.trace.emit(ErrorEvent, "report", message=f"LLM reporter failed ({exc.__class__.__name__}: {exc}); the template reporter wrote the report")
@@ -79,9 +159,9 @@ class LLMReporter:
         checked, summary = self.checker.check_report([*sentences, *restated], evidence)
         findings = [Finding(statement=e.summary, evidence=[e.id]) for e in usable]
         failed = [f"{e.tool} on {e.attachment or 'the case'} failed: {e.summary} [{e.id}]" for e in evidence if e.error]
-        return differential, note, findings, Report(sentences=checked, limitations=[*failed, *limitations]), summary
+        return differential, note, findings, Report(sentences=checked, limitations=[*failed, *cut, *limitations]), summary
 
-    async def _write(self, case: Case, evidence: Sequence[Evidence]) -> tuple[list[DiagnosisCandidate], str, list[ReportSentence]]:
+    async def _write(self, case: Case, evidence: Sequence[Evidence]) -> tuple[list[DiagnosisCandidate], str, list[ReportSentence], list[str]]:
         ranked = differential_from_evidence(evidence)
         case_text, _ = render_case(case)
         lines = []
@@ -95,12 +175,15 @@ class LLMReporter:
             {"role": "system", "content": prompts.REPORTER_SYSTEM},
             {"role": "user", "content": prompts.REPORTER_CASE.format(case=case_text, evidence="\n".join(lines), candidates=candidates, max_sentences=MAX_SENTENCES)},
         ]
-        ids = [e.id for e in evidence]
+        schema = report_schema([e.id for e in evidence])
         try:
-            result = await asyncio.wait_for(
-                self.backend.chat(messages, schema=report_schema(ids), max_tokens=self.settings.llm.report_max_tokens),
-                timeout=self.settings.llm.timeout_s,
-            )
+            if self.on_text is None:
+                result = await asyncio.wait_for(
+                    self.backend.chat(messages, schema=schema, max_tokens=self.settings.llm.report_max_tokens),
+                    timeout=self.settings.llm.timeout_s,
+                )
+            else:
+                result = await asyncio.wait_for(self._stream(messages, schema), timeout=self.settings.llm.timeout_s)
         except TimeoutError as exc:
             raise LLMError(f"no reporter answer within {self.settings.llm.timeout_s:g} s") from exc
         if self.trace is not None:
@@ -108,7 +191,10 @@ class LLMReporter:
                 LLMTurnEvent, "report", role="reporter", model=result.model, prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens, seconds=round(result.seconds, 6), messages=messages, completion=result.text,
             )
-        reply = result.json()
+        reply = result.json(salvage=True)  # a reply cut by report_max_tokens keeps its finished sentences
+        cut = [] if result.json_is_complete() else [
+            f"The LLM's report reached the {self.settings.llm.report_max_tokens}-token limit ([llm] report_max_tokens); "
+            "only the sentences it finished are kept."]
         if not isinstance(reply, dict) or not isinstance(reply.get("sentences"), list):
             raise LLMError(f"reporter reply has no 'sentences' list: {result.text[:120]!r}")
         sentences = [
@@ -118,7 +204,20 @@ class LLMReporter:
         if not sentences:
             raise LLMError("the reporter wrote no sentences")
         differential, note = merge_differential(reply.get("differential") or [], ranked)
-        return differential, note, sentences
+        return differential, note, sentences, cut
+
+
+    async def _stream(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> ChatResult:
+        """The same constrained reply as `chat`, shown sentence by sentence as it is decoded."""
+        assert self.on_text is not None
+        started = time.monotonic()
+        stream = SentenceStream(self.on_text)
+        try:
+            async for piece in self.backend.stream(messages, schema=schema, max_tokens=self.settings.llm.report_max_tokens):
+                stream.feed(piece)
+        finally:
+            stream.close()
+        return ChatResult(text=stream.reply, model=self.backend.name, seconds=time.monotonic() - started)
 
 
 def merge_differential(proposed: list[Any], ranked: list[DiagnosisCandidate]) -> tuple[list[DiagnosisCandidate], str]:

@@ -119,8 +119,9 @@ class HTTPBackend:
             server=self.base_url,
         )
 
-    async def stream(self, messages: list[Message], *, max_tokens: int = 256, temperature: float = 0.0) -> AsyncIterator[str]:
-        path, body = self._request(messages, None, max_tokens, temperature, stream=True)
+    async def stream(self, messages: list[Message], *, schema: dict[str, Any] | None = None, max_tokens: int = 256,
+                     temperature: float = 0.0) -> AsyncIterator[str]:
+        path, body = self._request(messages, schema, max_tokens, temperature, stream=True)
         try:
             async with self._client.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:

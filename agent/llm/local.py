@@ -9,13 +9,31 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from medagent.agent.llm.base import ChatResult, LLMError, Message, render_alpaca
 
 _LLAMAS: dict[tuple, Any] = {}
+_DONE = object()
+
+
+async def _drain(produce: Callable[[Callable[[str], None]], None]) -> AsyncIterator[str]:
+    """Run a blocking generator loop in a thread and yield what it puts, as it puts it (errors re-raised)."""
+    queue: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def run() -> None:
+        try:
+            produce(lambda piece: loop.call_soon_threadsafe(queue.put_nowait, piece))
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+    task = asyncio.ensure_future(asyncio.to_thread(run))
+    while (piece := await queue.get()) is not _DONE:
+        yield piece
+    await task  # raises what the producer raised
 _LOAD_LOCK = threading.Lock()
 
 
@@ -40,10 +58,15 @@ class LlamaCppBackend:
         self.name = name or path.stem
         self.llama, self._lock = load_llama(path, n_ctx, n_threads)  # one context: calls take turns
 
-    def _chat_sync(self, messages: list[Message], schema: dict[str, Any] | None, max_tokens: int, temperature: float) -> ChatResult:
+    @staticmethod
+    def _options(schema: dict[str, Any] | None, max_tokens: int, temperature: float) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
-        if schema is not None:
+        if schema is not None:  # a grammar built from the schema: the output is valid JSON of that shape
             kwargs["response_format"] = {"type": "json_object", "schema": schema}
+        return kwargs
+
+    def _chat_sync(self, messages: list[Message], schema: dict[str, Any] | None, max_tokens: int, temperature: float) -> ChatResult:
+        kwargs = self._options(schema, max_tokens, temperature)
         started = time.monotonic()
         with self._lock:
             try:
@@ -62,25 +85,21 @@ class LlamaCppBackend:
     async def chat(self, messages: list[Message], *, schema: dict[str, Any] | None = None, max_tokens: int = 256, temperature: float = 0.0) -> ChatResult:
         return await asyncio.to_thread(self._chat_sync, messages, schema, max_tokens, temperature)
 
-    async def stream(self, messages: list[Message], *, max_tokens: int = 256, temperature: float = 0.0) -> AsyncIterator[str]:
-        # llama.cpp streams from a blocking generator: drain it in a thread, hand pieces over a queue.
-        queue: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-
-        def produce() -> None:
-            try:
-                with self._lock:
-                    for chunk in self.llama.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True):
+    async def stream(self, messages: list[Message], *, schema: dict[str, Any] | None = None, max_tokens: int = 256,
+                     temperature: float = 0.0) -> AsyncIterator[str]:
+        def produce(put: Callable[[str], None]) -> None:
+            with self._lock:
+                try:
+                    chunks = self.llama.create_chat_completion(messages=messages, stream=True, **self._options(schema, max_tokens, temperature))
+                    for chunk in chunks:
                         piece = chunk["choices"][0]["delta"].get("content")
                         if piece:
-                            loop.call_soon_threadsafe(queue.put_nowait, piece)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, None)
+                            put(piece)
+                except ValueError as exc:
+                    raise LLMError(f"llama.cpp ({self.name}): {exc}") from exc
 
-        task = asyncio.ensure_future(asyncio.to_thread(produce))
-        while (piece := await queue.get()) is not None:
+        async for piece in _drain(produce):
             yield piece
-        await task
 
     def reset_cache(self) -> None:
         """Forget the evaluated prefix (benchmarks measure prefill with and without it)."""
@@ -142,9 +161,29 @@ class TransformersBackend:
         # `schema` is not enforced while decoding here; callers validate what comes back.
         return await asyncio.to_thread(self._chat_sync, messages, max_tokens, temperature)
 
-    async def stream(self, messages: list[Message], *, max_tokens: int = 256, temperature: float = 0.0) -> AsyncIterator[str]:
-        result = await self.chat(messages, max_tokens=max_tokens, temperature=temperature)
-        yield result.text
+    async def stream(self, messages: list[Message], *, schema: dict[str, Any] | None = None, max_tokens: int = 256,
+                     temperature: float = 0.0) -> AsyncIterator[str]:
+        # `schema` is not enforced while decoding here, as in `chat`.
+        from transformers import TextIteratorStreamer
+
+        encoded = self.tokenizer(self.prompt(messages), return_tensors="pt").to(self.device)
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+
+        def produce(put: Callable[[str], None]) -> None:
+            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            with self._lock:
+                # generate() (itself no-grad) feeds the streamer from a second thread; this one relays its pieces.
+                worker = threading.Thread(target=self.model.generate, kwargs={
+                    **encoded, "max_new_tokens": max_tokens, "streamer": streamer,
+                    "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling})
+                worker.start()
+                for piece in streamer:
+                    if piece:
+                        put(piece)
+                worker.join()
+
+        async for piece in _drain(produce):
+            yield piece
 
     async def aclose(self) -> None:
         return None

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from medagent.agent.llm.base import ChatResult
 from medagent.agent.llm.http import HTTPBackend
 from medagent.agent.llm_reporter import LLMReporter, merge_differential
 from medagent.tools.config import LLMSettings, Settings
 from medagent.tools.contracts import Case, DiagnosisCandidate, Evidence, GroundingVerdict
+from medagent.tools.trace import TraceRecorder
 
 SETTINGS = Settings(llm=LLMSettings(preset="openai-compatible", base_url="http://127.0.0.1:1", report_max_tokens=260))
 CASE = Case(id="llm-report", history="61-year-old man with left upper quadrant pain, early satiety and night sweats.")
@@ -28,8 +30,6 @@ def report_with(base_url: str):
     async def go():
         backend = HTTPBackend(base_url, "small", dialect="llamacpp", retries=0, timeout_s=300)
         try:
-            from medagent.tools.trace import TraceRecorder
-
             trace = TraceRecorder(CASE.id)
             return await LLMReporter(backend, SETTINGS, trace).report(CASE, EVIDENCE, ["Attachment mr was not examined."]), trace
         finally:
@@ -66,3 +66,37 @@ def test_unranked_llm_diagnosis_is_labelled_unverified():
     merged, note = merge_differential([{"name": "Gaucher disease", "citations": ["E1"]}, {"name": "lymphoma", "citations": []}], ranked)
     assert [c.name for c in merged] == ["Gaucher disease", "Lymphoma"]
     assert "unverified" in merged[0].rationale and "Gaucher disease" in note
+
+
+def test_reporter_streams_its_sentences_from_a_real_server(llama_server):
+    pieces: list[str] = []
+
+    async def go():
+        backend = HTTPBackend(llama_server, "small", dialect="llamacpp", retries=0, timeout_s=300)
+        trace = TraceRecorder(CASE.id)
+        try:
+            out = await LLMReporter(backend, SETTINGS, trace, on_text=pieces.append).report(CASE, EVIDENCE, [])
+        finally:
+            await backend.aclose()
+        return out, trace
+
+    (_, _, _, report, grounding), trace = asyncio.run(go())
+    turn = next(e for e in trace.events if e.event == "llm_turn")
+    reply = ChatResult(text=turn.completion, model="small")
+    written = [s["text"].strip() for s in reply.json(salvage=True)["sentences"] if s["text"].strip()]
+    assert written, "the model wrote no sentences"
+    assert len(pieces) > len(written), "sentences arrived whole, not while they were decoded"
+    streamed = [line.strip() for line in "".join(pieces).splitlines() if line.strip()]
+    if reply.json_is_complete():
+        assert streamed == written
+    else:  # cut by report_max_tokens: the half-written last sentence was shown, then dropped, and the report says so
+        assert streamed[: len(written)] == written and len(streamed) == len(written) + 1
+        assert any("token limit" in line for line in report.limitations)
+    # The report keeps the finished sentences (one copy of a repeated one), in order, before any restated evidence.
+    first: dict[str, str] = {}
+    for text in written:
+        first.setdefault(" ".join(text.lower().split()), text)
+    unique = list(first.values())
+    assert [s.text for s in report.sentences[: len(unique)]] == unique
+    # The streamed draft is then checked like any report: every sentence has a verdict.
+    assert grounding.status == "checked" and all(s.verdict.value != "not_checked" for s in report.sentences)
