@@ -11,11 +11,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from pydantic import Field
+
 from medagent.tools.config import Settings
 from medagent.tools.contracts import AttachmentKind, Case, Evidence, EvidenceDraft, ToolCall
 from medagent.tools.errors import CaseError, ToolError, UnavailableError
 from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
-from pydantic import Field
 
 WEIGHTS_HELP = (
     "KEP weights are not on a model hub: download KEP-32, KEP-16 or KEP-CTP from the links in "

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
 from medagent.specialists.pathology.labels import LabelSet
 from medagent.specialists.pathology.load import LoadedKEP
 from medagent.specialists.pathology.preprocess import (
@@ -24,7 +26,6 @@ from medagent.specialists.pathology.preprocess import (
     open_rgb,
     plan_tiles,
 )
-from PIL import Image
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from medagent.specialists.pathology.model import KEP, KEPConfig, Variant, ctp_key_from_published, published_config
 
 WEIGHT_NAMES = ("pytorch_model.bin", "model.safetensors", "model.pt", "model.pth", "checkpoint.pt")

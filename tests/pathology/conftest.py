@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
+
 from medagent.specialists.pathology.labels import BUILTIN, TEMPLATES
 from medagent.specialists.pathology.model import KEP, BertShape, KEPConfig, published_state_dict
-from PIL import Image, ImageDraw
 
 EOSIN = (236, 170, 200)
 HAEMATOXYLIN = (80, 45, 125)

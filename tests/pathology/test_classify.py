@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from medagent.specialists.pathology.infer import KEPClassifier
 from medagent.specialists.pathology.labels import BUILTIN, LabelError, resolve
 from medagent.specialists.pathology.load import CheckpointError, load_kep
 from medagent.specialists.pathology.preprocess import PathologyInputError, TilingOptions, open_rgb
-from PIL import Image
 
 
 @pytest.mark.parametrize("variant", ["kep32", "kep16", "ctp"])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from medagent.specialists.pathology.load import detect_variant, to_model_names
 from medagent.specialists.pathology.model import KEP, published_config, published_state_dict_shapes
 

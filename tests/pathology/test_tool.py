@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from medagent.tools.config import PathologySettings, Settings
 from medagent.tools.contracts import Case, Evidence, ToolCall
 from medagent.tools.errors import CaseError, ToolError, UnavailableError
 from medagent.tools.pathology import TOOLS, candidate_labels
 from medagent.tools.registry import Registry, ToolContext
-from PIL import Image
 
 TOOL = TOOLS[0]
 

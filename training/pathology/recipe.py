@@ -53,7 +53,8 @@ from medagent.training.config import load_config
 # Data
 
 
-def read_pairs(data: dict[str, Any]) -> list[tuple[Any, str]]:
+def read_pairs(data: dict[str, Any]) -> list[tuple[Any, str, str]]:
+    """(image path, caption, duplicate key) rows; the key is the optional `label` field, else the caption."""
     path = Path(data["pairs"]).expanduser()
     root = Path(data.get("image_root") or path.parent).expanduser()
     rows: list[dict[str, str]]
@@ -62,7 +63,12 @@ def read_pairs(data: dict[str, Any]) -> list[tuple[Any, str]]:
             rows = list(csv.DictReader(handle))
     else:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [(root / row["image"], row["caption"]) for row in rows]
+    return [(root / row["image"], row["caption"], duplicate_key(row["caption"], row.get("label"))) for row in rows]
+
+
+def duplicate_key(caption: str, label: str | None = None) -> str:
+    """Pairs with the same key are not each other's negatives (KEP's masked loss for duplicate labels)."""
+    return (label or caption).strip().lower()
 
 
 def read_knowledge(path: str) -> dict[str, list[str]]:
@@ -105,29 +111,46 @@ def synthetic_image(label: str, size: int, seed: int) -> Image.Image:
     return image
 
 
-def synthetic_data(per_class: int, size: int, seed: int) -> tuple[list[tuple[Any, str]], dict[str, list[str]]]:
-    rng = random.Random(seed)
+def synthetic_data(per_class: int, size: int, seed: int) -> tuple[list[tuple[Any, str, str]], dict[str, list[str]]]:
+    """(image, caption, label) pairs; the label marks same-class pairs as duplicates for the masked loss."""
     pairs = []
     for index, (label, (synonyms, _)) in enumerate(SYNTHETIC_CLASSES.items()):
+        phrases = (label, *synonyms)
         for k in range(per_class):
-            phrase = rng.choice((label, *synonyms))
-            pairs.append(
-                (synthetic_image(label, size, seed * 1000 + index * 100 + k), rng.choice(TEMPLATES).format(phrase))
-            )
+            # Captions take the prompt templates in turn, so with per_class >= len(TEMPLATES) every template
+            # zero-shot classification will use has been seen with every class.
+            caption = TEMPLATES[k % len(TEMPLATES)].format(phrases[k % len(phrases)])
+            pairs.append((synthetic_image(label, size, seed * 1000 + index * 100 + k), caption, label))
     knowledge = {label: [label, *synonyms, *facts] for label, (synonyms, facts) in SYNTHETIC_CLASSES.items()}
     return pairs, knowledge
 
 
 def build_tokenizer(texts: list[str], folder: Path, vocab_size: int) -> Any:
-    """A small lower-casing WordPiece tokenizer (smoke runs; real runs use PubMedBERT's)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """A small lower-casing WordPiece tokenizer (smoke runs; real runs use PubMedBERT's).
+
+    The vocabulary is built directly rather than by the `tokenizers` WordPiece trainer, whose token
+    numbering and tie-breaking change from run to run: here every character (alone and as `##`
+    continuation) plus the most frequent whole words, in sorted order, so one seed gives one run.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter(
+        word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+    )
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
+    characters = sorted({char for word in counts for char in word})
+    alphabet = characters + ["##" + char for char in characters]
+    room = max(0, vocab_size - len(special) - len(alphabet))
+    frequent = [w for w in sorted(counts, key=lambda w: (-counts[w], w)) if w not in set(alphabet)][:room]
+    vocab = special + alphabet + sorted(frequent)
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
@@ -157,11 +180,19 @@ def gather(features: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(features))
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE between matched rows of two normalised feature sets."""
+def info_nce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE between matched rows of two normalised feature sets.
+
+    With `groups`, other rows of the same group (duplicate labels) are masked out of the negatives:
+    two pictures of stroma captioned "stroma" should not be pushed apart.
+    """
     a, b = gather(a), gather(b)
     logits = scale * a @ b.T
     target = torch.arange(len(a), device=a.device)
+    if groups is not None:
+        groups = gather(groups)
+        duplicate = (groups[:, None] == groups[None, :]) & (target[:, None] != target[None, :])
+        logits = logits.masked_fill(duplicate, torch.finfo(logits.dtype).min)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
@@ -201,6 +232,19 @@ def batches(n: int, size: int, rng: random.Random, rank: int, world: int) -> lis
 
 def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the entry-point signature)
     cfg = load_config(config, overrides)
+    # Tiny smoke towers run several times faster on one thread (2+ threads only add sync overhead); the
+    # caller's thread count is restored afterwards so a test process is not left single-threaded.
+    previous_threads = torch.get_num_threads()
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    try:
+        return train(cfg)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def train(cfg: dict[str, Any]) -> Path:
+    """The whole run for one loaded config: stage 1, stage 2, checkpoint; returns the output folder."""
     seed = int(cfg.get("seed", 0))
     random.seed(seed)
     torch.manual_seed(seed)
@@ -227,13 +271,15 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
     else:
         pairs, knowledge = read_pairs(data), read_knowledge(data["knowledge"])
     knowledge_texts = [(text, gid) for gid, texts in enumerate(knowledge.values()) for text in texts]
+    group_ids = {key: i for i, key in enumerate(dict.fromkeys(key for _, _, key in pairs))}
+    pair_groups = torch.tensor([group_ids[key] for _, _, key in pairs])
 
     # ---- tokenizer
     model_cfg = cfg["model"]
     if model_cfg.get("tokenizer"):
         tokenizer = load_tokenizer(Path(model_cfg["tokenizer"]).expanduser())
     else:
-        corpus = [c for _, c in pairs] + [t for t, _ in knowledge_texts]
+        corpus = [c for _, c, _ in pairs] + [t for t, _ in knowledge_texts]
         corpus += [t.format(w) for t in TEMPLATES for w in knowledge]
         tokenizer = build_tokenizer(corpus, out, int(model_cfg.get("vocab_size", 300)))
     tokenizer.save_pretrained(str(out))
@@ -307,13 +353,14 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
         for idx in batches(len(pairs), int(s2["batch_size"]), rng, rank, world):
             pixels = torch.stack([image(pairs[i][0]) for i in idx]).to(device)
             ids, mask = tokens([pairs[i][1] for i in idx])
+            groups = pair_groups[idx].to(device)
             with autocast:
                 image_features, text_features, scale = train_model(pixels, ids, mask)
                 with torch.no_grad():
                     targets = F.normalize(knowledge_bert(ids, mask).float(), dim=-1)
                 scale = scale.clamp(max=100.0)
-                loss_it = info_nce(image_features.float(), text_features.float(), scale)
-                loss_tk = info_nce(text_features.float(), targets, scale)
+                loss_it = info_nce(image_features.float(), text_features.float(), scale, groups)
+                loss_tk = info_nce(text_features.float(), targets, scale, groups)
                 loss = (weights[0] * loss_it + weights[1] * loss_tk) / sum(weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
