@@ -187,11 +187,12 @@ class PathologySettings(Section):
     KEP's weights are not on a model hub: download a checkpoint (KEP-32 / KEP-16 / KEP-CTP) from the
     links in github.com/MAGIC-AI4Med/KEP (BaiduPan; KEP-CTP_OpenPath also on Google Drive), or train one
     with `medagent train pathology`, and point `path` at the folder holding `pytorch_model.bin` and the
-    PubMedBERT tokenizer files (vocab.txt or tokenizer.json).
+    PubMedBERT tokenizer files (vocab.txt or tokenizer.json). KEEP, the MIT-licensed successor, is on the
+    Hugging Face hub (`Astaxanthin/KEEP`): download that folder yourself and point `path` at it.
     """
 
-    path: Path | None = Field(default=None, description="KEP checkpoint folder (or its weights file)")
-    variant: Literal["kep32", "kep16", "ctp"] | None = Field(
+    path: Path | None = Field(default=None, description="KEP or KEEP checkpoint folder (or its weights file)")
+    variant: Literal["kep32", "kep16", "ctp", "keep"] | None = Field(
         default=None, description="Expected variant; None = read it from the weights' key names"
     )
     device: str = Field(default="cpu", description="'cpu', 'cuda', 'cuda:1', ...")

@@ -22,7 +22,10 @@ WEIGHTS_HELP = (
     "KEP weights are not on a model hub: download KEP-32, KEP-16 or KEP-CTP from the links in "
     "github.com/MAGIC-AI4Med/KEP (BaiduPan; KEP-CTP_OpenPath also on Google Drive) or train one with "
     "`medagent train pathology`, then set [pathology] path in medagent.toml to the folder holding "
-    "pytorch_model.bin and the PubMedBERT tokenizer (vocab.txt or tokenizer.json)"
+    "pytorch_model.bin and the PubMedBERT tokenizer (vocab.txt or tokenizer.json). Or use KEEP, KEP's "
+    "successor (MIT), which is on the Hugging Face hub: fetch it once yourself "
+    "(`huggingface-cli download Astaxanthin/KEEP --local-dir <folder>`; medagent never downloads) and point "
+    "[pathology] path at that folder (weights, config.json and tokenizer files)"
 )
 MAX_FOLLOW_UP_LABELS = 8
 
@@ -93,6 +96,7 @@ def classify(args: ClassifyArgs, ctx: ToolContext) -> list[EvidenceDraft]:
             }
         )
     variant = classifier.loaded.config.variant
+    model_name = "KEEP" if variant == "keep" else f"KEP-{variant}"
     how = (
         f"{result.tiles_scored} of {result.grid_tiles} tiles of {config.tile_size} px"
         if result.tiled
@@ -100,11 +104,11 @@ def classify(args: ClassifyArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     )
     runner_up = f", then '{ranked[1][0]}' ({ranked[1][1]:.2f})" if len(ranked) > 1 else ""
     summary = (
-        f"KEP ({variant}) zero-shot on {how}: most consistent with '{winner}' "
+        f"{model_name} zero-shot on {how}: most consistent with '{winner}' "
         f"(p={winner_p:.2f} among {len(ranked)} labels{runner_up})."
     )
     payload = {
-        "model": f"KEP-{variant}",
+        "model": model_name,
         "label_set": label_set.name,
         "ranked": [{"label": label, "probability": round(p, 4)} for label, p in ranked],
         "top_label": winner,
@@ -143,13 +147,15 @@ def check(settings: Settings) -> str | None:
 
 def version(settings: Settings) -> str:
     path = settings.pathology.path
-    return f"KEP {settings.pathology.variant or 'auto'} from {path}" if path else "KEP (not configured)"
+    return f"KEP/KEEP {settings.pathology.variant or 'auto'} from {path}" if path else "KEP (not configured)"
 
 
 def doctor(settings: Settings) -> list[str]:
     reason = check(settings)
     if reason is None:
-        return [f"pathology.classify: KEP checkpoint at {settings.pathology.path} (device {settings.pathology.device})"]
+        return [
+            f"pathology.classify: KEP/KEEP checkpoint at {settings.pathology.path} (device {settings.pathology.device})"
+        ]
     return [f"pathology.classify unavailable: {reason}"]
 
 

@@ -4,6 +4,10 @@ A checkpoint folder holds the weights (`pytorch_model.bin`, or a training `epoch
 `*.pth` / `model.safetensors`), the tokenizer files of its PubMedBERT (vocab.txt or tokenizer.json)
 and optionally medagent's `kep_config.json` (written by the training recipe; without it the
 published KEP-32/16/CTP configuration is used, the variant read from the key names).
+
+A KEEP folder (HF `Astaxanthin/KEEP`, fetched by the user: the runtime never downloads) holds the
+weights, the tokenizer and KEEP's own `config.json` (`model_type: keep`, `text_config` = the BERT
+config, `projection_dim`); the text tower is built from that `text_config`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,16 @@ from typing import Any
 
 import torch
 
-from medagent.specialists.pathology.model import KEP, KEPConfig, Variant, ctp_key_from_published, published_config
+from medagent.specialists.pathology.model import (
+    KEEP,
+    KEP,
+    BertShape,
+    KEPConfig,
+    Variant,
+    build_model,
+    ctp_key_from_published,
+    published_config,
+)
 
 WEIGHT_NAMES = ("pytorch_model.bin", "model.safetensors", "model.pt", "model.pth", "checkpoint.pt")
 CONFIG_NAME = "kep_config.json"
@@ -30,7 +43,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadedKEP:
-    model: KEP
+    model: KEP | KEEP
     tokenizer: Any
     config: KEPConfig
     weights: Path
@@ -81,7 +94,11 @@ def detect_variant(keys: list[str] | set[str]) -> Variant:
         return "kep16"
     if any(k.startswith("visual.layers.") for k in keys):
         return "ctp"
-    raise CheckpointError("the checkpoint has no KEP image tower (no visual.conv1, visual.trunk or visual.layers keys)")
+    if "visual.pos_embed" in keys and "text.embeddings.word_embeddings.weight" in keys:
+        return "keep"
+    raise CheckpointError(
+        "the checkpoint has no KEP/KEEP image tower (no visual.conv1, visual.trunk, visual.layers or visual.pos_embed)"
+    )
 
 
 def to_model_names(state: dict[str, torch.Tensor], variant: Variant) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -120,10 +137,36 @@ def config_for(folder: Path, state: dict[str, torch.Tensor], variant: Variant | 
             raise CheckpointError(f"{config_file}: says variant '{config.variant}' but the weights are {detected}")
         return config
     words = state.get("text.bert_model.embeddings.word_embeddings.weight")
-    return published_config(detected, vocab_size=int(words.shape[0]) if words is not None else 30522)
+    if words is None:
+        words = state.get("text.embeddings.word_embeddings.weight")
+    vocab_size = int(words.shape[0]) if words is not None else 30522
+    hf_config = folder / "config.json"
+    if detected == "keep" and hf_config.is_file():
+        return keep_config_from_hf(hf_config, vocab_size)
+    return published_config(detected, vocab_size=vocab_size)
 
 
-def strict_load(model: KEP, state: dict[str, torch.Tensor], source: Path) -> None:
+def keep_config_from_hf(path: Path, vocab_size: int = 30522) -> KEPConfig:
+    """KEEP's HF `config.json`: the BERT comes from `text_config`, the joint width from `projection_dim`.
+
+    The image tower is fixed in KEEP's code (timm ViT-L/16, 224 px), so `vision_config` is not read.
+    """
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not readable JSON ({exc})") from exc
+    if raw.get("model_type") != "keep":
+        raise CheckpointError(f"{path}: model_type is {raw.get('model_type')!r}, not 'keep'")
+    config = published_config("keep", vocab_size=vocab_size)
+    text = raw.get("text_config") or {}
+    fields = {k: text[k] for k in BertShape.__dataclass_fields__ if k in text}
+    config.bert = BertShape(**{**{"vocab_size": vocab_size}, **fields})
+    projection = int(raw.get("projection_dim", config.embed_dim))
+    config.embed_dim = config.head_hidden = config.text_hidden = projection
+    return config
+
+
+def strict_load(model: KEP | KEEP, state: dict[str, torch.Tensor], source: Path) -> None:
     """load_state_dict(strict=True), with a readable message naming the first mismatches."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -181,7 +224,7 @@ def load_kep(path: Path, variant: Variant | None = None, device: str = "cpu") ->
             f"{folder}: tokenizer has {len(tokenizer)} tokens but the text tower only "
             f"{config.bert.vocab_size}; the tokenizer does not belong to these weights"
         )
-    model = KEP(config)
+    model = build_model(config)
     strict_load(model, mapped, weights)
     model.eval().to(device)
     return LoadedKEP(model=model, tokenizer=tokenizer, config=config, weights=weights, ignored_keys=ignored)

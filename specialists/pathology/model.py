@@ -14,6 +14,12 @@ Parameter names follow the published `pytorch_model.bin` files so that a strict 
 
 Training checkpoints also carry `knowledge.*`, a second BERT (the frozen knowledge encoder used only
 by the stage-2 loss); inference ignores it.
+
+KEEP (KEP's successor, MIT, HF `Astaxanthin/KEEP`) is the `keep` variant and its own class `KEEP`: per
+the authors' published loading code, `visual` is timm's `vit_large_patch16_224` directly (layer scale
+1e-5, no head, class-token pool), `visual_head` Linear(1024->P)-GELU-Linear(P->P) with P the config's
+`projection_dim` (768), `text` a plain BertModel whose pooler output *is* the text feature (no MLP),
+and `logit_scale`. No key manifest of the released file was available to check this against.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Variant = Literal["kep32", "kep16", "ctp"]
+Variant = Literal["kep32", "kep16", "ctp", "keep"]
 
 
 @dataclass
@@ -62,6 +68,8 @@ class KEPConfig:
     vit_mlp_ratio: float = 4.0
     # open_clip builds its ViT with nn.GELU unless a "-quickgelu" model is asked for; KEP's configs do not ask.
     quick_gelu: bool = False
+    # KEEP's timm ViT-L has LayerScale (init 1e-5): `blocks.N.ls1.gamma` / `ls2.gamma` parameters.
+    layer_scale_init: float | None = None
     # Swin tower (ctp)
     swin_embed_dim: int = 96
     swin_depths: tuple[int, ...] = (2, 2, 6, 2)
@@ -79,6 +87,8 @@ class KEPConfig:
         """Width the image tower hands to `visual_head`."""
         if self.variant == "ctp":
             return self.swin_embed_dim * 2 ** (len(self.swin_depths) - 1)
+        if self.variant == "keep":
+            return self.vit_width
         return self.embed_dim
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,7 +108,21 @@ class KEPConfig:
 
 
 def published_config(variant: Variant, vocab_size: int = 30522) -> KEPConfig:
-    """The configuration of the released KEP-32 / KEP-16 / KEP-CTP checkpoints."""
+    """The configuration of the released KEP-32 / KEP-16 / KEP-CTP checkpoints (and KEEP's)."""
+    if variant == "keep":
+        return KEPConfig(
+            variant="keep",
+            embed_dim=768,
+            head_hidden=768,
+            text_hidden=768,
+            vit_width=1024,
+            vit_layers=24,
+            vit_heads=16,
+            vit_patch=16,
+            layer_scale_init=1e-5,
+            bert=BertShape(vocab_size=vocab_size),
+            temperature=0.04,
+        )
     patch = {"kep32": 32, "kep16": 16, "ctp": 16}[variant]
     temperature = 0.07 if variant == "ctp" else 0.04  # easy_inference builds CTP with the class default
     return KEPConfig(variant=variant, vit_patch=patch, bert=BertShape(vocab_size=vocab_size), temperature=temperature)
@@ -303,7 +327,7 @@ class KEP(nn.Module):
         self.config = cfg
         towers = {"kep32": CLIPVisionTransformer, "kep16": TimmViTTower, "ctp": swin_tower}
         if cfg.variant not in towers:
-            raise ValueError(f"unknown KEP variant '{cfg.variant}' (kep32, kep16, ctp)")
+            raise ValueError(f"unknown KEP variant '{cfg.variant}' (kep32, kep16, ctp; keep builds KEEP)")
         self.visual = towers[cfg.variant](cfg)
         self.visual_head = nn.Sequential(
             nn.Linear(cfg.visual_out, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, cfg.embed_dim)
@@ -326,7 +350,62 @@ class KEP(nn.Module):
         return image, text, self.logit_scale.exp()
 
 
-def published_state_dict(model: KEP) -> dict[str, torch.Tensor]:
+class KEEP(nn.Module):
+    """KEEP: timm ViT-L/16 + visual head, a BERT whose pooler output is the text feature, learned temperature.
+
+    Same interface as `KEP` (un-normalised `encode_image` / `encode_text`, `logit_scale`, `config`), so the
+    classifier, tool and evals use either.
+    """
+
+    def __init__(self, cfg: KEPConfig) -> None:
+        super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
+        from transformers import BertConfig, BertModel
+
+        if cfg.bert.hidden_size != cfg.embed_dim:
+            raise ValueError(
+                f"KEEP's text feature is BERT's pooler output: bert.hidden_size ({cfg.bert.hidden_size}) "
+                f"must equal embed_dim ({cfg.embed_dim})"
+            )
+        self.config = cfg
+        self.visual = VisionTransformer(
+            img_size=cfg.image_size,
+            patch_size=cfg.vit_patch,
+            embed_dim=cfg.vit_width,
+            depth=cfg.vit_layers,
+            num_heads=cfg.vit_heads,
+            mlp_ratio=cfg.vit_mlp_ratio,
+            init_values=cfg.layer_scale_init,
+            num_classes=0,
+            global_pool="token",
+            dynamic_img_size=True,
+        )
+        self.visual_head = nn.Sequential(
+            nn.Linear(cfg.vit_width, cfg.embed_dim), nn.GELU(), nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        )
+        self.text = BertModel(BertConfig(**asdict(cfg.bert)), add_pooling_layer=True)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.visual_head(self.visual(pixels))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+
+    def forward(
+        self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image = F.normalize(self.encode_image(pixels), dim=-1)
+        text = F.normalize(self.encode_text(input_ids, attention_mask), dim=-1)
+        return image, text, self.logit_scale.exp()
+
+
+def build_model(cfg: KEPConfig) -> KEP | KEEP:
+    """The model class a configuration describes (KEEP for the `keep` variant, KEP otherwise)."""
+    return KEEP(cfg) if cfg.variant == "keep" else KEP(cfg)
+
+
+def published_state_dict(model: KEP | KEEP) -> dict[str, torch.Tensor]:
     """The model's parameters and persistent buffers under the published checkpoint names.
 
     This is the layout training writes and load.py reads. For CTP the tower's names are mapped back
@@ -341,7 +420,7 @@ def published_state_dict(model: KEP) -> dict[str, torch.Tensor]:
     return state
 
 
-def published_state_dict_shapes(model: KEP) -> dict[str, list[int]]:
+def published_state_dict_shapes(model: KEP | KEEP) -> dict[str, list[int]]:
     """Published names and shapes (works on the meta device)."""
     return {name: list(tensor.shape) for name, tensor in published_state_dict(model).items()}
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from medagent.specialists.pathology.labels import BUILTIN, TEMPLATES
-from medagent.specialists.pathology.model import KEP, BertShape, KEPConfig, published_state_dict
+from medagent.specialists.pathology.model import BertShape, KEPConfig, build_model, published_state_dict
 
 EOSIN = (236, 170, 200)
 HAEMATOXYLIN = (80, 45, 125)
@@ -75,6 +75,10 @@ def tiny_config(variant: str, vocab_size: int) -> KEPConfig:
     common = dict(variant=variant, embed_dim=32, bert=bert, text_hidden=32, head_hidden=32, max_text_length=48)
     if variant == "ctp":
         return KEPConfig(image_size=112, swin_embed_dim=16, swin_depths=(1, 1, 2), swin_heads=(1, 2, 4), **common)
+    if variant == "keep":  # the text feature is BERT's pooler output, so BERT's width is the joint width
+        return KEPConfig(
+            image_size=64, vit_width=48, vit_layers=2, vit_heads=2, vit_patch=16, layer_scale_init=1e-5, **common
+        )
     return KEPConfig(image_size=64, vit_width=32, vit_layers=2, vit_heads=2, vit_patch=16, **common)
 
 
@@ -86,10 +90,17 @@ def write_checkpoint(folder: Path, tokenizer_dir: Path, variant: str, seed: int 
     vocab = len(json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"])
     config = tiny_config(variant, vocab)
     torch.manual_seed(seed)
-    model = KEP(config)
+    model = build_model(config)
     state = published_state_dict(model)
-    state.update({"knowledge." + k[len("text.") :]: v.clone() for k, v in state.items() if k.startswith("text.")})
-    torch.save({"state_dict": state, "epoch": 3}, folder / "pytorch_model.bin")
+    if variant == "keep":
+        # As KEEP is released: a flat state_dict (no training wrapper, no knowledge BERT) and an HF config.json;
+        # kep_config.json describes the tiny image tower (real KEEP's is fixed at ViT-L/16).
+        torch.save(state, folder / "pytorch_model.bin")
+        hf = {"model_type": "keep", "projection_dim": config.embed_dim, "text_config": config.to_dict()["bert"]}
+        (folder / "config.json").write_text(json.dumps(hf))
+    else:
+        state.update({"knowledge." + k[len("text.") :]: v.clone() for k, v in state.items() if k.startswith("text.")})
+        torch.save({"state_dict": state, "epoch": 3}, folder / "pytorch_model.bin")
     (folder / "kep_config.json").write_text(json.dumps(config.to_dict()))
     return folder
 

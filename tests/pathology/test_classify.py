@@ -13,15 +13,18 @@ from medagent.specialists.pathology.load import CheckpointError, load_kep
 from medagent.specialists.pathology.preprocess import PathologyInputError, TilingOptions, open_rgb
 
 
-@pytest.mark.parametrize("variant", ["kep32", "kep16", "ctp"])
+@pytest.mark.parametrize("variant", ["kep32", "kep16", "ctp", "keep"])
 def test_each_variant_loads_strictly_and_classifies_a_tile(
     variant, tmp_path, tokenizer_dir, tiles_dir, checkpoint_factory
 ):
     folder = checkpoint_factory(tmp_path / variant, tokenizer_dir, variant)
     loaded = load_kep(folder)
     assert loaded.config.variant == variant
-    # The training checkpoint's knowledge BERT is accepted and left out of the model.
-    assert loaded.ignored_keys and all(k.startswith("knowledge.") for k in loaded.ignored_keys)
+    if variant == "keep":
+        assert type(loaded.model).__name__ == "KEEP" and loaded.ignored_keys == []  # released flat, no knowledge BERT
+    else:
+        # The training checkpoint's knowledge BERT is accepted and left out of the model.
+        assert loaded.ignored_keys and all(k.startswith("knowledge.") for k in loaded.ignored_keys)
     result = KEPClassifier(loaded).classify(tiles_dir / "tumor.png", BUILTIN["crc"])
     assert result.labels == BUILTIN["crc"].names
     assert sum(result.probabilities) == pytest.approx(1.0, abs=1e-5)

@@ -43,6 +43,7 @@ def _ctx(case: Case, tmp_path: Path, settings: Settings) -> ToolContext:
 def test_unavailable_without_weights_and_says_where_they_come_from(tmp_path):
     reason = TOOL.check(Settings())
     assert "not on a model hub" in reason and "MAGIC-AI4Med/KEP" in reason and "[pathology] path" in reason
+    assert "Astaxanthin/KEEP" in reason and "medagent never downloads" in reason
     assert not Registry(Settings(), TOOLS).available()
     empty = Settings(pathology=PathologySettings(path=tmp_path))
     assert "no KEP weights found" in TOOL.check(empty)
@@ -113,3 +114,13 @@ def test_follow_up_rule_passes_ranked_diagnoses_as_labels(tmp_path, tiles_dir):
     assert {p[1]["attachment"] for p in proposals} == {"he1", "slide", "bad", "ga"}
     assert all(p[1]["labels"] == ["colon adenocarcinoma", "colonic lymphoma"] for p in proposals)
     assert candidate_labels(case, [], [ranked], []) == []
+
+
+def test_keep_checkpoint_serves_the_tool(tmp_path, tiles_dir, tokenizer_dir, checkpoint_factory):
+    folder = checkpoint_factory(tmp_path / "keep", tokenizer_dir, "keep")
+    settings = Settings(pathology=PathologySettings(path=folder, variant="keep"))
+    assert TOOL.check(settings) is None and "KEP/KEEP checkpoint at" in TOOL.doctor(settings)[0]
+    case = _case(tmp_path, tiles_dir)
+    (evidence,) = TOOL.run(TOOL.args(attachment="he1", label_set="colon"), _ctx(case, tmp_path, settings))
+    assert evidence.payload["model"] == "KEEP" and evidence.summary.startswith("KEEP zero-shot")
+    assert {r["label"] for r in evidence.payload["ranked"]} == {"benign colonic tissue", "colon adenocarcinoma"}
