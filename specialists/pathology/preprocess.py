@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -123,15 +124,36 @@ def plan_tiles(image: Image.Image, options: TilingOptions) -> tuple[list[Tile], 
     return chosen, len(boxes)
 
 
-def kep_transform(image_size: int = 224):
-    """KEP's evaluation transform: bicubic resize of the short side, centre crop, ImageNet normalisation."""
-    from torchvision import transforms
+def kep_transform(image_size: int = 224) -> KEPTransform:
+    """KEP's (and KEEP's) evaluation transform: bicubic resize of the short side, centre crop, ImageNet norm."""
+    return KEPTransform(image_size)
 
-    return transforms.Compose(
-        [
-            transforms.Resize(image_size, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(image_size),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
+
+class KEPTransform:
+    """PIL RGB image -> normalised 3xSxS float tensor, with PIL and numpy only (no torchvision).
+
+    It reproduces torchvision's Resize(S, BICUBIC) + CenterCrop(S) + ToTensor + Normalize on PIL input
+    step for step (tests compare the two): the short side becomes S and the long side
+    int(S * long / short); the crop offsets are round((side - S) / 2); pixels are divided by 255, then
+    the mean is subtracted and the result divided by the std.
+    """
+
+    def __init__(self, image_size: int = 224) -> None:
+        self.image_size = image_size
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        size = self.image_size
+        width, height = image.size
+        if width <= height:
+            new_size = (size, int(size * height / width))
+        else:
+            new_size = (int(size * width / height), size)
+        if new_size != image.size:
+            image = image.resize(new_size, Image.Resampling.BICUBIC)
+        width, height = image.size
+        left, top = int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
+        image = image.crop((left, top, left + size, top + size))
+        pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
+        return (pixels.float().div(255.0) - self.mean) / self.std
