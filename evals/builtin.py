@@ -462,3 +462,19 @@ def vqa_rad_suite(data_dir: Path | None, limit: int | None) -> Suite:
         ))
     return Suite(name="vqa-rad", items=items, base_dir=folder, default_limit=50,
                  description="VQA-RAD val fold (split by image) through RadFM; needs [radfm] path")
+
+
+# ------------------------------------------------------------------ pathology patches (needs KEP/KEEP weights)
+
+@register("pathology")
+def pathology_suite(data_dir: Path | None, limit: int | None) -> Suite:
+    """Labelled patches (`<root>/<label>/*.png`) through `pathology.classify` (direct mode) against all folder labels.
+
+    Needs `[pathology] path`. Accuracy, balanced accuracy and the confusion matrix: `python -m medagent.evals.pathology
+    DIR` (same items, straight through the specialist) or `medagent.evals.pathology.score_run(RUN, DIR)` on this run."""
+    from medagent.evals.pathology import data_root, suite_items
+
+    root = data_root(data_dir)
+    items = [SuiteItem.model_validate(row) for row in suite_items(root)]
+    return Suite(name="pathology", items=items, base_dir=root, default_limit=60,
+                 description="zero-shot patch classification with KEP/KEEP; needs [pathology] path")
