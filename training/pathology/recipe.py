@@ -8,7 +8,9 @@ of other diseases are negatives. KEP's default is the AdaSP loss; this recipe us
 multi-positive InfoNCE (supervised contrastive) form of the same pull-together / push-apart idea.
 
 Stage 2 is CLIP-style: image<->caption InfoNCE (weight 1.0) plus caption<->knowledge InfoNCE
-(weight 0.3) against a *frozen* copy of the stage-1 encoder, normalised by the weight sum. The text
+(weight 0.3) against a *frozen* copy of the stage-1 encoder, normalised by the weight sum; pairs that
+share a label (the optional `label` field, else an identical caption) are masked out of each other's
+negatives, as KEP's masked loss does for duplicate labels. The text
 tower starts from the stage-1 encoder; image and text towers are frozen for the first
 `freeze_epochs` (only the heads and the temperature move).
 
@@ -16,8 +18,8 @@ Output folder = a KEP checkpoint that specialists/pathology loads: `pytorch_mode
 (`{'state_dict': ...}` in the published key layout, plus the frozen `knowledge.*` BERT as KEP's
 training checkpoints carry), `kep_config.json`, and the tokenizer files.
 
-Data (gpu.yaml): image-text pairs as JSONL (`{"image": path, "caption": text}`) or CSV with
-`image` and `caption` columns (OpenPath / Quilt-1M exports), image paths relative to `image_root`;
+Data (gpu.yaml): image-text pairs as JSONL (`{"image": path, "caption": text}`, optional `"label"`) or
+CSV with `image` and `caption` (optional `label`) columns (OpenPath / Quilt-1M exports), image paths relative to `image_root`;
 knowledge as JSONL `{"disease": name, "text": one fact}`. `smoke.yaml` makes synthetic H&E-like
 pairs and knowledge texts itself. Multi-GPU: launch with torchrun (DDP; features are gathered
 across ranks for the contrastive losses).
