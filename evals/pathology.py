@@ -173,6 +173,7 @@ def suite_items(data_dir: Path | None, limit: int | None = None) -> list[dict[st
                 ],
             },
             "steps": [{"tool": "pathology.classify", "arguments": {"attachment": "patch", "labels": labels}}],
+            "expected": {"patch_label": item["label"], "required_tools": ["pathology.classify"]},
             "group": item["label"],
             "meta": {"category": item["label"], "pathology_label": item["label"]},
         }

@@ -24,7 +24,8 @@ from medagent.tools.errors import MedagentError
 MAX_GROUP_ROWS = 40
 MAX_ITEM_ROWS = 300
 # The metrics shown per category/group, with the names the tables use.
-BREAKDOWN = (("top1", "top-1"), ("top3", "top-3"), ("mc_correct", "MC acc."), ("required_recall", "tool recall"),
+BREAKDOWN = (("top1", "top-1"), ("top3", "top-3"), ("mc_correct", "MC acc."), ("patch_correct", "patch acc."),
+             ("required_recall", "tool recall"),
              ("tool_f1", "tool F1"), ("plan_unchanged", "plan unchanged"), ("findings_recall", "findings used"))
 
 
@@ -235,7 +236,7 @@ def build_page(title: str, scores: list[dict[str, Any]], run: dict[str, Any] | N
         shown = rows[:20]
         series = {"pass rate": [r[2] or 0.0 for r in shown]}
         for index, (key, label) in enumerate(keys):
-            if key in ("top1", "mc_correct", "required_recall", "plan_unchanged"):
+            if key in ("top1", "mc_correct", "patch_correct", "required_recall", "plan_unchanged"):
                 series[label] = [r[3 + index] or 0.0 for r in shown]
         page.plot(f"accuracy_by_{attribute}", grouped_bar_plot([str(r[0]) for r in shown], series, f"Accuracy by {attribute}"))
 

@@ -26,6 +26,8 @@ Metric definitions (per item; `aggregate` averages them over the items that have
 - vqa_closed_correct / vqa_open_recall: VQA-RAD closed-question exactness and open-question token recall
   of the `imaging.vqa` answer (evals/radfm.py);
   unsupported: report sentences the checker flagged.
+- patch_correct / patch_rank: the `pathology.classify` top label is `expected.patch_label` (case-insensitive);
+  the 1-based position of that label in its ranking (None when it is not among the labels).
 - plan: the accepted calls as `tool(attachment)` (sorted, repeats kept): which tools examined what.
 - findings_used / findings_recall: expected finding phrases that appear in what the agent
   concluded (report sentences, differential names and rationales).
@@ -216,6 +218,13 @@ def score_events(events: list[TraceEvent], expected: Expected) -> dict[str, Any]
                 score["vqa_closed_correct"] = closed_correct(prediction, expected.vqa_answer)
             else:
                 score["vqa_open_recall"] = token_recall(prediction, expected.vqa_answer)
+    if expected.patch_label is not None:
+        classified = next((d for e in results if e.tool == "pathology.classify" for d in e.details if not d.get("error")), None)
+        if classified is not None:
+            ranked = [str(r.get("label", "")).strip().lower() for r in classified["payload"].get("ranked", [])]
+            wanted = expected.patch_label.strip().lower()
+            score["patch_rank"] = ranked.index(wanted) + 1 if wanted in ranked else None
+            score["patch_correct"] = score["patch_rank"] == 1
     if expected.findings:
         text = _used_text(events)
         used = [phrase for phrase in expected.findings if f" {normalise(phrase)} " in text]
@@ -273,6 +282,8 @@ def failure_reasons(score: dict[str, Any]) -> list[str]:
             reasons.append("no diagnosis proposed" if score.get("differential_size") == 0 else "wrong diagnosis (not top-1)")
         if "mc_correct" in score and not score["mc_correct"]:
             reasons.append("wrong option")
+        if "patch_correct" in score and not score["patch_correct"]:
+            reasons.append("wrong patch label")
     return reasons
 
 
@@ -280,7 +291,7 @@ AVERAGED = (
     "top1", "top3", "top10", "rr", "mc_correct", "required_recall", "tool_precision", "tool_f1", "arg_valid_rate",
     "grounded_share", "findings_recall", "plan_unchanged", "findings_kept", "error_evidence", "rejected",
     "repeated_calls", "steps", "llm_tokens", "wer", "rtf", "vqa_closed_correct", "vqa_open_recall",
-    "turns", "questions", "evidence_cited",
+    "turns", "questions", "evidence_cited", "patch_correct",
 )
 
 
@@ -295,7 +306,7 @@ def aggregate(scores: list[dict[str, Any]]) -> dict[str, Any]:
     for key in AVERAGED:
         values = [float(s[key]) for s in scores if key in s and s[key] is not None]
         if values:
-            name = {"rr": "mrr", "mc_correct": "mc_accuracy"}.get(key, key)
+            name = {"rr": "mrr", "mc_correct": "mc_accuracy", "patch_correct": "patch_accuracy"}.get(key, key)
             summary[name] = round(mean(values), 4)
     if any("forbidden_called" in s for s in scores):
         summary["items_calling_forbidden_tools"] = sum(1 for s in scores if s.get("forbidden_called"))

@@ -41,6 +41,7 @@ class Expected(BaseModel):
     transcript: str | None = Field(default=None, description="the words spoken in the item's audio (for WER)")
     vqa_answer: str | None = Field(default=None, description="reference answer of a visual question (VQA-RAD)")
     vqa_closed: bool = Field(default=False, description="closed question (yes/no, short choice): exact-start match")
+    patch_label: str | None = Field(default=None, description="the label a pathology patch shows (zero-shot classification)")
 
 
 class SuiteItem(BaseModel):

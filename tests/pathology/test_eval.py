@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -101,3 +102,9 @@ def test_the_suite_runs_the_tool_and_its_traces_score_the_same(kep32_dir, tmp_pa
     assert from_run["failed"] == 0 and from_run["n"] == 6
     assert [r["predicted"] for r in from_run["items"]] == [r["predicted"] for r in direct["items"]]
     assert from_run["accuracy"] == direct["accuracy"]
+    # The runner's own report carries the same patch accuracy (scored from the traces by evals/scoring.py).
+    scores = [json.loads(line) for line in (tmp_path / "run" / "scores.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sum(s["patch_correct"] for s in scores) / len(scores) == pytest.approx(direct["accuracy"], abs=1e-4)
+    report = (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
+    shown = re.search(r"\| patch_accuracy \| ([0-9.]+) \|", report)
+    assert shown and float(shown.group(1)) == pytest.approx(direct["accuracy"], abs=1e-3)
