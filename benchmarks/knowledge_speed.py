@@ -2,6 +2,8 @@
 
 Run by hand: `python benchmarks/knowledge_speed.py` (uses the cache root; the first run builds the
 graph and the dense index). Prints each measurement, its target and the ratio, and the machine.
+"cold" links with an empty phrase-embedding cache (every phrase the dictionary left is encoded);
+"phrases cached" repeats the same text, so only the dictionary pass and the HNSW search remain.
 """
 
 from __future__ import annotations
@@ -56,24 +58,35 @@ def main() -> None:
 
     load_s = timed(load, 3)
     graph = graph_module.load_graph(cache)
-    rank(graph, RANK_TERMS)  # warm
+    rank(graph, RANK_TERMS)  # warm (builds the per-source matrices once)
     rank_s = timed(lambda: rank(graph, RANK_TERMS, ["HP:0001945"]), 20)
     linker = load_linker(cache, dense=True)
     words = len(HISTORY.split())
-    linker.link(HISTORY)
-    link_s = timed(lambda: linker.link(HISTORY), 10)
+    linker.link(HISTORY)  # the embedder's first call allocates its buffers
+
+    def link_cold() -> None:
+        linker._vectors.clear()  # no phrase embedding cached: every uncovered phrase is encoded
+        linker.link(HISTORY)
+
+    link_cold_s = timed(link_cold, 10)
+    link_warm_s = timed(lambda: linker.link(HISTORY), 10)
     dictionary = load_linker(cache, dense=False)
     link_dict_s = timed(lambda: dictionary.link(HISTORY), 10)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}; "
-          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    import torch
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({torch.get_num_threads()} torch threads), "
+          f"{platform.processor() or platform.platform()}; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     rows = [
         ("graph load (warm, from cache)", load_s, 2.0),
         (f"rank {len(RANK_TERMS)} terms over {len(graph.disease_ids)} diseases", rank_s, 0.050),
-        (f"link {words}-word history (dictionary + dense)", link_s, 0.100),
+        (f"link {words}-word history (dictionary + dense, cold)", link_cold_s, 0.100),
+        (f"link {words}-word history (dense, phrases cached)", link_warm_s, 0.100),
         (f"link {words}-word history (dictionary only)", link_dict_s, 0.100),
     ]
     for name, seconds, target in rows:
-        print(f"{name:<52} {1000 * seconds:8.1f} ms   target {1000 * target:6.0f} ms   ratio {seconds / target:5.2f}")
+        verdict = "met" if seconds <= target else "NOT met"
+        print(f"{name:<56} {1000 * seconds:8.1f} ms   target {1000 * target:6.0f} ms   "
+              f"ratio {seconds / target:5.2f}  {verdict}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -83,7 +83,9 @@ class KnowledgeSettings(Section):
     embedder: Path | None = Field(
         default=None, description="sentence-transformers folder (e.g. from `medagent train knowledge`); default MiniLM"
     )
-    dense_threshold: float = Field(default=0.72, ge=0, le=1, description="Cosine needed to accept a dense match")
+    dense_threshold: float = Field(
+        default=0.80, ge=0, le=1, description="Cosine needed to accept a dense match (tuned on dev_tune_ids)"
+    )
     holdout_share: float = Field(
         default=0.0, ge=0, lt=1, description="Share of each term's synonyms kept out of the linker (evaluation)"
     )
@@ -96,6 +98,12 @@ class KnowledgeSettings(Section):
     hypergeom: float = Field(default=0.17, ge=0, description="Weight of the hypergeometric enrichment (-ln p) in the score")
     pertinent_negative: float = Field(
         default=25.0, ge=0, description="Bonus x share of excluded terms a disease shows (pertinent negatives); 0 = off"
+    )
+    ontologies: list[Path] = Field(
+        default=[], description="Your own OBO files (e.g. mondo.obo) that knowledge.lookup also searches"
+    )
+    umls_dir: Path | None = Field(
+        default=None, description="A UMLS Metathesaurus folder with MRCONSO.RRF (MRDEF.RRF, MRREL.RRF optional)"
     )
 
 

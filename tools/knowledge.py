@@ -81,7 +81,47 @@ def _doctor(settings: Settings) -> list[str]:
     except FileNotFoundError as exc:
         lines.append(f"embedder: {exc}")
     lines.append(f"graph cache: {cache_root(settings) / 'knowledge'}")
+    for path in settings.knowledge.ontologies:
+        lines.append(f"ontology: {path} ({'found' if path.expanduser().is_file() else 'MISSING'})")
+    if settings.knowledge.umls_dir is not None:
+        found = (settings.knowledge.umls_dir.expanduser() / "MRCONSO.RRF").is_file()
+        lines.append(f"UMLS RRF: {settings.knowledge.umls_dir} ({'MRCONSO.RRF found' if found else 'MRCONSO.RRF MISSING'})")
     return lines
+
+
+def _user_sources(settings: Settings) -> list:
+    knowledge = settings.knowledge
+    return [p.expanduser() for p in knowledge.ontologies] + (
+        [knowledge.umls_dir.expanduser()] if knowledge.umls_dir else []
+    )
+
+
+def _user_lookup(concept: str, settings: Settings, graph) -> EvidenceDraft | None:  # noqa: ANN001
+    """Search the user's own ontologies (OBO, UMLS) for a concept the packaged graph does not know."""
+    from medagent.specialists.knowledge.extra import load_user_ontology
+    from medagent.specialists.knowledge.graph import KnowledgeError
+
+    for path in _user_sources(settings):
+        try:
+            concepts = load_user_ontology(path, cache_root(settings))
+        except KnowledgeError as exc:
+            raise ToolError(f"knowledge.lookup: {exc}") from exc
+        hit = concepts.find(concept)
+        if hit is None:
+            continue
+        # Cross-references the packaged graph knows (OMIM/ORPHA diseases, HPO terms) are named too.
+        linked = []
+        for xref in hit.xrefs:
+            if xref.upper() in graph.disease_index:
+                linked.append({"id": xref.upper(), "name": graph.disease_names[graph.disease_index[xref.upper()]]})
+            elif xref.upper().startswith("HP:") and graph.resolve(xref) is not None:
+                linked.append({"id": xref.upper(), "name": graph.labels[graph.resolve(xref)]})
+        parents = [{"id": p, "label": concepts.concepts[p].name if p in concepts.concepts else ""} for p in hit.parents]
+        payload = {"id": hit.id, "label": hit.name, "definition": hit.definition, "synonyms": hit.synonyms,
+                   "parents": parents, "xrefs": hit.xrefs, "linked": linked, "source": concepts.source}  # fmt: skip
+        definition = f": {hit.definition}" if hit.definition else ""
+        return EvidenceDraft(summary=f"{hit.id} {hit.name}{definition} ({concepts.source})", payload=payload)
+    return None
 
 
 def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
@@ -204,7 +244,13 @@ def lookup(args: LookupArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         if index is None:
             index = next((i for i, syns in enumerate(graph.synonyms) if any(normalise(s[0]) == key for s in syns)), None)
     if index is None:
-        raise ToolError(f"knowledge.lookup: '{concept}' is not an HPO/OMIM/ORPHA id, ICD-10-CM code or HPO name")
+        found = _user_lookup(concept, ctx.settings, graph)
+        if found is not None:
+            return [found]
+        extra = " or a concept of your ontologies" if _user_sources(ctx.settings) else ""
+        raise ToolError(
+            f"knowledge.lookup: '{concept}' is not an HPO/OMIM/ORPHA id, ICD-10-CM code or HPO name{extra}"
+        )
     payload = {
         "id": graph.term_ids[index],
         "label": graph.labels[index],

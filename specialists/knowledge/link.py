@@ -119,7 +119,7 @@ class Linker:
         terms: list[int] | None = None,
         dense=None,  # noqa: ANN001 - DenseIndex or None
         embedder=None,  # noqa: ANN001 - SentenceTransformer or None
-        dense_threshold: float = 0.72,
+        dense_threshold: float = 0.80,
     ) -> None:
         self.graph = graph
         self.holdout_share = holdout_share
@@ -143,6 +143,8 @@ class Linker:
         self.dense = dense
         self.embedder = embedder
         self.dense_threshold = dense_threshold
+        self._vocabulary: set[str] | None = None
+        self._vectors: dict[str, np.ndarray] = {}
 
     def dense_forms(self) -> tuple[list[str], list[int]]:
         forms = surface_forms(self.graph, self.terms, self.holdout_share)
@@ -199,10 +201,26 @@ class Linker:
         return Mention(self.graph.term_ids[term], self.graph.labels[term], (start, end), text[start:end], method,
                        score, False)  # fmt: skip
 
-    def _dense(self, text: str, covered: np.ndarray) -> list[Mention]:
-        """Embed the phrases no dictionary form explained, and keep confident nearest terms."""
+    def vocabulary(self) -> set[str]:
+        """Every token of the dictionary's forms (held-out forms are not in the dictionary)."""
+        if self._vocabulary is None:
+            self._vocabulary = {w for key in self.dictionary for w in key}
+        return self._vocabulary
+
+    def _encode(self, phrases: list[str]) -> np.ndarray:
+        """One encode call for all phrases not seen before; seen ones come from a bounded cache."""
         from medagent.specialists.knowledge.embed import encode
 
+        new = list(dict.fromkeys(p for p in phrases if p not in self._vectors))
+        if new:
+            for phrase, vector in zip(new, encode(self.embedder, new), strict=True):
+                if len(self._vectors) >= _VECTOR_CACHE:
+                    self._vectors.pop(next(iter(self._vectors)))  # oldest first
+                self._vectors[phrase] = vector
+        return np.stack([self._vectors[p] for p in phrases])
+
+    def _dense(self, text: str, covered: np.ndarray) -> list[Mention]:
+        """Embed the phrases no dictionary form explained, and keep confident nearest terms."""
         phrases = []
         bounds = [0] + [m.end() for m in _CLAUSE.finditer(text)] + [len(text)]
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
@@ -211,15 +229,17 @@ class Linker:
                 piece = text[a:b]
                 words = [(w, s, e) for w, s, e in tokens(piece) if not covered[a + s : a + e].any()]
                 content = [w for w in words if w[0] not in _STOP and w[0] not in _NEG_WORDS and not w[0].isdigit()]
-                if not content:
-                    continue
+                if not content or all(w[0] in _FILLER for w in content):
+                    continue  # "examination showed", "there": nothing a phenotype could be
+                if len(content) == 1 and content[0][0] not in self.vocabulary():
+                    continue  # one word no HPO form uses: its embedding lands anywhere (and costs time)
                 if any(w[0].isdigit() for w in words):
                     continue  # measurements are read by value (findings.py), not by what they sound like
                 start, end = a + content[0][1], a + content[-1][2]
                 phrases.append((start, end, len(content)))
         if not phrases:
             return []
-        vectors = encode(self.embedder, [text[s:e] for s, e, _ in phrases])
+        vectors = self._encode([text[s:e] for s, e, _ in phrases])
         scores, rows = self.dense.search(vectors, 1)
         found = []
         for (start, end, size), score, row in zip(phrases, scores[:, 0], rows[:, 0], strict=True):
@@ -231,6 +251,15 @@ class Linker:
 
 
 _BREAKS = {"and", "or", "with", "but", "no", "not", "without", "nor"}
+# Words of the narrative's frame, never a phenotype on their own: phrases of only these are not embedded.
+_FILLER = {
+    "examination", "exam", "show", "showed", "shows", "shown", "found", "reveal", "revealed", "reveals", "report",
+    "reported", "reports", "result", "laboratory", "lab", "test", "tests", "there", "both", "noticed", "confirmed",
+    "episode", "episodes", "finding", "findings", "observed", "noted", "note", "since", "age", "month", "week", "day",
+    "brother", "sister", "mother", "father", "parent", "family", "son", "daughter", "she", "he", "her", "his", "it",
+    "this", "that", "these", "those", "who", "which", "when", "after", "before", "during", "had", "have", "has",
+}  # fmt: skip
+_VECTOR_CACHE = 20000  # phrase embeddings kept (about 30 MB)
 _PUNCT = re.compile(r"[,;:.()!?]")
 
 
@@ -254,7 +283,7 @@ def _negated(text: str, span: tuple[int, int], clause_ends: list[int]) -> bool:
 
 
 def dense_cache_folder(graph_folder: Path, embedder_key: str, holdout_share: float, n_terms: int) -> Path:
-    return graph_folder / f"dense_{embedder_key}_holdout{holdout_share:.2f}_{n_terms}terms"
+    return graph_folder / f"dense_{embedder_key}_holdout{holdout_share:.2f}_{n_terms}terms_hnsw"
 
 
 def split_mentions(mentions: list[Mention]) -> tuple[list[Mention], list[Mention]]:

@@ -21,7 +21,7 @@ def load_linker(
     holdout_share: float = 0.0,
     dense: bool = True,
     embedder_path: Path | None = None,
-    dense_threshold: float = 0.72,
+    dense_threshold: float = 0.80,
     terms: list[int] | None = None,
 ) -> Linker:
     """A linker over the cached graph; the dense index is built on first use and cached beside it.

@@ -117,6 +117,9 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - read 
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     model = load_embedder(Path(cfg["model"]["base"]) if cfg["model"].get("base") else None, cfg["device"])
+    if cfg["model"].get("max_seq_length"):
+        # Definitions run to a hundred tokens; labels and synonyms to ten. A cap keeps CPU steps short.
+        model.max_seq_length = int(cfg["model"]["max_seq_length"])
     before = held_out_recall(model, graph, terms, queries, share)
     loss_fn = MultipleNegativesRankingLoss(model, scale=cfg["train"]["scale"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["train"]["lr"], weight_decay=cfg["train"]["weight_decay"])
