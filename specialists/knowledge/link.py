@@ -240,13 +240,21 @@ class Linker:
         if not phrases:
             return []
         vectors = self._encode([text[s:e] for s, e, _ in phrases])
-        scores, rows = self.dense.search(vectors, 1)
+        scores, rows = self.dense.search(vectors, _DENSE_K)
         found = []
-        for (start, end, size), score, row in zip(phrases, scores[:, 0], rows[:, 0], strict=True):
+        for (start, end, size), row_scores, row_ids in zip(phrases, scores, rows, strict=True):
             # One word carries little context ("crying" lands near "bloody tears"): ask for more similarity.
             needed = self.dense_threshold if size > 1 else max(self.dense_threshold, 0.85)
-            if row >= 0 and score >= needed:
+            sign = polarity(text[start:end])
+            for score, row in zip(row_scores, row_ids, strict=True):
+                if row < 0 or score < needed:
+                    break
+                # Embeddings hardly see direction ("increased width of the forehead" lands on "Narrow
+                # forehead"): skip a neighbour whose wording points the other way, take the next one.
+                if sign and polarity(self.dense.forms[row]) == -sign:
+                    continue
                 found.append(self._mention(self.dense.terms[row], start, end, text, "dense", float(score)))
+                break
         return found
 
 
@@ -259,6 +267,22 @@ _FILLER = {
     "brother", "sister", "mother", "father", "parent", "family", "son", "daughter", "she", "he", "her", "his", "it",
     "this", "that", "these", "those", "who", "which", "when", "after", "before", "during", "had", "have", "has",
 }  # fmt: skip
+_DENSE_K = 8  # neighbours looked at per phrase (the first one of the same direction is taken)
+_UP = {"increased", "increase", "elevated", "high", "higher", "raised", "large", "larger", "enlarged", "enlargement",
+       "big", "broad", "wide", "widened", "long", "tall", "excessive", "excess", "thick", "thickened", "prominent",
+       "deep", "accelerated", "hyperplasia", "hypertrophy", "overgrowth", "macro", "more"}  # fmt: skip
+_DOWN = {"decreased", "decrease", "reduced", "reduction", "low", "lower", "small", "smaller", "narrow", "narrowed",
+         "short", "thin", "diminished", "shallow", "underdeveloped", "underdevelopment", "hypoplasia", "hypoplastic",
+         "deficiency", "deficient", "loss", "lack", "fewer", "less", "micro", "atrophy", "absent", "absence"}  # fmt: skip
+
+
+def polarity(text: str) -> int:
+    """+1 if a wording says more/larger, -1 if less/smaller, 0 if neither or both."""
+    words = {w for w, _, _ in tokens(text)}
+    up, down = bool(words & _UP), bool(words & _DOWN)
+    return 0 if up == down else 1 if up else -1
+
+
 _VECTOR_CACHE = 20000  # phrase embeddings kept (about 30 MB)
 _PUNCT = re.compile(r"[,;:.()!?]")
 

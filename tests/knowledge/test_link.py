@@ -51,7 +51,27 @@ def test_dense_retrieval_links_a_paraphrase(graph, knowledge_cache):
     branch = [i for i in range(len(graph.term_ids))
               if any(graph.is_ancestor(graph.resolve(r), i) for r in ("HP:0001250", "HP:0001945", "HP:0002240"))]  # fmt: skip
     linker = load_linker(knowledge_cache, dense=True, terms=branch, dense_threshold=0.6)
-    text = "The child had repeated epileptic fits over the last week."
+    text = "The child had repeated epileptic fits over the last week. Examination showed nothing else."
     mentions = linker.link(text)
     assert any(m.method == "dense" and graph.is_ancestor(graph.resolve("HP:0001250"), graph.resolve(m.id))
                for m in mentions), mentions  # fmt: skip
+    assert not any("Examination" in m.text for m in mentions)  # the narrative's frame is not a phenotype
+    # A second pass reads the phrase embeddings from the cache and links exactly the same mentions.
+    assert [m.as_dict() for m in linker.link(text)] == [m.as_dict() for m in mentions]
+    assert any("epileptic fits" in phrase for phrase in linker._vectors)
+
+
+def test_dense_retrieval_keeps_the_direction_of_a_wording(graph, knowledge_cache):
+    """MiniLM puts "increased width of the forehead" nearest "Narrow forehead"; the linker takes a neighbour
+    whose wording points the same way (forehead branch, the evaluation's held-out share)."""
+    from medagent.specialists.knowledge.link import polarity
+    from medagent.specialists.knowledge.load import load_linker
+
+    assert polarity("Increased width of the forehead") == 1 and polarity("Narrow forehead") == -1
+    assert polarity("Forehead shape") == 0
+    root = graph.resolve("HP:0000290")  # Abnormality of the forehead
+    branch = [i for i in range(len(graph.term_ids)) if graph.is_ancestor(root, i)]
+    linker = load_linker(knowledge_cache, dense=True, terms=branch, holdout_share=0.5)
+    mentions = linker.link("Her forehead shows increased width.")
+    assert [m.method for m in mentions] == ["dense"], mentions
+    assert polarity(mentions[0].label) != -1 and mentions[0].id != "HP:0000341", mentions  # not Narrow forehead
