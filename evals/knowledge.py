@@ -343,7 +343,6 @@ def main(argv: list[str] | None = None) -> None:
         args.json.write_text(json.dumps(report, indent=1))
 
 
-
 # ---------------------------------------------------------------- common disease coverage (AgentClinic)
 
 

@@ -85,7 +85,9 @@ def _doctor(settings: Settings) -> list[str]:
         lines.append(f"ontology: {path} ({'found' if path.expanduser().is_file() else 'MISSING'})")
     if settings.knowledge.umls_dir is not None:
         found = (settings.knowledge.umls_dir.expanduser() / "MRCONSO.RRF").is_file()
-        lines.append(f"UMLS RRF: {settings.knowledge.umls_dir} ({'MRCONSO.RRF found' if found else 'MRCONSO.RRF MISSING'})")
+        lines.append(
+            f"UMLS RRF: {settings.knowledge.umls_dir} ({'MRCONSO.RRF found' if found else 'MRCONSO.RRF MISSING'})"
+        )
     return lines
 
 
@@ -242,15 +244,15 @@ def lookup(args: LookupArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         key = normalise(concept)
         index = next((i for i, label in enumerate(graph.labels) if normalise(label) == key), None)
         if index is None:
-            index = next((i for i, syns in enumerate(graph.synonyms) if any(normalise(s[0]) == key for s in syns)), None)
+            index = next(
+                (i for i, syns in enumerate(graph.synonyms) if any(normalise(s[0]) == key for s in syns)), None
+            )
     if index is None:
         found = _user_lookup(concept, ctx.settings, graph)
         if found is not None:
             return [found]
         extra = " or a concept of your ontologies" if _user_sources(ctx.settings) else ""
-        raise ToolError(
-            f"knowledge.lookup: '{concept}' is not an HPO/OMIM/ORPHA id, ICD-10-CM code or HPO name{extra}"
-        )
+        raise ToolError(f"knowledge.lookup: '{concept}' is not an HPO/OMIM/ORPHA id, ICD-10-CM code or HPO name{extra}")
     payload = {
         "id": graph.term_ids[index],
         "label": graph.labels[index],
@@ -296,6 +298,7 @@ TOOLS = [
 
 # ------------------------------------------------------------------ planner rules
 
+
 def _has(tools: Sequence[Tool], name: str) -> bool:
     return any(t.name == name for t in tools)
 
@@ -326,7 +329,9 @@ def link_to_rank(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence]
     present = [t for t in case.phenotypes.present if t.upper().startswith("HP:")]
     excluded = [t for t in case.phenotypes.excluded if t.upper().startswith("HP:")]
     for item in links:
-        present += [m["id"] for m in item.payload.get("present", [])] + [d["id"] for d in item.payload.get("derived", [])]
+        present += [m["id"] for m in item.payload.get("present", [])] + [
+            d["id"] for d in item.payload.get("derived", [])
+        ]
         excluded += [m["id"] for m in item.payload.get("excluded", [])]
     present = list(dict.fromkeys(present))
     excluded = [t for t in dict.fromkeys(excluded) if t not in present]
