@@ -252,6 +252,7 @@ def evaluate(
         "paraphrase_mentions": mentions,
         "paraphrase_exact_share": exact / mentions if mentions else None,
         "graph_release": graph.release,
+        "pertinent_negative": params.pertinent_negative,
         "variants": {},
     }
     for variant in variants:
@@ -274,6 +275,11 @@ def format_report(report: dict) -> str:
             f"{name:<12} {100 * m['top1']:>5.1f}% {100 * m['top3']:>5.1f}% {100 * m['top10']:>5.1f}% {m['mrr']:>6.3f} | "
             f"{100 * m['by_pmid']['top1']:>8.1f}% {m['by_pmid']['mrr']:>8.3f} | "
             f"{100 * m['by_disease']['top1']:>8.1f}% {m['by_disease']['mrr']:>8.3f} | {m['ms_per_case']:>7.1f}"
+        )
+    if report.get("pertinent_negative"):
+        lines.append(
+            f"ranker: pertinent negatives ON (weight {report['pertinent_negative']:g}): excluded features a disease "
+            "shows count for it; a case-report artifact, off in medagent's defaults"
         )
     if report["paraphrase_exact_share"] is not None:
         lines.append(
@@ -326,6 +332,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--embedder", type=Path, default=None)
     parser.add_argument("--no-dense", action="store_true")
+    parser.add_argument("--pertinent-negative", type=float, default=None, metavar="W",
+                        help="also count excluded features a disease shows FOR it, with weight W (a case-report "
+                             "artifact, off by default; the tuned value is 25)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     parser.add_argument("--agentclinic", action="store_true", help="only report AgentClinic diagnosis coverage")
     args = parser.parse_args(argv)
@@ -336,8 +345,15 @@ def main(argv: list[str] | None = None) -> None:
             shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in coverage[subset].items())
             print(f"  {subset:<9} gold diagnosis reachable by name: {shares}")
         return
+    params = None
+    if args.pertinent_negative is not None:
+        from dataclasses import replace
+
+        from medagent.specialists.knowledge.rank import RankParams
+
+        params = replace(RankParams(), pertinent_negative=args.pertinent_negative)
     report = evaluate(args.data, args.ids, tuple(args.variants.split(",")), args.limit,
-                      embedder_path=args.embedder, dense=not args.no_dense)  # fmt: skip
+                      embedder_path=args.embedder, dense=not args.no_dense, params=params)  # fmt: skip
     print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

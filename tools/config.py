@@ -93,11 +93,13 @@ class KnowledgeSettings(Section):
     top: int = Field(default=10, ge=1, le=100, description="Candidates in a differential")
     alpha: float = Field(default=0.6, ge=0, description="Weight of ln(annotation frequency) beside IC")
     beta: float = Field(default=0.5, ge=0, le=1, description="Discount of matches through a shared ancestor")
-    gamma: float = Field(default=0.0, ge=0, description="Penalty weight of excluded features a disease (nearly) always shows")
+    gamma: float = Field(default=0.15, ge=0, description="Penalty weight of excluded features a disease (nearly) always shows")
     exact_bonus: float = Field(default=0.54, ge=0, description="Bonus per present term a disease is annotated with exactly")
     hypergeom: float = Field(default=0.17, ge=0, description="Weight of the hypergeometric enrichment (-ln p) in the score")
     pertinent_negative: float = Field(
-        default=25.0, ge=0, description="Bonus x share of excluded terms a disease shows (pertinent negatives); 0 = off"
+        default=0.0, ge=0,
+        description=("Bonus x share of excluded terms a disease shows (case-report 'pertinent negatives'); 0 = off. "
+                     "It rewards a feature's absence, so it stays off outside evaluation (see specialists/knowledge/rank.py)"),
     )
     ontologies: list[Path] = Field(
         default=[], description="Your own OBO files (e.g. mondo.obo) that knowledge.lookup also searches"

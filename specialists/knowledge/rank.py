@@ -5,11 +5,15 @@ content of the most informative term it shares with the disease's annotations (q
 disease is annotated with q or something more specific; otherwise an ancestor), adjusted by the
 log of how often the disease shows that feature. Excluded terms cost a disease that usually shows
 them; diseases with very many annotations pay a small size penalty, since they match anything.
-Excluded terms that a disease is known to show also count *for* it, as pertinent negatives: case
-reports state the absence of exactly the features the suspected diseases are known for. On the tune
-split (dev_tune_ids.txt) this is the strongest single signal (top-1 55 % -> 64 %), while the
-LIRICAL-style penalty for excluded obligate features lowered top-1 by 2 points, so its weight
-`gamma` defaults to 0 (set it, and `pertinent_negative = 0`, for the classic behaviour).
+Excluded terms that a disease (nearly) always shows cost it, LIRICAL-style (`gamma`).
+
+An optional "pertinent negative" signal (`pertinent_negative`, off by default) does the opposite: an
+excluded feature that a disease is known to show counts *for* it. Case reports state the absence of
+exactly the features the suspected diseases are known for, so on the phenopacket tune split
+(dev_tune_ids.txt) it is the strongest single signal (top-1 54.6 % -> 64.0 %). It is off because it
+rewards a feature's absence: in a clinical note, "denies chest pain" would raise every disease with
+chest pain. It measures how published cases are written, not medicine; the evaluation reports it as a
+separate, labelled variant (`python -m medagent.evals.knowledge --pertinent-negative 25`).
 Beside that sum, a hypergeometric enrichment term (how unlikely it is that a disease with this many
 annotated terms shares this many of the query's terms by chance; hpo3's own baseline method) is
 blended in with weight `hypergeom`: it normalises for annotation size in a calibrated way.
@@ -35,14 +39,14 @@ class RankParams:
     """Weights tuned on dev_tune_ids.txt only (listwise softmax fit of the linear blend, then a grid check)."""
 
     alpha: float = 0.6  # weight of log(frequency) beside the information content
-    gamma: float = 0.0  # penalty per excluded term: -gamma * ln(1 - frequency of x in the disease)
+    gamma: float = 0.15  # penalty per excluded term: -gamma * ln(1 - frequency of x in the disease)
     beta: float = 0.5  # discount of a match through a shared ancestor rather than the term itself
     delta: float = 0.0  # size penalty: delta * log(number of the disease's annotations)
     min_frequency: float = 0.02  # floor so a rare feature still counts as a match
     exact_bonus: float = 0.54  # added per present term the disease is annotated with exactly (not below it)
     excluded_from: float = 0.95  # an excluded feature costs (gamma) only diseases that show it at least this often
     hypergeom: float = 0.17  # weight of -ln p of the hypergeometric enrichment of the query in the disease
-    pertinent_negative: float = 25.0  # bonus x share of the excluded terms the disease shows (see module docstring)
+    pertinent_negative: float = 0.0  # bonus x share of the excluded terms the disease shows (off: see module docstring)
     negative_below: float = 1.01  # ... counted for features shown less often than this (1.01: all of them)
 
 
