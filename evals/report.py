@@ -181,6 +181,24 @@ def _breakdown_rows(buckets: dict[str, list[dict[str, Any]]], keys: list[tuple[s
     return rows
 
 
+def _peer_rows(scores: list[dict[str, Any]]) -> list[list[Any]]:
+    """medagent's ranks beside the peer method's, per category and overall (items with a rank only)."""
+    def stats(ranks: list[int | None], k: int | None) -> float:
+        if k is None:
+            return round(mean(1.0 / r if r else 0.0 for r in ranks), 4)
+        return round(mean(1.0 if r is not None and r <= k else 0.0 for r in ranks), 4)
+
+    buckets: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in scores:  # an item that did not complete counts as a miss for medagent
+        buckets[str(s.get("category") or "all")].append(s)
+    rows = []
+    for name, members in sorted(buckets.items()):
+        ours, peer = [s.get("rank") for s in members], [s.get("peer_rank") for s in members]
+        rows.append([len(members), name, stats(ours, 1), stats(peer, 1), stats(ours, 10), stats(peer, 10),
+                     stats(ours, None), stats(peer, None)])
+    return rows
+
+
 def _present(scores: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(key, label) for key, label in BREAKDOWN if any(key in s for s in scores)]
 
@@ -239,6 +257,13 @@ def build_page(title: str, scores: list[dict[str, Any]], run: dict[str, Any] | N
             if key in ("top1", "mc_correct", "patch_correct", "required_recall", "plan_unchanged"):
                 series[label] = [r[3 + index] or 0.0 for r in shown]
         page.plot(f"accuracy_by_{attribute}", grouped_bar_plot([str(r[0]) for r in shown], series, f"Accuracy by {attribute}"))
+
+    peers = [s for s in scores if "peer_rank" in s]
+    if peers:
+        page.h("Peer baseline")
+        page.p(f"{peers[0].get('peer')}, on the same cases as each row; ranks of the expected diagnosis.")
+        page.table(["items", "category", "medagent top-1", "peer top-1", "medagent top-10", "peer top-10", "medagent MRR", "peer MRR"],
+                   _peer_rows(peers))
 
     page.h("Latency")
     walls = [float(s.get("wall_s", 0.0) or 0.0) for s in scores]

@@ -178,6 +178,9 @@ def item_extras(item: SuiteItem) -> dict[str, Any]:
     for key in ("category", "baseline"):
         if item.meta.get(key) is not None:
             extras[key] = item.meta[key]
+    if "peer_rank" in item.meta:  # a peer method's rank of the expected answer on the same case (None: not ranked)
+        extras["peer_rank"] = item.meta["peer_rank"]
+        extras["peer"] = item.meta.get("peer", "peer baseline")
     if item.meta.get("expect") == "refusal":
         extras["expect_refusal"] = True
     if item.meta.get("subset"):

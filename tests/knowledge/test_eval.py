@@ -52,3 +52,30 @@ def test_evaluation_prints_variants_beside_the_baseline(graph, knowledge_cache):
     items = build_items(DATA, limit=2)
     assert [i["meta"]["variant"] for i in items] == ["ids", "narrative", "paraphrased"] * 2
     assert items[1]["steps"][1]["arguments"]["present"] == "$prev.present_ids"
+
+
+def test_the_runner_report_puts_the_peer_baseline_beside_medagent(graph, knowledge_cache, tmp_path):
+    """`medagent eval run phenopackets`: each item carries the enrichment baseline's rank on the same case,
+    and report.md shows both side by side, per input variant."""
+    from medagent.evals.knowledge import EnrichmentBaseline, load_records
+    from medagent.evals.runner import run_suite
+
+    items = build_items(DATA, limit=4)
+    records = load_records(DATA)
+    baseline = EnrichmentBaseline(graph)
+    for item in items:
+        expected = baseline.rank(records[item["id"].split(":")[0]])
+        assert item["meta"]["peer_rank"] == (None if expected == float("inf") else int(expected))
+    suite = tmp_path / "phenopackets.jsonl"
+    rows = [{**item, "meta": {**item["meta"], "category": item["meta"]["variant"]}} for item in items if item["meta"]["variant"] == "ids"]
+    suite.write_text("\n".join(json.dumps(row) for row in rows), encoding="utf-8")
+    run_suite(str(suite), out=tmp_path / "run", quiet=True)
+    scores = [json.loads(line) for line in (tmp_path / "run" / "scores.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(scores) == 4 and all("peer_rank" in s and "rank" in s for s in scores)
+    report = (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
+    assert "## Peer baseline" in report and "hypergeometric enrichment" in report
+    row = next(line for line in report.splitlines() if line.startswith("| 4 | ids |"))
+    peer_top1 = sum(1 for s in scores if s["peer_rank"] == 1) / 4
+    ours_top1 = sum(1 for s in scores if s["rank"] == 1) / 4
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[2]) == ours_top1 and float(cells[3]) == peer_top1
