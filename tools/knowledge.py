@@ -126,22 +126,29 @@ def _user_lookup(concept: str, settings: Settings, graph) -> EvidenceDraft | Non
     return None
 
 
+def linker_for(settings: Settings):  # noqa: ANN201 - a specialists.knowledge Linker
+    """The linker `knowledge.link` uses under these settings; the first call builds the graph and dense index
+    into the cache root (minutes on 2 cores), later calls load them."""
+    from medagent.specialists.knowledge.load import load_linker
+
+    knowledge = settings.knowledge
+    return load_linker(
+        cache_root(settings),
+        knowledge.hpo_obo,
+        holdout_share=knowledge.holdout_share,
+        dense=knowledge.dense,
+        embedder_path=knowledge.embedder,
+        dense_threshold=knowledge.dense_threshold,
+    )
+
+
 def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     from medagent.specialists.knowledge.findings import derive
     from medagent.specialists.knowledge.graph import KnowledgeError
     from medagent.specialists.knowledge.link import split_mentions
-    from medagent.specialists.knowledge.load import load_linker
 
-    knowledge = ctx.settings.knowledge
     try:
-        linker = load_linker(
-            cache_root(ctx.settings),
-            knowledge.hpo_obo,
-            holdout_share=knowledge.holdout_share,
-            dense=knowledge.dense,
-            embedder_path=knowledge.embedder,
-            dense_threshold=knowledge.dense_threshold,
-        )
+        linker = linker_for(ctx.settings)
         mentions = linker.link(args.text) if args.text.strip() or args.source != "history" else []
     except KnowledgeError as exc:
         raise ToolError(f"knowledge.link ({args.source}): {exc}") from exc
