@@ -195,23 +195,29 @@ class CLIPVisionTransformer(nn.Module):
 # KEP-16: BiomedCLIP's timm ViT-B/16 tower
 
 
+def timm_vit(cfg: KEPConfig, **extra: object) -> nn.Module:
+    """timm's VisionTransformer with the configured geometry, class-token pooled, without a classifier head."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(
+        img_size=cfg.image_size,
+        patch_size=cfg.vit_patch,
+        embed_dim=cfg.vit_width,
+        depth=cfg.vit_layers,
+        num_heads=cfg.vit_heads,
+        mlp_ratio=cfg.vit_mlp_ratio,
+        num_classes=0,
+        global_pool="token",
+        **extra,
+    )
+
+
 class TimmViTTower(nn.Module):
     """open_clip's TimmModel as BiomedCLIP configures it: timm ViT (class-token pool) + linear projection."""
 
     def __init__(self, cfg: KEPConfig) -> None:
         super().__init__()
-        from timm.models.vision_transformer import VisionTransformer
-
-        self.trunk = VisionTransformer(
-            img_size=cfg.image_size,
-            patch_size=cfg.vit_patch,
-            embed_dim=cfg.vit_width,
-            depth=cfg.vit_layers,
-            num_heads=cfg.vit_heads,
-            mlp_ratio=cfg.vit_mlp_ratio,
-            num_classes=0,
-            global_pool="token",
-        )
+        self.trunk = timm_vit(cfg)
         self.head = nn.Sequential()
         self.head.add_module("drop", nn.Dropout(0.0))
         self.head.add_module("proj", nn.Linear(cfg.vit_width, cfg.embed_dim, bias=False))
@@ -359,7 +365,6 @@ class KEEP(nn.Module):
 
     def __init__(self, cfg: KEPConfig) -> None:
         super().__init__()
-        from timm.models.vision_transformer import VisionTransformer
         from transformers import BertConfig, BertModel
 
         if cfg.bert.hidden_size != cfg.embed_dim:
@@ -368,18 +373,7 @@ class KEEP(nn.Module):
                 f"must equal embed_dim ({cfg.embed_dim})"
             )
         self.config = cfg
-        self.visual = VisionTransformer(
-            img_size=cfg.image_size,
-            patch_size=cfg.vit_patch,
-            embed_dim=cfg.vit_width,
-            depth=cfg.vit_layers,
-            num_heads=cfg.vit_heads,
-            mlp_ratio=cfg.vit_mlp_ratio,
-            init_values=cfg.layer_scale_init,
-            num_classes=0,
-            global_pool="token",
-            dynamic_img_size=True,
-        )
+        self.visual = timm_vit(cfg, init_values=cfg.layer_scale_init, dynamic_img_size=True)
         self.visual_head = nn.Sequential(
             nn.Linear(cfg.vit_width, cfg.embed_dim), nn.GELU(), nn.Linear(cfg.embed_dim, cfg.embed_dim)
         )
