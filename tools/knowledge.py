@@ -235,11 +235,7 @@ def lookup(args: LookupArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         raise ToolError("knowledge.lookup: concept is empty")
     upper = concept.upper()
     if upper in graph.disease_index:
-        d = graph.disease_index[upper]
-        terms = [graph.labels[i] for i in graph.annotations[d][:15]]
-        payload = {"id": upper, "name": graph.disease_names[d], "phenotypes": terms,
-                   "icd10cm": graph.icd_for_text(graph.disease_names[d])}  # fmt: skip
-        return [EvidenceDraft(summary=f"{upper} {graph.disease_names[d]}: {', '.join(terms[:8])}", payload=payload)]
+        return [_disease_evidence(graph, graph.disease_index[upper])]
     if _is_icd(graph, upper):
         code = _icd_code(graph, upper)
         k = graph.icd_codes.index(code)
@@ -247,19 +243,41 @@ def lookup(args: LookupArgs, ctx: ToolContext) -> list[EvidenceDraft]:
                    "parent": graph.icd_parents[k]}  # fmt: skip
         return [EvidenceDraft(summary=f"ICD-10-CM {code}: {graph.icd_descriptions[k]}", payload=payload)]
     index = graph.resolve(concept)
+    key = normalise(concept)
     if index is None:
-        key = normalise(concept)
         index = next((i for i, label in enumerate(graph.labels) if normalise(label) == key), None)
         if index is None:
             index = next(
                 (i for i, syns in enumerate(graph.synonyms) if any(normalise(s[0]) == key for s in syns)), None
             )
-    if index is None:
-        found = _user_lookup(concept, ctx.settings, graph)
-        if found is not None:
-            return [found]
-        extra = " or a concept of your ontologies" if _user_sources(ctx.settings) else ""
-        raise ToolError(f"knowledge.lookup: '{concept}' is not an HPO/OMIM/ORPHA id, ICD-10-CM code or HPO name{extra}")
+    if index is not None:
+        return [_term_evidence(graph, index)]
+    disease = next((d for d, name in enumerate(graph.disease_names) if normalise(name) == key), None)
+    if disease is not None:  # a disease named in words ("Marfan syndrome")
+        return [_disease_evidence(graph, disease)]
+    found = _user_lookup(concept, ctx.settings, graph)
+    if found is not None:
+        return [found]
+    # Free text (a planner often passes a phrase): look up the phenotypes it mentions, at most three.
+    mentioned = list(dict.fromkeys(i for m in linker_for(ctx.settings).link(concept) if not m.negated
+                                   for i in [graph.resolve(m.id)] if i is not None))[:3]  # fmt: skip
+    if mentioned:
+        lead = f"'{concept[:60]}' is not one concept; it mentions "
+        return [_term_evidence(graph, i, lead) for i in mentioned]
+    extra = " or a concept of your ontologies" if _user_sources(ctx.settings) else ""
+    raise ToolError(f"knowledge.lookup: '{concept}' is not an HPO/OMIM/ORPHA id, ICD-10-CM code, HPO or disease name{extra}, "
+                    "and mentions no phenotype")
+
+
+def _disease_evidence(graph, d: int) -> EvidenceDraft:  # noqa: ANN001
+    terms = [graph.labels[i] for i in graph.annotations[d][:15]]
+    disease_id = graph.disease_ids[d]
+    payload = {"id": disease_id, "name": graph.disease_names[d], "phenotypes": terms,
+               "icd10cm": graph.icd_for_text(graph.disease_names[d])}  # fmt: skip
+    return EvidenceDraft(summary=f"{disease_id} {graph.disease_names[d]}: {', '.join(terms[:8])}", payload=payload)
+
+
+def _term_evidence(graph, index: int, lead: str = "") -> EvidenceDraft:  # noqa: ANN001
     payload = {
         "id": graph.term_ids[index],
         "label": graph.labels[index],
@@ -271,7 +289,7 @@ def lookup(args: LookupArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         "information_content": round(float(graph.ic[index]), 3),
     }
     definition = f": {graph.definitions[index]}" if graph.definitions[index] else ""
-    return [EvidenceDraft(summary=f"{payload['id']} {payload['label']}{definition}", payload=payload)]
+    return EvidenceDraft(summary=f"{lead}{payload['id']} {payload['label']}{definition}", payload=payload)
 
 
 def _is_icd(graph, code: str) -> bool:  # noqa: ANN001

@@ -66,7 +66,13 @@ def test_lookup_tool_answers_terms_diseases_and_codes(tmp_path, graph):
     assert disease.payload["name"] == "Marfan syndrome"
     [code] = _run("knowledge.lookup", {"concept": "D64.9"}, case, tmp_path)
     assert code.payload["description"] == "Anemia, unspecified"
-    with pytest.raises(ToolError, match="not an HPO"):
+    [named] = _run("knowledge.lookup", {"concept": "Marfan syndrome"}, case, tmp_path)  # a disease in words
+    assert named.payload["id"].startswith(("OMIM:", "ORPHA:")) and named.payload["name"].lower() == "marfan syndrome"
+    # A phrase (as a small planner LLM passes it) is looked up through the phenotypes it mentions.
+    mentioned = _run("knowledge.lookup", {"concept": "cough and fever for two weeks, night sweats"}, case, tmp_path)
+    assert {e.payload["label"] for e in mentioned} >= {"Cough", "Fever"} and len(mentioned) <= 3
+    assert all(e.summary.startswith("'cough and fever for two weeks, night sweats' is not one concept") for e in mentioned)
+    with pytest.raises(ToolError, match="not an HPO.*mentions no phenotype"):
         _run("knowledge.lookup", {"concept": "zzzz qqqq"}, case, tmp_path)
 
 
