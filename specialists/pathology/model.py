@@ -325,7 +325,21 @@ class PathBert(nn.Module):
         return self.mlp_embed(pooled)
 
 
-class KEP(nn.Module):
+class _ImageTextModel(nn.Module):
+    """What KEP and KEEP share: CLIP training's forward over their own `encode_image` / `encode_text`."""
+
+    logit_scale: nn.Parameter
+
+    def forward(
+        self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised image and text features and the (un-clamped) logit scale, as CLIP training uses them."""
+        image = F.normalize(self.encode_image(pixels), dim=-1)
+        text = F.normalize(self.encode_text(input_ids, attention_mask), dim=-1)
+        return image, text, self.logit_scale.exp()
+
+
+class KEP(_ImageTextModel):
     """Image tower + visual head, BERT text tower, learned temperature. Features are un-normalised."""
 
     def __init__(self, cfg: KEPConfig) -> None:
@@ -347,16 +361,9 @@ class KEP(nn.Module):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.text(input_ids, attention_mask)
 
-    def forward(
-        self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalised image and text features and the (un-clamped) logit scale, as CLIP training uses them."""
-        image = F.normalize(self.encode_image(pixels), dim=-1)
-        text = F.normalize(self.encode_text(input_ids, attention_mask), dim=-1)
-        return image, text, self.logit_scale.exp()
 
 
-class KEEP(nn.Module):
+class KEEP(_ImageTextModel):
     """KEEP: timm ViT-L/16 + visual head, a BERT whose pooler output is the text feature, learned temperature.
 
     Same interface as `KEP` (un-normalised `encode_image` / `encode_text`, `logit_scale`, `config`), so the
@@ -385,13 +392,6 @@ class KEEP(nn.Module):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.text(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-
-    def forward(
-        self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        image = F.normalize(self.encode_image(pixels), dim=-1)
-        text = F.normalize(self.encode_text(input_ids, attention_mask), dim=-1)
-        return image, text, self.logit_scale.exp()
 
 
 def build_model(cfg: KEPConfig) -> KEP | KEEP:
