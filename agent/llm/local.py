@@ -140,19 +140,26 @@ class TransformersBackend:
             return render_alpaca(messages)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    def _generate_args(self, messages: list[Message], max_tokens: int, temperature: float) -> dict[str, Any]:
+        """`generate()` keyword arguments: the encoded prompt, the token limit, greedy or sampled decoding."""
+        encoded = self.tokenizer(self.prompt(messages), return_tensors="pt").to(self.device)
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        return {**encoded, "max_new_tokens": max_tokens,
+                "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling}
+
     def _chat_sync(self, messages: list[Message], max_tokens: int, temperature: float) -> ChatResult:
         import torch
 
         started = time.monotonic()
-        encoded = self.tokenizer(self.prompt(messages), return_tensors="pt").to(self.device)
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        arguments = self._generate_args(messages, max_tokens, temperature)
+        prompt_tokens = int(arguments["input_ids"].shape[1])
         with self._lock, torch.no_grad():
-            output = self.model.generate(**encoded, max_new_tokens=max_tokens, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling)
-        new = output[0, encoded["input_ids"].shape[1] :]
+            output = self.model.generate(**arguments)
+        new = output[0, prompt_tokens:]
         return ChatResult(
             text=self.tokenizer.decode(new, skip_special_tokens=True),
             model=self.name,
-            prompt_tokens=int(encoded["input_ids"].shape[1]),
+            prompt_tokens=prompt_tokens,
             completion_tokens=int(new.shape[0]),
             seconds=time.monotonic() - started,
         )
@@ -166,21 +173,29 @@ class TransformersBackend:
         # `schema` is not enforced while decoding here, as in `chat`.
         from transformers import TextIteratorStreamer
 
-        encoded = self.tokenizer(self.prompt(messages), return_tensors="pt").to(self.device)
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        arguments = self._generate_args(messages, max_tokens, temperature)
 
         def produce(put: Callable[[str], None]) -> None:
             streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            failure: list[BaseException] = []
+
+            def generate() -> None:
+                try:
+                    self.model.generate(**arguments, streamer=streamer)  # generate() is itself no-grad
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, in the relaying thread
+                    failure.append(exc)
+                    streamer.end()  # else the relay below would wait for text forever
+
             with self._lock:
-                # generate() (itself no-grad) feeds the streamer from a second thread; this one relays its pieces.
-                worker = threading.Thread(target=self.model.generate, kwargs={
-                    **encoded, "max_new_tokens": max_tokens, "streamer": streamer,
-                    "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling})
+                # generate() feeds the streamer from a second thread; this one relays its pieces.
+                worker = threading.Thread(target=generate)
                 worker.start()
                 for piece in streamer:
                     if piece:
                         put(piece)
                 worker.join()
+            if failure:
+                raise LLMError(f"transformers ({self.name}): {failure[0]}") from failure[0]
 
         async for piece in _drain(produce):
             yield piece

@@ -100,6 +100,14 @@ def test_traces_to_lora_adapter_round_trip(tmp_path):
             print("missed:", expected(example), text[:200])
     assert tuned_hits >= 6 and base_hits == 0
 
+    async def streamed(backend, example):
+        limit = len(example["messages"][2]["content"]) // 2 + 20
+        return [piece async for piece in backend.stream(example["messages"][:2], max_tokens=limit)]
+
+    # The trained planner also streams (as the chat's reporter would use it): greedy pieces join to the same reply.
+    pieces = asyncio.run(streamed(TransformersBackend(out / "base", template="alpaca", adapter=out / "adapter"), examples[0]))
+    assert len(pieces) > 1 and "".join(pieces).strip() == tuned[0].strip()
+
 
 def test_sft_uses_the_planner_turn_when_the_trace_has_one():
     from medagent.tools.trace import LLMTurnEvent, PlanEvent, ToolCallEvent, TraceRecorder
