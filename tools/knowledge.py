@@ -215,7 +215,8 @@ def rank(args: RankArgs, ctx: ToolContext) -> list[EvidenceDraft]:
                 "name": candidate.name,
                 "codes": [{"system": system, "id": candidate.disease_id, "label": candidate.name}],
                 "score": candidate.score,
-                "rationale": f"explains {rationale}" if rationale else "",
+                "rationale": (f"explains {rationale}" if rationale else "")
+                + f"; the phenotypes account for {100 * candidate.coverage:.0f}% of the disease's known features",
                 "evidence": list(args.evidence),
                 "phenotypes": [m.__dict__ for m in candidate.matches],
             }

@@ -4,7 +4,9 @@ In the spirit of Phenomizer and LIRICAL: each present term q earns a disease the
 content of the most informative term it shares with the disease's annotations (q itself, when the
 disease is annotated with q or something more specific; otherwise an ancestor), adjusted by the
 log of how often the disease shows that feature. Excluded terms cost a disease that usually shows
-them; diseases with very many annotations pay a small size penalty, since they match anything.
+them. The other direction counts too (Phenomizer's symmetric similarity): the share of the disease's
+own, frequency-weighted features that the query explains (`reverse`, with a log-size term `delta`
+that keeps large, well-described diseases from losing only for being large); fitted on the tune split.
 Excluded terms that a disease (nearly) always shows cost it, LIRICAL-style (`gamma`).
 
 An optional "pertinent negative" signal (`pertinent_negative`, off by default) does the opposite: an
@@ -41,7 +43,8 @@ class RankParams:
     alpha: float = 0.6  # weight of log(frequency) beside the information content
     gamma: float = 0.15  # penalty per excluded term: -gamma * ln(1 - frequency of x in the disease)
     beta: float = 0.5  # discount of a match through a shared ancestor rather than the term itself
-    delta: float = 0.0  # size penalty: delta * log(number of the disease's annotations)
+    delta: float = -3.0  # size term: -delta * log(number of the disease's annotations); paired with `reverse`
+    reverse: float = 15.0  # weight of the reverse coverage: how much of the disease the query explains
     min_frequency: float = 0.02  # floor so a rare feature still counts as a match
     exact_bonus: float = 0.54  # added per present term the disease is annotated with exactly (not below it)
     excluded_from: float = 0.95  # an excluded feature costs (gamma) only diseases that show it at least this often
@@ -67,6 +70,7 @@ class Candidate:
     name: str
     score: float
     matches: list[Match]
+    coverage: float = 0.0  # share of the disease's (frequency-weighted) features the query explains
 
 
 def check_terms(graph: KnowledgeGraph, present: list[str], excluded: list[str]) -> tuple[list[int], list[int]]:
@@ -96,6 +100,8 @@ class _Rows:
     log_size: np.ndarray  # ln(number of direct annotations)
     terms_per_disease: np.ndarray  # closure entries per disease (hypergeometric "successes")
     population: float  # all closure entries (hypergeometric population)
+    weighted: sparse.csr_matrix  # diseases x terms: frequency of each direct annotation
+    weighted_ic: np.ndarray  # per disease: sum of frequency x information content of its annotations
 
 
 def _rows_for(graph: KnowledgeGraph, sources: tuple[str, ...]) -> _Rows:
@@ -106,6 +112,14 @@ def _rows_for(graph: KnowledgeGraph, sources: tuple[str, ...]) -> _Rows:
         rows = np.array([i for i, d in enumerate(graph.disease_ids) if d.split(":")[0] in sources], dtype=np.int64)
         closure = graph.closure.tocsr()[rows].tocsc()
         per_disease = np.diff(graph.closure.tocsr().indptr).astype(np.float64)
+        counts = [len(graph.annotations[r]) for r in rows]
+        weighted = sparse.csr_matrix(
+            (
+                np.concatenate([graph.annotation_freq[r] for r in rows]).astype(np.float64),
+                (np.repeat(np.arange(len(rows)), counts), np.concatenate([graph.annotations[r] for r in rows])),
+            ),
+            shape=(len(rows), len(graph.term_ids)),
+        )
         cache[sources] = _Rows(
             rows=rows,
             closure=closure,
@@ -113,6 +127,8 @@ def _rows_for(graph: KnowledgeGraph, sources: tuple[str, ...]) -> _Rows:
             log_size=np.log(np.maximum([len(graph.annotations[r]) for r in rows], 1.0)).astype(np.float32),
             terms_per_disease=per_disease[rows],
             population=float(per_disease.sum()),
+            weighted=weighted,
+            weighted_ic=weighted @ graph.ic.astype(np.float64),
         )
     return cache[sources]
 
@@ -138,6 +154,7 @@ class _Scores:
     per_term: list[tuple[int, np.ndarray, np.ndarray]]  # (term, score per disease, matched term per disease)
     penalties: list[tuple[int, np.ndarray, np.ndarray]]  # (term, penalty per disease, frequency per disease)
     enrichment: np.ndarray  # the hypergeometric part of total
+    coverage: np.ndarray  # reverse coverage per disease, 0..1
 
 
 def _score(graph: KnowledgeGraph, p: list[int], x: list[int], table: _Rows, params: RankParams) -> _Scores:
@@ -169,6 +186,8 @@ def _score(graph: KnowledgeGraph, p: list[int], x: list[int], table: _Rows, para
         log_p = _log_hypergeom_sf(hits, table.terms_per_disease, len(p), table.population)
         enrichment = -params.hypergeom * log_p
         total = total + enrichment
+    coverage = _reverse_coverage(graph, ancestors, table)
+    total = total + params.reverse * coverage
     penalties = []
     if x:
         freqs = table.closure[:, x].toarray()
@@ -181,7 +200,23 @@ def _score(graph: KnowledgeGraph, p: list[int], x: list[int], table: _Rows, para
             penalty = penalty - params.pertinent_negative / len(x) * shows
             total = total - penalty
             penalties.append((xi, penalty, freqs[:, t]))
-    return _Scores(total, per_term, penalties, enrichment)
+    return _Scores(total, per_term, penalties, enrichment, coverage)
+
+
+def _reverse_coverage(graph: KnowledgeGraph, ancestors: list[np.ndarray], table: _Rows) -> np.ndarray:
+    """Per disease: the share of its annotations' information content that the query explains.
+
+    The other direction of Phenomizer's symmetric similarity. Each annotation a of the disease earns
+    the information content of the most informative term it shares with the query (a itself when a
+    query term is a or below it), weighted by how often the disease shows a; divided by what all its
+    annotations would earn. A query that explains a small disease entirely beats one that touches a
+    large disease here and there.
+    """
+    implied = np.zeros(len(graph.term_ids), dtype=bool)
+    implied[np.concatenate(ancestors)] = True
+    values = np.where(implied[graph.ancestor_idx], graph.ic[graph.ancestor_idx], 0.0).astype(np.float64)
+    best = np.maximum.reduceat(values, graph.ancestor_ptr[:-1])  # per term: its best shared ancestor's IC
+    return (table.weighted @ best) / np.maximum(table.weighted_ic, 1e-9)
 
 
 def _excluded_penalty(frequency: np.ndarray, params: RankParams) -> np.ndarray:
@@ -246,7 +281,8 @@ def rank(
                     )
                 )
         matches.sort(key=lambda m: -m.contribution)
-        candidates.append(Candidate(graph.disease_ids[d], graph.disease_names[d], round(float(total[k]), 3), matches))
+        candidates.append(Candidate(graph.disease_ids[d], graph.disease_names[d], round(float(total[k]), 3), matches,
+                                    round(float(scores.coverage[k]), 3)))  # fmt: skip
     return candidates
 
 

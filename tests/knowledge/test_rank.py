@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from medagent.specialists.knowledge.graph import KnowledgeError
@@ -63,3 +64,18 @@ def test_unknown_and_contradictory_terms_are_named(graph):
         rank(graph, ["HP:0001250"], ["HP:0000707"])
     with pytest.raises(KnowledgeError, match="no present"):
         rank(graph, [], ["HP:0001250"])
+
+
+def test_reverse_coverage_is_the_share_of_the_disease_the_query_explains(graph):
+    """Querying with all of a disease's own annotations explains all of it (coverage 1); half of them,
+    less; a small disease explained entirely gains on a large one touched here and there."""
+    d = graph.disease_index["OMIM:154700"]
+    own = [graph.term_ids[t] for t in graph.annotations[d]]
+    full = next(c for c in rank(graph, own, top=50, sources=("OMIM",)) if c.disease_id == "OMIM:154700")
+    assert full.coverage == pytest.approx(1.0, abs=1e-3)
+    part = next(c for c in rank(graph, MARFAN, top=50, sources=("OMIM",)) if c.disease_id == "OMIM:154700")
+    assert 0.0 < part.coverage < full.coverage
+    without = RankParams(reverse=0.0, delta=0.0)
+    plain = next(c for c in rank(graph, MARFAN, top=50, sources=("OMIM",), params=without)
+                 if c.disease_id == "OMIM:154700")  # fmt: skip
+    assert part.score - plain.score == pytest.approx(15.0 * part.coverage + 3.0 * np.log(len(own)), abs=1e-2)

@@ -47,6 +47,7 @@ def test_rank_tool_payload_is_a_differential_the_reporter_reads(tmp_path, graph)
     top = differential[0]
     assert top["codes"][0]["system"] in {"OMIM", "ORPHA"} and "Marfan" in top["name"]
     assert top["evidence"] == ["E1"] and "Ectopia lentis" in top["rationale"]
+    assert "% of the disease's known features" in top["rationale"]
     DiagnosisCandidate(rank=1, **{k: v for k, v in top.items() if k != "phenotypes"})
 
 
