@@ -77,7 +77,7 @@ class Mention:
     label: str
     span: tuple[int, int]
     text: str
-    method: str  # "exact", "synonym", "word set", "dense"
+    method: str  # "exact", "synonym", "word set", "dense", "dense (common ancestor)"
     score: float
     negated: bool
 
@@ -145,6 +145,10 @@ class Linker:
         self.dense_threshold = dense_threshold
         self._vocabulary: set[str] | None = None
         self._vectors: dict[str, np.ndarray] = {}
+        self._terms_set: set[int] | None = None
+        self.backoff_below = 0.10  # how far under the threshold the common-ancestor vote reaches (0: off)
+        self.backoff_margin = 0.03  # neighbours within this of the best one vote
+        self.backoff_min_ic = 4.0  # a common ancestor less informative than this is not linked
 
     def dense_forms(self) -> tuple[list[str], list[int]]:
         forms = surface_forms(self.graph, self.terms, self.holdout_share)
@@ -235,6 +239,12 @@ class Linker:
                     continue  # one word no HPO form uses: its embedding lands anywhere (and costs time)
                 if any(w[0].isdigit() for w in words):
                     continue  # measurements are read by value (findings.py), not by what they sound like
+                while content and content[0][0] in _FILLER:  # "noted", "revealed": the frame, not the finding
+                    content = content[1:]
+                while content and content[-1][0] in _FILLER:
+                    content = content[:-1]
+                if not content:
+                    continue
                 start, end = a + content[0][1], a + content[-1][2]
                 phrases.append((start, end, len(content)))
         if not phrases:
@@ -246,16 +256,38 @@ class Linker:
             # One word carries little context ("crying" lands near "bloody tears"): ask for more similarity.
             needed = self.dense_threshold if size > 1 else max(self.dense_threshold, 0.85)
             sign = polarity(text[start:end])
-            for score, row in zip(row_scores, row_ids, strict=True):
-                if row < 0 or score < needed:
-                    break
-                # Embeddings hardly see direction ("increased width of the forehead" lands on "Narrow
-                # forehead"): skip a neighbour whose wording points the other way, take the next one.
-                if sign and polarity(self.dense.forms[row]) == -sign:
-                    continue
-                found.append(self._mention(self.dense.terms[row], start, end, text, "dense", float(score)))
-                break
+            # Embeddings hardly see direction ("increased width of the forehead" lands on "Narrow
+            # forehead"): a neighbour whose wording points the other way is passed over.
+            near = [(float(score), self.dense.terms[row]) for score, row in zip(row_scores, row_ids, strict=True)
+                    if row >= 0 and not (sign and polarity(self.dense.forms[row]) == -sign)]  # fmt: skip
+            if not near:
+                continue
+            best, term = near[0]
+            if best >= needed:
+                found.append(self._mention(term, start, end, text, "dense", best))
+                continue
+            if best < needed - self.backoff_below:
+                continue
+            # Less sure: the neighbours close to the best one vote, and their most informative common
+            # ancestor is linked (a sibling's guess becomes its parent, which is still true).
+            close = {t for score, t in near if score >= best - self.backoff_margin}
+            common = self._common_ancestor(close)
+            if common is not None and self.graph.ic[common] >= self.backoff_min_ic:
+                found.append(self._mention(common, start, end, text, "dense (common ancestor)", best))
         return found
+
+    def _common_ancestor(self, terms: set[int]) -> int | None:
+        shared = None
+        for t in terms:
+            anc = set(self.graph.ancestors(t).tolist())
+            shared = anc if shared is None else shared & anc
+        shared = (shared or set()) & self._phenotype_set()
+        return max(shared, key=lambda i: self.graph.ic[i]) if shared else None
+
+    def _phenotype_set(self) -> set[int]:
+        if self._terms_set is None:
+            self._terms_set = set(self.terms)
+        return self._terms_set
 
 
 _BREAKS = {"and", "or", "with", "but", "no", "not", "without", "nor"}
@@ -269,20 +301,26 @@ _FILLER = {
 }  # fmt: skip
 _DENSE_K = 8  # neighbours looked at per phrase (the first one of the same direction is taken)
 _UP = {"increased", "increase", "elevated", "high", "higher", "raised", "large", "larger", "enlarged", "enlargement",
-       "big", "broad", "wide", "widened", "long", "tall", "excessive", "excess", "thick", "thickened", "prominent",
+       "big", "broad", "wide", "widely", "widened", "long", "tall", "excessive", "excess", "thick", "thickened", "prominent",
        "deep", "accelerated", "hyperplasia", "hypertrophy", "overgrowth", "macro", "more"}  # fmt: skip
 _DOWN = {"decreased", "decrease", "reduced", "reduction", "low", "lower", "small", "smaller", "narrow", "narrowed",
-         "short", "thin", "diminished", "shallow", "underdeveloped", "underdevelopment", "hypoplasia", "hypoplastic",
+         "short", "thin", "close", "closely", "diminished", "shallow", "underdeveloped", "underdevelopment", "hypoplasia", "hypoplastic",
          "deficiency", "deficient", "loss", "lack", "fewer", "less", "micro", "atrophy", "absent", "absence"}  # fmt: skip
 
 
 def polarity(text: str) -> int:
-    """+1 if a wording says more/larger, -1 if less/smaller, 0 if neither or both."""
+    """+1 if a wording says more/larger, -1 if less/smaller, 0 if neither or both.
+
+    Greek and Latin prefixes count too: "hypertelorism" says more, "microphthalmia" says less.
+    """
     words = {w for w, _, _ in tokens(text)}
-    up, down = bool(words & _UP), bool(words & _DOWN)
+    up = bool(words & _UP) or any(w.startswith(_UP_PREFIX) or w.endswith("megaly") for w in words)
+    down = bool(words & _DOWN) or any(w.startswith(_DOWN_PREFIX) for w in words)
     return 0 if up == down else 1 if up else -1
 
 
+_UP_PREFIX = ("hyper", "macro", "mega")
+_DOWN_PREFIX = ("hypo", "micro", "oligo")
 _VECTOR_CACHE = 20000  # phrase embeddings kept (about 30 MB)
 _PUNCT = re.compile(r"[,;:.()!?]")
 

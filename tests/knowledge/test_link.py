@@ -75,3 +75,44 @@ def test_dense_retrieval_keeps_the_direction_of_a_wording(graph, knowledge_cache
     mentions = linker.link("Her forehead shows increased width.")
     assert [m.method for m in mentions] == ["dense"], mentions
     assert polarity(mentions[0].label) != -1 and mentions[0].id != "HP:0000341", mentions  # not Narrow forehead
+
+
+def test_direction_reads_prefixes_and_spacing_words(graph, knowledge_cache):
+    """"Widely spaced eyes" (a held-out synonym of Hypertelorism) lands nearest "Closely spaced eyes"
+    (Hypotelorism); Greek and Latin prefixes and spacing words give both wordings their direction."""
+    from medagent.specialists.knowledge.link import polarity
+    from medagent.specialists.knowledge.load import load_linker
+
+    assert [polarity(t) for t in ("widely spaced eyes", "Closely spaced eyes", "Hypotelorism", "Hepatomegaly",
+                                  "Microphthalmia", "Macrocephaly")] == [1, -1, -1, 1, -1, 1]  # fmt: skip
+    root = graph.resolve("HP:0100886")  # Abnormality of globe location
+    branch = [i for i in range(len(graph.term_ids)) if graph.is_ancestor(root, i)]
+    linker = load_linker(knowledge_cache, dense=True, terms=branch, holdout_share=0.5)
+    mentions = linker.link("She has widely spaced eyes.")
+    assert [m.id for m in mentions] != ["HP:0000601"], mentions  # not Hypotelorism
+    assert all(polarity(m.label) != -1 for m in mentions), mentions
+
+
+def test_an_unsure_dense_link_backs_off_to_what_its_neighbours_share(graph, knowledge_cache):
+    """Under the threshold but within `backoff_below`, the close neighbours vote: their most informative
+    common ancestor is linked, marked as such, if it is informative enough; with the back-off off, nothing."""
+    from medagent.specialists.knowledge.load import load_linker
+
+    branch = [i for i in range(len(graph.term_ids)) if graph.is_ancestor(graph.resolve("HP:0001250"), i)]
+    linker = load_linker(knowledge_cache, dense=True, terms=branch, dense_threshold=0.75)
+    text = "The child had repeated epileptic fits."
+    scores, rows = linker.dense.search(linker._encode(["repeated epileptic fits"]), 8)
+    assert 0.65 <= scores[0][0] < 0.75  # in the back-off band for this threshold
+    close = {linker.dense.terms[r] for s, r in zip(scores[0], rows[0], strict=True) if s >= scores[0][0] - 0.03}
+    assert len(close) > 1  # the neighbours disagree (epileptic spasm, status epilepticus, seizure ...)
+    try:
+        linker.backoff_min_ic = 0.0
+        mentions = linker.link(text)
+        assert [(m.method, m.label) for m in mentions] == [("dense (common ancestor)", "Seizure")], mentions
+        assert all(graph.is_ancestor(graph.resolve(mentions[0].id), t) for t in close)
+        linker.backoff_min_ic = 4.0  # Seizure (IC 1.4) says too little to be linked by a vote
+        assert linker.link(text) == []
+        linker.backoff_min_ic, linker.backoff_below = 0.0, 0.0
+        assert linker.link(text) == []
+    finally:
+        linker.backoff_min_ic, linker.backoff_below = 4.0, 0.10
