@@ -1,8 +1,10 @@
 """Free text -> HPO terms with the span each came from, present or excluded.
 
-Three steps: exact and synonym matching of token sequences (longest match wins), negation scoped
-to its clause ("no fever", "denies chest pain", "X was absent"), and dense retrieval with the
-MiniLM embedder over labels and synonyms for the phrases the dictionary left unexplained.
+Steps: exact and synonym matching of token sequences (longest match wins; then the same words in
+another order; then word variants that HPO's own forms use interchangeably, "decreased"/"reduced",
+and British spellings), negation scoped to its clause ("no fever", "denies chest pain", "X was
+absent"), and dense retrieval with the MiniLM embedder over labels and synonyms for the phrases the
+dictionary left unexplained (a less sure one backs off to what its close neighbours share).
 
 A fixed, deterministic share of each term's synonyms can be held out of the dictionary and the
 dense index (`holdout_share`): the phenopacket evaluation paraphrases with exactly those forms,
@@ -140,6 +142,25 @@ class Linker:
             bag = _bag(key)
             if len(bag) >= 2:
                 self.bags.setdefault(bag, i)
+        # Word variants learnt from the kept forms themselves ("decreased"/"reduced", "tumour"/"tumor",
+        # "hepatic"/"liver"): a third dictionary keyed by each word's variant class catches a wording
+        # that differs from a known form only in such words. A key two terms share is dropped (ambiguous).
+        self.variants = word_variants(surface_forms(graph, self.terms, holdout_share))
+        self.canonical: dict[tuple[str, ...], int] = {}
+        self.canonical_bags: dict[tuple[str, ...], int] = {}
+        ambiguous: set[tuple[str, ...]] = set()
+        ambiguous_bags: set[tuple[str, ...]] = set()
+        for key, (i, _kind) in self.dictionary.items():
+            ckey = self.canon(key)
+            if self.canonical.setdefault(ckey, i) != i:
+                ambiguous.add(ckey)
+            cbag = _bag(ckey)
+            if len(cbag) >= 2 and self.canonical_bags.setdefault(cbag, i) != i:
+                ambiguous_bags.add(cbag)
+        for ckey in ambiguous:
+            del self.canonical[ckey]
+        for cbag in ambiguous_bags:
+            del self.canonical_bags[cbag]
         self.dense = dense
         self.embedder = embedder
         self.dense_threshold = dense_threshold
@@ -187,6 +208,8 @@ class Linker:
                         hit = (n, self.bags[bag], "word set")
                         break
             if hit is None:
+                hit = self._variant_hit(words, k, text)
+            if hit is None:
                 k += 1
                 continue
             n, term, kind = hit
@@ -200,6 +223,25 @@ class Linker:
             mention.negated = _negated(text, mention.span, clause_ends)
         mentions.sort(key=lambda m: m.span)
         return mentions
+
+    def canon(self, key: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(self.variants.get(w, w) for w in map(spelling, key))
+
+    def _variant_hit(self, words: list[tuple[str, int, int]], k: int, text: str) -> tuple[int, int, str] | None:
+        """The longest run from word k whose variant classes (in order, or as a set) name one term."""
+        for n in range(min(self.max_len + 2, len(words) - k), 0, -1):
+            run = words[k : k + n]
+            if run[0][0] in _STOP or run[-1][0] in _STOP or (n == 1 and len(run[0][0]) < 4):
+                continue
+            if n > 1 and (any(w in _BREAKS for w, _, _ in run) or _PUNCT.search(text, run[0][1], run[-1][2])):
+                continue
+            ckey = self.canon(tuple(w for w, _, _ in run))
+            if ckey in self.canonical:
+                return n, self.canonical[ckey], "word variant"
+            cbag = _bag(ckey)
+            if len(cbag) >= 2 and cbag in self.canonical_bags:
+                return n, self.canonical_bags[cbag], "word variant"
+        return None
 
     def _mention(self, term: int, start: int, end: int, text: str, method: str, score: float) -> Mention:
         return Mention(self.graph.term_ids[term], self.graph.labels[term], (start, end), text[start:end], method,
@@ -321,6 +363,67 @@ def polarity(text: str) -> int:
 
 _UP_PREFIX = ("hyper", "macro", "mega")
 _DOWN_PREFIX = ("hypo", "micro", "oligo")
+def spelling(word: str) -> str:
+    """British to American spelling, on text and dictionary alike: "oedema", "haemorrhage", "generalised"."""
+    if len(word) < 5:
+        return word
+    word = re.sub(r"(?<=[a-z])ae(?=[a-z])|^ae(?=[a-z]{3})", "e", word)
+    word = re.sub(r"(?<=[a-z])oe(?=[a-z]{2})|^oe(?=[a-z]{3})", "e", word)
+    word = re.sub(r"is(e|ed|ing|ation)$", r"iz\1", word)
+    return re.sub(r"([^aeiou])our$", r"\1or", word)
+
+
+def word_variants(forms: list[tuple[str, int, str]], min_pairs: int = 4, max_class: int = 3) -> dict[str, str]:
+    """Word -> its variant class's representative, learnt from forms of one term that differ in one word.
+
+    Two words are variants when at least `min_pairs` terms have two forms that differ only there
+    ("Decreased X" / "Reduced X") and no form uses both. Words of opposite direction ("increased" / "decreased") are never
+    joined, and a class whose words point different ways is not formed.
+    """
+    from collections import Counter, defaultdict
+    from itertools import combinations
+
+    keys: dict[int, set[tuple[str, ...]]] = defaultdict(set)
+    for text, term, _kind in forms:
+        key = tuple(map(spelling, form_key(text)))
+        if key:
+            keys[term].add(key)
+    pairs: Counter = Counter()
+    for term_keys in keys.values():
+        for a, b in combinations(sorted(term_keys), 2):
+            if len(a) == len(b):
+                diff = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+                if len(diff) == 1:
+                    pairs[tuple(sorted(diff[0]))] += 1
+    # Variants stand in for each other: words that one form uses together ("fractured ... bone") are not.
+    used_in: dict[str, set[int]] = defaultdict(set)
+    for n, key in enumerate(key for term_keys in keys.values() for key in term_keys):
+        for w in key:
+            used_in[w].add(n)
+    for pair in [p for p, c in pairs.items() if c >= min_pairs]:
+        if used_in[pair[0]] & used_in[pair[1]] or polarity(pair[0]) * polarity(pair[1]) == -1:
+            del pairs[pair]
+    parent: dict[str, str] = {}
+
+    def find(w: str) -> str:
+        while parent.get(w, w) != w:
+            w = parent[w]
+        return w
+
+    frequency = Counter(w for term_keys in keys.values() for key in term_keys for w in key)
+    size: Counter = Counter()
+    for (a, b), count in pairs.most_common():
+        if count < min_pairs:
+            break
+        ra, rb = find(a), find(b)
+        # Strongest pairs first, and small classes: chains of weak pairs drift ("small" - "short" - "thin").
+        if ra != rb and polarity(ra) * polarity(rb) != -1 and size[ra] + size[rb] + 2 <= max_class:
+            keep, drop = (ra, rb) if frequency[ra] >= frequency[rb] else (rb, ra)
+            parent[drop] = keep
+            size[keep] += size[drop] + 1
+    return {w: find(w) for w in parent}
+
+
 _VECTOR_CACHE = 20000  # phrase embeddings kept (about 30 MB)
 _PUNCT = re.compile(r"[,;:.()!?]")
 

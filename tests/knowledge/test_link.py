@@ -116,3 +116,22 @@ def test_an_unsure_dense_link_backs_off_to_what_its_neighbours_share(graph, know
         assert linker.link(text) == []
     finally:
         linker.backoff_min_ic, linker.backoff_below = 4.0, 0.10
+
+
+def test_word_variants_learnt_from_hpo_link_a_held_out_wording(graph):
+    """"Decreased visual acuity" is a held-out synonym of Reduced visual acuity: no dictionary form has
+    it, but HPO's own kept forms show "decreased" and "reduced" standing in for each other."""
+    from medagent.specialists.knowledge.link import Linker, form_key, spelling
+
+    linker = Linker(graph, holdout_share=0.5)
+    acuity = graph.resolve("HP:0007663")
+    assert form_key("Decreased visual acuity") not in linker.dictionary
+    assert linker.variants.get("reduced", "reduced") == linker.variants.get("decreased", "decreased")
+    up, down = (linker.variants.get(w, w) for w in ("increased", "decreased"))
+    assert up != down  # opposite directions never join
+    mentions = linker.link("Her decreased visual acuity was noted at school.")
+    assert [(graph.resolve(m.id), m.method, m.text) for m in mentions] == [
+        (acuity, "word variant", "decreased visual acuity")
+    ]
+    assert [spelling(w) for w in ("oedema", "haemorrhage", "generalised", "tumour", "does")] == [
+        "edema", "hemorrhage", "generalized", "tumor", "does"]  # fmt: skip
