@@ -27,8 +27,10 @@ _TOKEN = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)?")
 _CLAUSE = re.compile(r"[.;:!?\n]|\b(?:but|however|although|though|except|whereas)\b", re.IGNORECASE)
 _NEG_BEFORE = [
     "no", "not", "without", "denies", "denied", "deny", "denying", "negative for", "absence of", "free of",
-    "ruled out", "rules out", "no evidence of", "no signs of", "no sign of", "never", "nor", "non", "normal",
+    "ruled out", "rules out", "no evidence of", "no signs of", "no sign of", "never", "nor",
 ]  # fmt: skip
+# Cues that deny only the words right after them ("non-motor seizure", "normal hearing, seizures").
+_NEG_LOCAL = ["non", "normal"]
 _NEG_AFTER = ["was absent", "were absent", "is absent", "are absent", "was not observed", "were not observed",
               "not present", "was excluded", "were excluded", "was ruled out", "were ruled out", "absent"]  # fmt: skip
 _SEGMENT = re.compile(r",|\band\b|\bor\b|\bwith\b|\bpresents?\b|\bpresenting\b|\bhas\b|\bhad\b", re.IGNORECASE)
@@ -219,8 +221,14 @@ class Linker:
             k += n
         if self.dense is not None and self.embedder is not None:
             mentions += self._dense(text, covered)
+        # Words inside a linked phenotype are not cues: "partial absence of eyelashes, ..., hand tremor"
+        # does not deny the tremor, nor does "milestones not achieved" the findings listed after it.
+        linked = np.zeros(len(text), dtype=bool)
+        starts = [m.span[0] for m in mentions]
         for mention in mentions:
-            mention.negated = _negated(text, mention.span, clause_ends)
+            linked[mention.span[0] : mention.span[1]] = True
+        for mention in mentions:
+            mention.negated = _negated(text, mention.span, clause_ends, linked, starts)
         mentions.sort(key=lambda m: m.span)
         return mentions
 
@@ -432,17 +440,30 @@ def _bag(key: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted({w for w in key if w not in _STOP}))
 
 
-_NEG_WORDS = {w for phrase in _NEG_BEFORE + _NEG_AFTER for w in phrase.split()}
+_NEG_KEYS = [form_key(t) for t in _NEG_BEFORE]
+_NEG_WORDS = {w for phrase in _NEG_BEFORE + _NEG_AFTER + _NEG_LOCAL for w in phrase.split()}
 
 
-def _negated(text: str, span: tuple[int, int], clause_ends: list[int]) -> bool:
+def _negated(text: str, span: tuple[int, int], clause_ends: list[int], linked: np.ndarray, starts: list[int]) -> bool:
+    """Whether a cue denies the mention at `span`. A cue that opens its clause ("no fever, rash or cough")
+    reaches the clause's end; one in the middle of a list of findings ("seizures, no speech, hypotonia")
+    reaches only to the next comma."""
     start, end = span
     clause_start = max([0] + [c + 1 for c in clause_ends if c < start])
     clause_end = min(c for c in clause_ends if c >= end)
-    before = " ".join(w for w, _, _ in tokens(text[clause_start:start]))
-    after = " ".join(w for w, _, _ in tokens(text[end:clause_end]))
+    kept = [(w, clause_start + s) for w, s, _ in tokens(text[clause_start:start]) if not linked[clause_start + s]]
+    words = [w for w, _ in kept]
+    for cue in _NEG_KEYS:
+        for i in range(len(words) - len(cue) + 1):
+            if tuple(words[i : i + len(cue)]) == cue:
+                at = kept[i][1]
+                opens = not any(clause_start <= s < at for s in starts)
+                if opens or "," not in text[at:start]:
+                    return True
+    before = " ".join(words)
+    after = " ".join(w for w, s, _ in tokens(text[end:clause_end]) if not linked[end + s])
     before_pad, after_pad = f" {before} ", f" {after} "
-    if any(f" {' '.join(form_key(t))} " in before_pad for t in _NEG_BEFORE):
+    if any(before_pad.endswith(f" {t} ") for t in _NEG_LOCAL):
         return True
     return any(after_pad.startswith(f" {' '.join(form_key(t))} ") for t in _NEG_AFTER)
 

@@ -135,3 +135,17 @@ def test_word_variants_learnt_from_hpo_link_a_held_out_wording(graph):
     ]
     assert [spelling(w) for w in ("oedema", "haemorrhage", "generalised", "tumour", "does")] == [
         "edema", "hemorrhage", "generalized", "tumor", "does"]  # fmt: skip
+
+
+def test_negation_scope_in_lists_of_findings(linker):
+    """A cue that opens its clause denies the whole list; one in the middle of a list of findings only its
+    own item; words inside a linked finding ("absent speech") are never cues for the others."""
+    _, excluded = split_mentions(linker.link("No fever, seizures or hypotonia."))
+    assert {m.label for m in excluded} == {"Fever", "Seizure", "Hypotonia"}
+    present, excluded = split_mentions(linker.link("She has ataxia, no fever, seizures and hypotonia."))
+    assert [m.label for m in excluded] == ["Fever"]
+    assert {m.label for m in present} == {"Ataxia", "Seizure", "Hypotonia"}
+    present, excluded = split_mentions(linker.link("Global developmental delay, absent speech, hypotonia."))
+    assert not excluded and {m.label for m in present} >= {"Global developmental delay", "Hypotonia"}
+    present, _ = split_mentions(linker.link("Normal hearing, seizures."))
+    assert [m.label for m in present] == ["Seizure"]
