@@ -316,8 +316,8 @@ class Linker:
             if best >= needed:
                 found.append(self._mention(term, start, end, text, "dense", best))
                 continue
-            if best < needed - self.backoff_below:
-                continue
+            if best < needed - self.backoff_below or size == 1:
+                continue  # one word is too little to vote on ("muscles" -> "Firm muscles")
             # Less sure: the neighbours close to the best one vote, and their most informative common
             # ancestor is linked (a sibling's guess becomes its parent, which is still true).
             close = {t for score, t in near if score >= best - self.backoff_margin}
