@@ -245,9 +245,9 @@ def evaluate(
                         if variant == "paraphrased":
                             text, m, e = paraphrase(record, graph, linker)
                             mentions, exact = mentions + m, exact + e
-                        found_present, found_excluded = split_mentions(linker.link(text))
+                        found_present, found_excluded = split_mentions(linker.link(text), graph)
                         present = list(dict.fromkeys(m.id for m in found_present))
-                        excluded = [t for t in dict.fromkeys(m.id for m in found_excluded) if t not in present]
+                        excluded = list(dict.fromkeys(m.id for m in found_excluded))
                     scores = rank_all_scores(graph, present, excluded, ("OMIM",), params)[1]
                     rank = _rank_of(scores, gold) if present else float("inf")
             except KnowledgeError:

@@ -145,14 +145,14 @@ def linker_for(settings: Settings):  # noqa: ANN201 - a specialists.knowledge Li
 def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     from medagent.specialists.knowledge.findings import derive
     from medagent.specialists.knowledge.graph import KnowledgeError
-    from medagent.specialists.knowledge.link import split_mentions
+    from medagent.specialists.knowledge.link import consistent_excluded, split_mentions
 
     try:
         linker = linker_for(ctx.settings)
         mentions = linker.link(args.text) if args.text.strip() or args.source != "history" else []
     except KnowledgeError as exc:
         raise ToolError(f"knowledge.link ({args.source}): {exc}") from exc
-    present, excluded = split_mentions(mentions)
+    present, excluded = split_mentions(mentions, linker.graph)
     payload = {
         "source": args.source,
         "present": [m.as_dict() for m in present],
@@ -171,7 +171,7 @@ def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
                 label = linker.graph.labels[index] if index is not None else term
                 payload["derived"].append({"id": term, "label": label, "from": finding.name, "reason": reason})
     payload["present_ids"] = list(dict.fromkeys([m.id for m in present] + [d["id"] for d in payload["derived"]]))
-    payload["excluded_ids"] = [t for t in payload["excluded_ids"] if t not in payload["present_ids"]]
+    payload["excluded_ids"] = consistent_excluded(linker.graph, payload["present_ids"], payload["excluded_ids"])
     if not mentions and not payload["derived"]:
         raise ToolError(f"knowledge.link ({args.source}): no phenotype found in the text")
     names = ", ".join(list(dict.fromkeys(m.label for m in present))[:8]) or "none"

@@ -472,9 +472,26 @@ def dense_cache_folder(graph_folder: Path, embedder_key: str, holdout_share: flo
     return graph_folder / f"dense_{embedder_key}_holdout{holdout_share:.2f}_{n_terms}terms_hnsw"
 
 
-def split_mentions(mentions: list[Mention]) -> tuple[list[Mention], list[Mention]]:
-    """Present and excluded mentions; a term both affirmed and negated counts as present."""
+def split_mentions(
+    mentions: list[Mention], graph: KnowledgeGraph | None = None
+) -> tuple[list[Mention], list[Mention]]:
+    """Present and excluded mentions; a term both affirmed and negated counts as present.
+
+    Given the graph, an excluded term that a present one implies (its ancestor: "no seizures" beside
+    "myoclonic seizures") is dropped too: the text contradicts itself there, and the finding stated
+    affirmatively is kept, as for the same term.
+    """
     present = [m for m in mentions if not m.negated]
-    ids = {m.id for m in present}
-    excluded = [m for m in mentions if m.negated and m.id not in ids]
+    kept = set(consistent_excluded(graph, [m.id for m in present], [m.id for m in mentions if m.negated]))
+    excluded = [m for m in mentions if m.negated and m.id in kept]
     return present, excluded
+
+
+def consistent_excluded(graph: KnowledgeGraph | None, present: list[str], excluded: list[str]) -> list[str]:
+    """The excluded ids that no present id equals or implies (is below)."""
+    ids = set(present)
+    left = [t for t in dict.fromkeys(excluded) if t not in ids]
+    if graph is None:
+        return left
+    implied = {int(a) for t in present if (i := graph.resolve(t)) is not None for a in graph.ancestors(i)}
+    return [t for t in left if graph.resolve(t) not in implied]

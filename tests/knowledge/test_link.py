@@ -149,3 +149,16 @@ def test_negation_scope_in_lists_of_findings(linker):
     assert not excluded and {m.label for m in present} >= {"Global developmental delay", "Hypotonia"}
     present, _ = split_mentions(linker.link("Normal hearing, seizures."))
     assert [m.label for m in present] == ["Seizure"]
+
+
+def test_an_excluded_term_that_a_present_one_implies_is_dropped(linker, graph):
+    """"No seizures" beside "myoclonic seizures": the text contradicts itself; the affirmed finding stays and
+    the denied ancestor goes, so the ranker gets a consistent query instead of an error."""
+    from medagent.specialists.knowledge.rank import rank
+
+    mentions = linker.link("No seizures were reported. Myoclonic seizures since infancy; no fever.")
+    plain_present, plain_excluded = split_mentions(mentions)
+    assert "Seizure" in {m.label for m in plain_excluded}  # without the graph, the clash stays
+    present, excluded = split_mentions(mentions, graph)
+    assert [m.label for m in present] == ["Myoclonic seizure"] and [m.label for m in excluded] == ["Fever"]
+    assert rank(graph, [m.id for m in present], [m.id for m in excluded], top=3)
