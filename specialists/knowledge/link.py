@@ -3,7 +3,8 @@
 Steps: exact and synonym matching of token sequences (longest match wins; then the same words in
 another order; then word variants that HPO's own forms use interchangeably, "decreased"/"reduced",
 and British spellings), negation scoped to its clause ("no fever", "denies chest pain", "X was
-absent"), and dense retrieval with the MiniLM embedder over labels and synonyms for the phrases the
+absent"; a cue in the middle of a list of findings reaches only its own item, and words inside a
+linked finding are never cues), and dense retrieval with the MiniLM embedder over labels and synonyms for the phrases the
 dictionary left unexplained (a less sure one backs off to what its close neighbours share).
 
 A fixed, deterministic share of each term's synonyms can be held out of the dictionary and the
@@ -81,7 +82,7 @@ class Mention:
     label: str
     span: tuple[int, int]
     text: str
-    method: str  # "exact", "synonym", "word set", "dense", "dense (common ancestor)"
+    method: str  # "exact", "synonym", "word set", "word variant", "dense", "dense (common ancestor)"
     score: float
     negated: bool
 
