@@ -321,8 +321,9 @@ def build_items(data_dir: Path, limit: int | None = None, ids_file: str = "dev_r
         peer = baseline.rank(record)  # the peer baseline on the same case (from its ids), for the run report
         case = convert_phenopacket(record)
         expected = {"answer_ids": record["diagnosis_ids"], "answer_labels": record.get("diagnosis_labels", [])}
-        rank_ids = {"tool": "knowledge.rank", "arguments": {"present": record["present_hpo"],
-                                                            "excluded": record["excluded_hpo"]}}  # fmt: skip
+        # Ids newer than the packaged HPO release are left out, as in `evaluate` (the rank tool refuses them).
+        known = [[t for t in record[k] if linker.graph.resolve(t) is not None] for k in ("present_hpo", "excluded_hpo")]
+        rank_ids = {"tool": "knowledge.rank", "arguments": {"present": known[0], "excluded": known[1]}}
         rank_prev = {"tool": "knowledge.rank", "arguments": {"present": "$prev.present_ids",
                                                              "excluded": "$prev.excluded_ids"}}  # fmt: skip
         paraphrased = paraphrase(record, linker.graph, linker)[0]

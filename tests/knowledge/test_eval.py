@@ -79,3 +79,18 @@ def test_the_runner_report_puts_the_peer_baseline_beside_medagent(graph, knowled
     ours_top1 = sum(1 for s in scores if s["rank"] == 1) / 4
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[2]) == ours_top1 and float(cells[3]) == peer_top1
+
+
+def test_runner_items_leave_out_ids_newer_than_the_packaged_release(graph):
+    """Two committed cases carry HPO ids the packaged release lacks (HP:5210278 ...): their ids item ranks
+    on the known ids, as `evaluate` does, instead of handing knowledge.rank ids it must refuse."""
+    from medagent.evals.knowledge import load_records
+
+    records = load_records(DATA)
+    items = [i for i in build_items(DATA, limit=7) if i["meta"]["variant"] == "ids"]
+    newer = [i for i in items if any(graph.resolve(t) is None for t in records[i["id"].split(":")[0]]["present_hpo"])]
+    assert len(newer) == 2
+    for item in newer:
+        record, arguments = records[item["id"].split(":")[0]], item["steps"][0]["arguments"]
+        assert arguments["present"] == [t for t in record["present_hpo"] if graph.resolve(t) is not None]
+        assert arguments["present"] and all(graph.resolve(t) is not None for t in arguments["excluded"])
