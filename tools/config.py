@@ -96,6 +96,8 @@ class KnowledgeSettings(Section):
     gamma: float = Field(default=0.15, ge=0, description="Penalty weight of excluded features a disease (nearly) always shows")
     exact_bonus: float = Field(default=0.54, ge=0, description="Bonus per present term a disease is annotated with exactly")
     hypergeom: float = Field(default=0.17, ge=0, description="Weight of the hypergeometric enrichment (-ln p) in the score")
+    reverse: float = Field(default=15.0, ge=0, description="Weight of the share of a disease's own features the query explains")
+    delta: float = Field(default=-3.0, description="Size term: -delta x ln(number of a disease's annotations)")
     pertinent_negative: float = Field(
         default=0.0, ge=0,
         description=("Bonus x share of excluded terms a disease shows (case-report 'pertinent negatives'); 0 = off. "

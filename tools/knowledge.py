@@ -191,8 +191,8 @@ def rank(args: RankArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     knowledge = ctx.settings.knowledge
     graph = _graph(ctx.settings)
     params = RankParams(alpha=knowledge.alpha, beta=knowledge.beta, gamma=knowledge.gamma,
-                        exact_bonus=knowledge.exact_bonus, hypergeom=knowledge.hypergeom,
-                        pertinent_negative=knowledge.pertinent_negative)  # fmt: skip
+                        exact_bonus=knowledge.exact_bonus, hypergeom=knowledge.hypergeom, reverse=knowledge.reverse,
+                        delta=knowledge.delta, pertinent_negative=knowledge.pertinent_negative)  # fmt: skip
     try:
         candidates = rank_diseases(graph, args.present, args.excluded, knowledge.top, tuple(knowledge.sources), params)
     except KnowledgeError as exc:
