@@ -403,9 +403,10 @@ def phenopackets_suite(data_dir: Path | None, limit: int | None) -> Suite:
     return Suite(
         name="phenopackets", items=items, base_dir=data_dir / "phenopackets", default_limit=PHENOPACKETS_DEFAULT_LIMIT,
         description=("Phenopacket-store dev sample (dev_report_sample_ids.txt) in pipeline mode: coded ids → knowledge.rank; "
-                     "narrative → knowledge.link → knowledge.rank; paraphrased narrative (held-out synonyms; needs "
-                     f"[knowledge] holdout_share = {HOLDOUT_SHARE}). Grouped by PMID: HPO annotations are partly curated "
-                     "from the same papers."),
+                     "narrative → knowledge.link → knowledge.rank; paraphrased narrative (held-out synonyms; the suite "
+                     f"runs with [knowledge] holdout_share = {HOLDOUT_SHARE}, so the linker never sees them). Grouped by "
+                     "PMID: HPO annotations are partly curated from the same papers."),
+        settings={"knowledge": {"holdout_share": HOLDOUT_SHARE}},
     )
 
 

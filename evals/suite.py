@@ -73,6 +73,9 @@ class Suite(BaseModel):
     base_dir: Path
     default_limit: int | None = None
     description: str = ""
+    # Settings the suite's measurement depends on ({"knowledge": {"holdout_share": 0.5}}), applied over the
+    # run's settings and recorded in run.json with them.
+    settings: dict[str, dict[str, Any]] = {}
 
 
 SuiteBuilder = Callable[[Path | None, int | None], Suite]

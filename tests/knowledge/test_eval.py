@@ -94,3 +94,18 @@ def test_runner_items_leave_out_ids_newer_than_the_packaged_release(graph):
         record, arguments = records[item["id"].split(":")[0]], item["steps"][0]["arguments"]
         assert arguments["present"] == [t for t in record["present_hpo"] if graph.resolve(t) is not None]
         assert arguments["present"] and all(graph.resolve(t) is not None for t in arguments["excluded"])
+
+
+def test_the_builtin_suite_runs_with_the_held_out_synonyms_out_of_the_linker(tmp_path):
+    """The paraphrased items are only a test of linking if the linker lacks the held-out synonyms: the
+    built-in suite sets `[knowledge] holdout_share` over the user's settings, and run.json records it."""
+    from medagent.evals.runner import run_suite
+    from medagent.tools.config import Settings
+
+    user = Settings.model_validate({"knowledge": {"dense": False, "holdout_share": 0.0}})
+    run_suite("phenopackets", out=tmp_path / "run", limit=3, data_dir=DATA, settings=user, quiet=True)
+    run = json.loads((tmp_path / "run" / "run.json").read_text(encoding="utf-8"))
+    assert run["settings"]["knowledge"]["holdout_share"] == 0.5
+    assert run["settings"]["knowledge"]["dense"] is False  # the user's other settings stay
+    scores = [json.loads(line) for line in (tmp_path / "run" / "scores.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [s["id"].split(":")[1] for s in scores] == ["ids", "narrative", "paraphrased"]
