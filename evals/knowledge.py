@@ -142,6 +142,12 @@ def paraphrase(record: dict, graph, linker, share: float = HOLDOUT_SHARE) -> tup
     return text, mentions, exact
 
 
+def known_ids(graph, record: dict) -> tuple[list[str], list[str]]:  # noqa: ANN001
+    """The record's present and excluded ids that the graph knows (older ones through alt ids); ids newer
+    than the packaged HPO release are left out, since knowledge.rank refuses unknown ids."""
+    return tuple([t for t in record[k] if graph.resolve(t) is not None] for k in ("present_hpo", "excluded_hpo"))  # type: ignore[return-value]
+
+
 # ---------------------------------------------------------------- scoring
 
 
@@ -238,8 +244,7 @@ def evaluate(
                 else:
                     if variant == "ids":
                         # Ids of older releases are mapped through alt ids; ids HPO dropped are left out.
-                        present = [t for t in record["present_hpo"] if graph.resolve(t) is not None]
-                        excluded = [t for t in record["excluded_hpo"] if graph.resolve(t) is not None]
+                        present, excluded = known_ids(graph, record)
                     else:
                         text = record["narrative"]
                         if variant == "paraphrased":
@@ -321,8 +326,7 @@ def build_items(data_dir: Path, limit: int | None = None, ids_file: str = "dev_r
         peer = baseline.rank(record)  # the peer baseline on the same case (from its ids), for the run report
         case = convert_phenopacket(record)
         expected = {"answer_ids": record["diagnosis_ids"], "answer_labels": record.get("diagnosis_labels", [])}
-        # Ids newer than the packaged HPO release are left out, as in `evaluate` (the rank tool refuses them).
-        known = [[t for t in record[k] if linker.graph.resolve(t) is not None] for k in ("present_hpo", "excluded_hpo")]
+        known = known_ids(linker.graph, record)
         rank_ids = {"tool": "knowledge.rank", "arguments": {"present": known[0], "excluded": known[1]}}
         rank_prev = {"tool": "knowledge.rank", "arguments": {"present": "$prev.present_ids",
                                                              "excluded": "$prev.excluded_ids"}}  # fmt: skip

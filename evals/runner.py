@@ -269,9 +269,8 @@ def run_suite(
     settings = settings or load_settings(config)
     suite = load_suite(suite_name, shared_data_dir(data_dir), limit)
     if suite.settings:
-        settings = settings.model_validate(
-            {**settings.model_dump(), **{k: {**settings.model_dump()[k], **v} for k, v in suite.settings.items()}}
-        )
+        current = settings.model_dump()
+        settings = settings.model_validate({**current, **{k: {**current[k], **v} for k, v in suite.settings.items()}})
     limit = limit if limit is not None else suite.default_limit
     if item_ids:
         unknown = sorted(set(item_ids) - {item.id for item in suite.items})

@@ -130,7 +130,8 @@ class Linker:
         self.holdout_share = holdout_share
         self.terms = terms if terms is not None else phenotype_terms(graph)
         self.dictionary: dict[tuple[str, ...], tuple[int, str]] = {}
-        for text, i, kind in surface_forms(graph, self.terms, holdout_share):
+        forms = surface_forms(graph, self.terms, holdout_share)
+        for text, i, kind in forms:
             key = form_key(text)
             if not key or (len(key) == 1 and (len(key[0]) < 3 or key[0] in _STOP)):
                 continue
@@ -148,7 +149,7 @@ class Linker:
         # Word variants learnt from the kept forms themselves ("decreased"/"reduced", "tumour"/"tumor",
         # "hepatic"/"liver"): a third dictionary keyed by each word's variant class catches a wording
         # that differs from a known form only in such words. A key two terms share is dropped (ambiguous).
-        self.variants = word_variants(surface_forms(graph, self.terms, holdout_share))
+        self.variants = word_variants(forms)
         self.canonical: dict[tuple[str, ...], int] = {}
         self.canonical_bags: dict[tuple[str, ...], int] = {}
         ambiguous: set[tuple[str, ...]] = set()
@@ -190,6 +191,7 @@ class Linker:
         clause_ends = [m.start() for m in _CLAUSE.finditer(text)] + [len(text)]
         mentions: list[Mention] = []
         covered = np.zeros(len(text), dtype=bool)
+        canonical: list[str] | None = None  # each word's variant class, worked out once when first needed
         k = 0
         while k < len(words):
             hit = None
@@ -211,7 +213,9 @@ class Linker:
                         hit = (n, self.bags[bag], "word set")
                         break
             if hit is None:
-                hit = self._variant_hit(words, k, text)
+                if canonical is None:
+                    canonical = [self.variants.get(spelling(w), spelling(w)) for w, _, _ in words]
+                hit = self._variant_hit(words, canonical, k, text)
             if hit is None:
                 k += 1
                 continue
@@ -236,7 +240,9 @@ class Linker:
     def canon(self, key: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(self.variants.get(w, w) for w in map(spelling, key))
 
-    def _variant_hit(self, words: list[tuple[str, int, int]], k: int, text: str) -> tuple[int, int, str] | None:
+    def _variant_hit(
+        self, words: list[tuple[str, int, int]], canonical: list[str], k: int, text: str
+    ) -> tuple[int, int, str] | None:
         """The longest run from word k whose variant classes (in order, or as a set) name one term."""
         for n in range(min(self.max_len + 2, len(words) - k), 0, -1):
             run = words[k : k + n]
@@ -244,7 +250,7 @@ class Linker:
                 continue
             if n > 1 and (any(w in _BREAKS for w, _, _ in run) or _PUNCT.search(text, run[0][1], run[-1][2])):
                 continue
-            ckey = self.canon(tuple(w for w, _, _ in run))
+            ckey = tuple(canonical[k : k + n])
             if ckey in self.canonical:
                 return n, self.canonical[ckey], "word variant"
             cbag = _bag(ckey)
@@ -372,6 +378,8 @@ def polarity(text: str) -> int:
 
 _UP_PREFIX = ("hyper", "macro", "mega")
 _DOWN_PREFIX = ("hypo", "micro", "oligo")
+
+
 def spelling(word: str) -> str:
     """British to American spelling, on text and dictionary alike: "oedema", "haemorrhage", "generalised"."""
     if len(word) < 5:
@@ -442,6 +450,7 @@ def _bag(key: tuple[str, ...]) -> tuple[str, ...]:
 
 
 _NEG_KEYS = [form_key(t) for t in _NEG_BEFORE]
+_NEG_AFTER_KEYS = [form_key(t) for t in _NEG_AFTER]
 _NEG_WORDS = {w for phrase in _NEG_BEFORE + _NEG_AFTER + _NEG_LOCAL for w in phrase.split()}
 
 
@@ -466,7 +475,7 @@ def _negated(text: str, span: tuple[int, int], clause_ends: list[int], linked: n
     before_pad, after_pad = f" {before} ", f" {after} "
     if any(before_pad.endswith(f" {t} ") for t in _NEG_LOCAL):
         return True
-    return any(after_pad.startswith(f" {' '.join(form_key(t))} ") for t in _NEG_AFTER)
+    return any(after_pad.startswith(f" {' '.join(cue)} ") for cue in _NEG_AFTER_KEYS)
 
 
 def dense_cache_folder(graph_folder: Path, embedder_key: str, holdout_share: float, n_terms: int) -> Path:
