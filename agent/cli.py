@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -32,29 +31,11 @@ def _console():
     return Console(stderr=True)
 
 
-def prepare_output(out: Path, overwrite: bool) -> Path:
-    """A fresh staging folder beside `out`; `publish_output` moves it into place when all is written."""
-    if out.exists() and not overwrite:
-        raise MedagentError(f"{out}: output folder exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise MedagentError(f"{out}: exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{int(time.time() * 1000)}"
-    staging.mkdir()
-    return staging
-
-
-def publish_output(staging: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-
-
 @app.command()
 def solve(
     case_file: Path = typer.Argument(..., help="case.json"),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="output folder (default: out/<case id>)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output folder"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an output folder medagent wrote earlier (never any other folder)"),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="allow attachments outside the case folder"),
     as_json: bool = typer.Option(False, "--json", help="print result.json to stdout instead of a summary"),
     config: Optional[Path] = ConfigOpt,
@@ -62,13 +43,15 @@ def solve(
     """Solve one case: writes result.json, report.md and trace.jsonl."""
     from medagent.tools.config import load_settings
     from medagent.tools.intake import load_case
+    from medagent.tools.paths import child, prepare_output, publish_output
 
     settings = load_settings(config)
     if allow_outside_paths:
         settings.agent.allow_outside_paths = True
     loaded = load_case(case_file, settings.agent.allow_outside_paths)
-    out = out or Path("out") / loaded.case.id
-    staging = prepare_output(out, overwrite)
+    out = out or child(Path("out"), loaded.case.id, "case id")
+    inputs = [case_file, *(loaded.case_dir / a.path for a in loaded.case.attachments)]
+    staging = prepare_output(out, overwrite, inputs)  # refused here, before any model loads
     try:
         import asyncio
 
@@ -89,7 +72,7 @@ def solve(
         (staging / "report.md").write_text(render_markdown(result, loaded.case), encoding="utf-8")
         if not any((staging / "artifacts").iterdir()):
             (staging / "artifacts").rmdir()
-        publish_output(staging, out)
+        publish_output(staging, out, overwrite, "solve")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -258,6 +241,10 @@ def convert_phenopacket(
     if out is None:
         typer.echo(text)
         return
+    if out.resolve() == file.resolve():
+        raise MedagentError(f"{out}: is the phenopacket being converted; write the case to another file")
+    if out.is_dir():
+        raise MedagentError(f"{out}: is a folder; name the case.json file to write")
     if out.exists() and not overwrite:
         raise MedagentError(f"{out}: exists; pass --overwrite to replace it")
     out.write_text(text + "\n", encoding="utf-8")

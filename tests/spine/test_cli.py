@@ -139,11 +139,18 @@ def test_existing_output_folder_needs_overwrite(run_cli, examples, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    done = run_cli("solve", str(examples / "mr_nifti_case.json"), "-o", str(out))
+    # A folder medagent did not write is never replaced, with or without --overwrite.
+    for flags in ([], ["--overwrite"]):
+        done = run_cli("solve", str(examples / "mr_nifti_case.json"), "-o", str(out), *flags)
+        assert done.returncode == 2 and "was not written by medagent" in done.stderr
+        assert (out / "keep.txt").read_text() == "mine"
+    # One it wrote needs --overwrite, and is then replaced.
+    ours = tmp_path / "ours"
+    assert run_cli("solve", str(examples / "mr_nifti_case.json"), "-o", str(ours)).returncode == 0
+    done = run_cli("solve", str(examples / "mr_nifti_case.json"), "-o", str(ours))
     assert done.returncode == 2 and "--overwrite" in done.stderr
-    assert (out / "keep.txt").read_text() == "mine"
-    done = run_cli("solve", str(examples / "mr_nifti_case.json"), "-o", str(out), "--overwrite")
-    assert done.returncode == 0 and (out / "result.json").exists() and not (out / "keep.txt").exists()
+    done = run_cli("solve", str(examples / "mr_nifti_case.json"), "-o", str(ours), "--overwrite")
+    assert done.returncode == 0 and (ours / "result.json").exists() and (ours / ".medagent-output").exists()
 
 
 def test_no_patient_identifiers_in_any_output(run_cli, tmp_path):
