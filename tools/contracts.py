@@ -18,6 +18,17 @@ RESEARCH_NOTICE = (
 )
 EVIDENCE_ID = re.compile(r"^E[1-9][0-9]*$")
 ONTOLOGY_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*:[A-Za-z0-9_.-]+$")
+# Case and attachment ids name folders (out/<case id>, a session's files/<attachment id>/): no separators
+# and no leading dot, so never '.', '..' or a hidden name.
+CASE_ID = r"^[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,127}$"
+ATTACHMENT_ID = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
+
+
+def _plain_id(value: object, pattern: str, rule: str) -> object:
+    """The same check as the Field pattern (which the JSON Schema publishes), with a message that says the rule."""
+    if isinstance(value, str) and not re.fullmatch(pattern, value):
+        raise ValueError(f"{value!r} is not a valid id: {rule}, not starting with '.'")
+    return value
 
 
 class Strict(BaseModel):
@@ -75,7 +86,7 @@ class Phenotypes(Strict):
 class Attachment(Strict):
     """A file that belongs to the case. `path` is relative to the case file's folder."""
 
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Unique within the case, e.g. 'ct1'")
+    id: str = Field(pattern=ATTACHMENT_ID, description="Unique within the case, e.g. 'ct1'")
     kind: AttachmentKind
     path: str = Field(min_length=1)
     modality: str | None = Field(
@@ -88,6 +99,11 @@ class Attachment(Strict):
     series_uid: str | None = Field(default=None, description="Needed when a DICOM folder holds several series.")
     description: str | None = None
 
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id(cls, value: object) -> object:
+        return _plain_id(value, ATTACHMENT_ID, "1-64 letters, digits or _.-")
+
     @field_validator("modality")
     @classmethod
     def _modality(cls, value: str | None) -> str | None:
@@ -98,13 +114,18 @@ class Case(Strict):
     """One clinical case, as `case.json` holds it."""
 
     schema_version: Literal[1] = 1
-    id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+    id: str = Field(pattern=CASE_ID, description="Names the default output folder out/<id>")
     patient: Patient = Field(default_factory=Patient)
     history: str = Field(default="", description="Free-text history, symptoms, examination.")
     findings: list[Measurement] = Field(default_factory=list)
     phenotypes: Phenotypes = Field(default_factory=Phenotypes)
     question: str = Field(default="What is the most likely diagnosis?")
     attachments: list[Attachment] = Field(default_factory=list)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id(cls, value: object) -> object:
+        return _plain_id(value, CASE_ID, "1-128 letters, digits or _.:-")
 
     @model_validator(mode="after")
     def _unique_attachment_ids(self) -> Case:

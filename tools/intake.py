@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from medagent.tools.contracts import AttachmentKind, Case
 from medagent.tools.errors import CaseError
 from medagent.tools.medio import FileInfo, sniff, sniff_series, validate_attachment
+from medagent.tools.paths import inside
 
 # Which sniffed formats each declared kind may hold.
 KIND_FORMATS = {
@@ -70,7 +71,7 @@ def resolve_attachments(case: Case, case_dir: Path, allow_outside: bool = False)
     for index, attachment in enumerate(case.attachments):
         where = f"attachments.{index} ({attachment.id})"
         target = (case_dir / attachment.path).resolve()
-        if not allow_outside and not target.is_relative_to(root):
+        if not allow_outside and not inside(root, target):
             raise CaseError(
                 f"{where}: path '{attachment.path}' leads outside the case folder {root}; "
                 "move the file next to the case or pass --allow-outside-paths"
