@@ -13,6 +13,7 @@ import fcntl
 import inspect
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable
@@ -21,13 +22,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medagent.tools.config import Settings, cache_root
 from medagent.tools.contracts import Attachment, AttachmentKind, Case, Evidence, Result
 from medagent.tools.errors import CaseError, MedagentError
 from medagent.tools.intake import resolve_attachments
 from medagent.tools.medio import sniff
+from medagent.tools.paths import child, inside, prepare_output, publish_output
 
 SESSION_ID = "^[A-Za-z0-9_-]{1,64}$"
 COMMANDS = {
@@ -45,6 +47,42 @@ def sessions_root(settings: Settings) -> Path:
     return cache_root(settings) / "sessions"
 
 
+def session_folder(settings: Settings, session_id: str) -> Path:
+    """The folder of a session: `session_id` must be an id, never a path, and the folder stays in the sessions root."""
+    if not re.fullmatch(SESSION_ID, session_id):
+        raise MedagentError(f"{session_id!r} is not a session id (1-64 letters, digits, _ or -); medagent chat --list shows them")
+    return child(sessions_root(settings), session_id, "session id")
+
+
+class SessionMeta(BaseModel):
+    """What session.json holds (other keys, such as the questions asked, are kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str = ""
+    created: str = ""
+    updated: str = ""
+    turns: int = 0
+    case_id: str = ""
+    attachments: list[str] = Field(default_factory=list)
+
+
+def read_meta(folder: Path) -> tuple[dict[str, Any], str | None]:
+    """A session's metadata, or what is wrong with its session.json (a damaged session is listed, never a crash)."""
+    path = folder / "session.json"
+    if path.is_symlink() or not path.is_file():
+        return {}, "session.json is not a regular file"
+    try:
+        return SessionMeta.model_validate(json.loads(path.read_text(encoding="utf-8"))).model_dump(), None
+    except OSError as exc:
+        return {}, f"session.json cannot be read ({exc.strerror})"
+    except UnicodeDecodeError:
+        return {}, "session.json is not UTF-8 text"
+    except json.JSONDecodeError:
+        return {}, "session.json is not valid JSON"
+    except ValidationError:
+        return {}, "session.json does not hold a session's details"
+
+
 def _serializer():
     """Checkpoint serializer that may rebuild exactly our contract types (and nothing else of ours)."""
     from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
@@ -60,16 +98,30 @@ def _serializer():
 
 
 def list_sessions(settings: Settings) -> list[dict[str, Any]]:
+    """The sessions in the sessions root, newest first; one whose session.json is unusable has a `damaged` reason."""
     root = sessions_root(settings)
     sessions = []
-    for meta in sorted(root.glob("*/session.json")) if root.exists() else []:
-        sessions.append(json.loads(meta.read_text(encoding="utf-8")))
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder.is_symlink() or not folder.is_dir() or not re.fullmatch(SESSION_ID, folder.name):
+            continue  # not a folder medagent made for a session
+        if not os.path.lexists(folder / "session.json"):
+            continue
+        meta, problem = read_meta(folder)
+        sessions.append({**meta, "id": folder.name} if problem is None else {"id": folder.name, "damaged": problem})
     return sorted(sessions, key=lambda s: s.get("updated", ""), reverse=True)
 
 
+def describe_session(session: dict[str, Any]) -> str:
+    """One line of `chat --list` and `/sessions`."""
+    if "damaged" in session:
+        return f"{session['id']}  damaged: {session['damaged']} (medagent chat --delete {session['id']} removes it)"
+    return (f"{session['id']}  {session['turns']} turns  updated {session['updated']}  case {session['case_id']}  "
+            f"attachments: {', '.join(session['attachments']) or '-'}")
+
+
 def delete_session(settings: Settings, session_id: str) -> Path:
-    folder = sessions_root(settings) / session_id
-    if not (folder / "session.json").exists():
+    folder = session_folder(settings, session_id)
+    if not folder.is_dir() or not os.path.lexists(folder / "session.json"):
         raise MedagentError(f"no session '{session_id}' in {sessions_root(settings)}")
     with _SessionLock(folder):
         shutil.rmtree(folder)
@@ -129,21 +181,29 @@ class ChatSession:
         self.settings = settings
         self.on_progress = on_progress
         self.on_text = on_text  # the LLM reporter's sentences, streamed as they are written
-        root = sessions_root(settings)
+        self._loaded = None
         if session_id is None:
+            if case_file is not None:  # a bad case is refused before the session folder exists
+                from medagent.tools.intake import load_case
+
+                self._loaded = load_case(case_file, settings.agent.allow_outside_paths)
             session_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-            self.folder = root / session_id
+            self.folder = session_folder(settings, session_id)
             self.folder.mkdir(parents=True)
             self._new = True
         else:
-            self.folder = root / session_id
-            if not (self.folder / "session.json").exists():
+            if case_file is not None:
+                raise MedagentError("--case starts a new session; it cannot be combined with --session")
+            self.folder = session_folder(settings, session_id)
+            if not self.folder.is_dir() or not os.path.lexists(self.folder / "session.json"):
                 known = ", ".join(s["id"] for s in list_sessions(settings)[:10]) or "none"
                 raise MedagentError(f"no session '{session_id}' (recent sessions: {known})")
+            problem = read_meta(self.folder)[1]
+            if problem is not None:
+                raise MedagentError(f"session {session_id} is damaged: {problem}; medagent chat --delete {session_id} removes it")
             self._new = False
         self.id = session_id
         self._lock = _SessionLock(self.folder)
-        self._case_file = case_file
         self._saver_cm = None
         self.graph = None
         self.interrupted = False
@@ -165,12 +225,12 @@ class ChatSession:
                 case = self._initial_case()
                 self._write_meta(case)
                 await self.graph.aupdate_state(self._config(), {"case": case, "case_dir": str(self.folder), "warnings": []}, as_node="report")
-            elif self._case_file is not None:
-                raise MedagentError("--case starts a new session; it cannot be combined with --session")
             snapshot = await self.graph.aget_state(self._config())
             self.interrupted = bool(snapshot.next)
         except BaseException:
             await self.__aexit__(None, None, None)
+            if self._new:  # a session that could not be started leaves nothing behind
+                shutil.rmtree(self.folder, ignore_errors=True)
             raise
         return self
 
@@ -187,16 +247,16 @@ class ChatSession:
         return {"configurable": configurable, "recursion_limit": 4 * self.settings.agent.max_steps + 10}
 
     def _initial_case(self) -> Case:
-        if self._case_file is None:
+        if self._loaded is None:
             return Case(id=f"chat-{self.id}", question="What is the most likely diagnosis?")
-        from medagent.tools.intake import load_case
-
-        loaded = load_case(self._case_file, self.settings.agent.allow_outside_paths)
-        attachments = [self._copy_in(loaded.case_dir / a.path, a) for a in loaded.case.attachments]
-        return loaded.case.model_copy(update={"attachments": attachments})
+        attachments = [self._copy_in(self._loaded.case_dir / a.path, a) for a in self._loaded.case.attachments]
+        return self._loaded.case.model_copy(update={"attachments": attachments})
 
     def _copy_in(self, source: Path, attachment: Attachment) -> Attachment:
-        target = self.folder / "files" / attachment.id / source.name
+        folder = child(self.folder / "files", attachment.id, "attachment id")
+        target = folder / (source.name if source.name not in ("", "..") else source.resolve().name or "root")
+        if not inside(folder, target):
+            raise CaseError(f"{attachment.id}: {source} cannot be copied into the session: {target} resolves outside {folder}")
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, target, dirs_exist_ok=True)
@@ -392,13 +452,19 @@ class ChatSession:
         result = await self.result()
         if result is None:
             raise MedagentError("nothing to export yet: say something or attach a file first")
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
-        (out / "report.md").write_text(render_markdown(result, await self.case()), encoding="utf-8")
-        if (self.folder / "trace.jsonl").exists():
-            shutil.copy(self.folder / "trace.jsonl", out / "trace.jsonl")
-        if (self.folder / "artifacts").exists():
-            shutil.copytree(self.folder / "artifacts", out / "artifacts", dirs_exist_ok=True)
+        # Exporting again replaces an earlier export; a folder medagent did not write is refused, never merged into.
+        staging = prepare_output(out, True, [self.folder])
+        try:
+            (staging / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
+            (staging / "report.md").write_text(render_markdown(result, await self.case()), encoding="utf-8")
+            if (self.folder / "trace.jsonl").exists():
+                shutil.copy(self.folder / "trace.jsonl", staging / "trace.jsonl")
+            if (self.folder / "artifacts").exists():
+                shutil.copytree(self.folder / "artifacts", staging / "artifacts")
+            publish_output(staging, out, True, "chat /export")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return out
 
     async def command(self, line: str) -> Reply:
@@ -424,9 +490,7 @@ class ChatSession:
             result = await self.result()
             return Reply(text=render_markdown(result, await self.case()) if result else "No report yet.")
         if name == "/sessions":
-            rows = [f"{s['id']}  {s.get('turns', 0)} turns  updated {s.get('updated', '')}  attachments: {', '.join(s.get('attachments', [])) or '-'}"
-                    for s in list_sessions(self.settings)]
-            return Reply(text="\n".join(rows) or "No sessions.")
+            return Reply(text="\n".join(describe_session(s) for s in list_sessions(self.settings)) or "No sessions.")
         if name == "/export":
             target = Path(args[0]) if args else Path("out") / f"session-{self.id}"
             return Reply(text=f"Exported to {await self.export(target)}")

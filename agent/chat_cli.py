@@ -16,15 +16,15 @@ from medagent.tools.errors import MedagentError
 
 def run_chat(config: Path | None, session_id: str | None, case_file: Path | None, script: Path | None,
              list_only: bool, delete: str | None) -> int:
-    from medagent.agent.chat import ChatSession, delete_session, list_sessions
+    from medagent.agent.chat import ChatSession, delete_session, describe_session, list_sessions
 
     settings = load_settings(config)
     console = Console(highlight=False)
     if list_only:
-        for s in list_sessions(settings):
-            console.print(f"{s['id']}  {s.get('turns', 0)} turns  updated {s.get('updated', '')}  case {s.get('case_id', '')}")
+        for session in list_sessions(settings):
+            console.print(describe_session(session), markup=False)
         return 0
-    if delete:
+    if delete is not None:  # `--delete ""` is refused as no session id, never taken for "no --delete"
         console.print(f"deleted session {delete} ({delete_session(settings, delete)})")
         return 0
     if script is None and not sys.stdin.isatty():
