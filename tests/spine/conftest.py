@@ -27,11 +27,11 @@ def case_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def medagent(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the installed console script exactly as a user would."""
+def medagent(*args: str, cwd: Path | None = None, env: dict | None = None, input: str = "") -> subprocess.CompletedProcess:
+    """Run the installed console script exactly as a user would (stdin is `input`, never the terminal)."""
     exe = Path(sys.executable).parent / "medagent"
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600)
+    return subprocess.run([str(exe), *args], input=input, capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600)
 
 
 @pytest.fixture
