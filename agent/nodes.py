@@ -14,6 +14,7 @@ from medagent.agent.planner import call_key, coverage_guard, unexaminable
 from medagent.agent.state import CaseState, RunContext
 from medagent.tools.contracts import Evidence, EvidenceDraft, Result, Timings, ToolCall
 from medagent.tools.errors import MedagentError
+from medagent.tools.knowledge import conflict_lines
 from medagent.tools.registry import ToolContext
 from medagent.tools.trace import (
     CaseLoadedEvent,
@@ -210,10 +211,11 @@ async def report(state: CaseState, config: RunnableConfig) -> dict[str, Any]:
     run = ctx_of(config)
     case = state["case"]
     evidence = state.get("evidence", [])
-    limitations = unexaminable(case, run.registry.available())
+    limitations = [*run.notes, *unexaminable(case, run.registry.available())]
     limitations += [f"Call {r['call_id']} ({r['tool']}) was rejected: {r['reason']}" for r in state.get("rejected", [])]
     limitations += [f"Intake: {w}" for w in state.get("warnings", [])]
     differential, note, findings, report_, grounding = await _maybe_async(run.reporter.report, case, evidence, limitations)
+    report_ = report_.model_copy(update={"conflicts": conflict_lines(evidence)})
     run.trace.emit(
         GroundingEvent,
         "report",

@@ -43,6 +43,9 @@ def render_markdown(result: Result, case: Case | None = None) -> str:
     lines += ["", f"_Grounding: {grounding.status}"
               + (f" by {grounding.checker}: {grounding.supported}/{grounding.sentences} sentences supported, {grounding.flagged} flagged" if grounding.status == "checked" else "")
               + (f". {grounding.note}" if grounding.note else "") + "_"]
+    if result.report.conflicts:
+        lines += ["", "## Conflicting sources", ""]
+        lines += [f"- {_cell(item)}" for item in result.report.conflicts]
     if result.report.limitations:
         lines += ["", "## What could not be examined", ""]
         lines += [f"- {item}" for item in result.report.limitations]

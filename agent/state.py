@@ -39,6 +39,7 @@ class RunContext:
     reporter: Any
     models: dict[str, str] = field(default_factory=dict)
     on_progress: Callable[[str], None] | None = None
+    notes: list[str] = field(default_factory=list)  # what changed how the run was done (e.g. rules for the LLM)
 
     def progress(self, message: str) -> None:
         if self.on_progress is not None:

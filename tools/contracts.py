@@ -243,6 +243,9 @@ class GroundingSummary(Strict):
 class Report(Strict):
     sentences: list[ReportSentence] = Field(default_factory=list)
     limitations: list[str] = Field(default_factory=list, description="What could not be examined, and why")
+    conflicts: list[str] = Field(
+        default_factory=list, description="Where sources disagreed about a finding, and which one was kept (with evidence ids)"
+    )
 
     @property
     def text(self) -> str:

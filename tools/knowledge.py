@@ -183,6 +183,107 @@ def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     return [EvidenceDraft(summary=summary, payload=payload, confidence=None)]
 
 
+# Which source wins when two disagree about a phenotype: lower tier wins; within a tier, present wins.
+TIERS = {"coded": 0, "history": 1, "request": 1, "chat": 2, "transcript": 3, "tool": 4}
+TIER_WORDS = {"coded": "the coded phenotypes", "history": "the history", "request": "the ranking request",
+              "chat": "the chat answers", "transcript": "the transcript", "tool": "a tool's answer"}  # fmt: skip
+
+
+def _term_sources(args: RankArgs, ctx: ToolContext) -> dict[tuple[str, bool], list[tuple[str, str]]]:
+    """(term id, present?) -> [(source kind, evidence id or '')] for every term of the request.
+
+    The kind comes from where each cited knowledge.link read its text: the history (and the findings
+    derived beside it), chat answers, or another tool's words (a transcript, a VQA answer)."""
+    by_id = {e.id: e for e in ctx.evidence_so_far}
+    sources: dict[tuple[str, bool], list[tuple[str, str]]] = {}
+
+    def add(term: str, present: bool, kind: str, evidence_id: str = "") -> None:
+        entry = sources.setdefault((term.upper(), present), [])
+        if (kind, evidence_id) not in entry:
+            entry.append((kind, evidence_id))
+
+    for term in ctx.case.phenotypes.present:
+        add(term, True, "coded")
+    for term in ctx.case.phenotypes.excluded:
+        add(term, False, "coded")
+    for evidence_id in args.evidence:
+        item = by_id.get(evidence_id)
+        if item is None or item.tool != "knowledge.link" or item.error:
+            continue
+        origin = str(item.payload.get("source", "history"))
+        if origin == "history":
+            kind = "history"
+        elif origin in ("chat", "answer") or origin.startswith("answer"):
+            kind = "chat"
+        else:
+            heard = by_id.get(origin)
+            kind = "transcript" if heard is not None and heard.tool.startswith("speech.") else "tool"
+        for mention in item.payload.get("present", []) + item.payload.get("derived", []):
+            add(mention["id"], True, kind, item.id)
+        for mention in item.payload.get("excluded", []):
+            add(mention["id"], False, kind, item.id)
+    for term in args.present:
+        if (term.upper(), True) not in sources:
+            add(term, True, "request")
+    for term in args.excluded:
+        if (term.upper(), False) not in sources:
+            add(term, False, "request")
+    return sources
+
+
+def _where(entries: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{TIER_WORDS[kind]}{f' [{eid}]' if eid else ''}" for kind, eid in entries)
+
+
+def reconcile(graph, args: RankArgs, ctx: ToolContext) -> tuple[list[str], list[str], list[dict]]:  # noqa: ANN001
+    """Present and excluded ids with every contradiction settled by source precedence, and the conflicts.
+
+    A contradiction is an excluded term that a present term equals or implies (an ancestor: "no pain"
+    beside "abdominal pain"). The side whose best source has the lower tier wins; a tie keeps present.
+    Unknown ids are left for the ranker to refuse."""
+    sources = _term_sources(args, ctx)
+    present = list(dict.fromkeys(t.upper() for t in args.present))
+    excluded = list(dict.fromkeys(t.upper() for t in args.excluded))
+    conflicts: list[dict] = []
+    drop_present: set[str] = set()
+    drop_excluded: set[str] = set()
+    for x in excluded:
+        xi = graph.resolve(x)
+        if xi is None:
+            continue
+        clashing = [p for p in present if (pi := graph.resolve(p)) is not None and (pi == xi or graph.is_ancestor(xi, pi))]
+        for p in clashing:
+            said = sources.get((p, True), [("request", "")])
+            denied = sources.get((x, False), [("request", "")])
+            keep_present = min(TIERS[k] for k, _ in said) <= min(TIERS[k] for k, _ in denied)
+            (drop_excluded if keep_present else drop_present).add(x if keep_present else p)
+            label_p, label_x = graph.labels[graph.resolve(p)], graph.labels[xi]
+            what = label_x if p == x or graph.resolve(p) == xi else f"{label_p} (a kind of {label_x})"
+            kept = "present" if keep_present else "absent"
+            conflicts.append({
+                "term": x, "label": label_x, "present_term": p, "present_label": label_p,
+                "present_in": [{"source": k, "evidence": e} for k, e in said],
+                "denied_in": [{"source": k, "evidence": e} for k, e in denied],
+                "kept": kept,
+                "statement": f"{what}: present in {_where(said)}, denied in {_where(denied)}; kept as {kept}",
+            })  # fmt: skip
+    present = [p for p in present if p not in drop_present]
+    excluded = [x for x in excluded if x not in drop_excluded]
+    return present, excluded, conflicts
+
+
+def conflict_lines(evidence: Sequence[Evidence]) -> list[str]:
+    """The conflicts each ranking settled, as report lines citing the ranking."""
+    lines = []
+    for item in evidence:
+        if item.tool == "knowledge.rank" and not item.error:
+            for conflict in item.payload.get("conflicts", []):
+                line = f"{conflict['statement']} [{item.id}]"
+                if line not in lines:
+                    lines.append(line)
+    return lines
+
+
 def rank(args: RankArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     from medagent.specialists.knowledge.graph import KnowledgeError
     from medagent.specialists.knowledge.rank import RankParams
@@ -190,11 +291,15 @@ def rank(args: RankArgs, ctx: ToolContext) -> list[EvidenceDraft]:
 
     knowledge = ctx.settings.knowledge
     graph = _graph(ctx.settings)
+    present, excluded, conflicts = reconcile(graph, args, ctx)
+    if not present:
+        raise ToolError("knowledge.rank: no present phenotype left once the sources were reconciled: "
+                        + "; ".join(c["statement"] for c in conflicts))
     params = RankParams(alpha=knowledge.alpha, beta=knowledge.beta, gamma=knowledge.gamma,
                         exact_bonus=knowledge.exact_bonus, hypergeom=knowledge.hypergeom, reverse=knowledge.reverse,
                         delta=knowledge.delta, pertinent_negative=knowledge.pertinent_negative)  # fmt: skip
     try:
-        candidates = rank_diseases(graph, args.present, args.excluded, knowledge.top, tuple(knowledge.sources), params)
+        candidates = rank_diseases(graph, present, excluded, knowledge.top, tuple(knowledge.sources), params)
     except KnowledgeError as exc:
         raise ToolError(f"knowledge.rank: {exc}") from exc
     differential = []
@@ -222,9 +327,11 @@ def rank(args: RankArgs, ctx: ToolContext) -> list[EvidenceDraft]:
             }
         )
     top = differential[0]["name"] if differential else "none"
-    summary = f"Ranked {len(differential)} diseases for {len(args.present)} present phenotypes; top: {top}"
-    return [EvidenceDraft(summary=summary, payload={"differential": differential, "present": args.present,
-                                                    "excluded": args.excluded})]  # fmt: skip
+    summary = f"Ranked {len(differential)} diseases for {len(present)} present phenotypes; top: {top}"
+    if conflicts:
+        summary += "; conflicting sources reconciled: " + "; ".join(c["statement"] for c in conflicts)
+    return [EvidenceDraft(summary=summary, payload={"differential": differential, "present": present,
+                                                    "excluded": excluded, "conflicts": conflicts})]  # fmt: skip
 
 
 def lookup(args: LookupArgs, ctx: ToolContext) -> list[EvidenceDraft]:
@@ -270,6 +377,30 @@ def lookup(args: LookupArgs, ctx: ToolContext) -> list[EvidenceDraft]:
                     "and mentions no phenotype")
 
 
+def _lookup_precheck(args: LookupArgs, case: Case, settings: Settings) -> str | None:
+    """A concept no catalogue knows and that mentions no phenotype ('abdominal CT') is refused up front."""
+    from pathlib import Path
+
+    lookup(args, ToolContext(case=case, case_dir=Path("."), artifacts_dir=Path("."), settings=settings))  # ms
+    return None
+
+
+def _rank_precheck(args: RankArgs, case: Case, settings: Settings) -> str | None:
+    graph = _graph(settings)
+    unknown = [t for t in args.present + args.excluded if graph.resolve(t) is None]
+    if unknown:
+        return f"knowledge.rank: unknown HPO term id(s): {', '.join(unknown)} (expected ids like HP:0001250)"
+    if not args.present:
+        return "knowledge.rank: needs at least one present phenotype"
+    return None
+
+
+def _link_precheck(args: LinkArgs, case: Case, settings: Settings) -> str | None:
+    if not args.text.strip() and args.source != "history":
+        return "knowledge.link: text is empty"
+    return None
+
+
 def _disease_evidence(graph, d: int) -> EvidenceDraft:  # noqa: ANN001
     terms = [graph.labels[i] for i in graph.annotations[d][:15]]
     disease_id = graph.disease_ids[d]
@@ -307,17 +438,17 @@ TOOLS = [
     Tool(
         name="knowledge.link",
         purpose="Find HPO phenotype terms (present and negated) in free text, with the text span of each.",
-        args=LinkArgs, run=link, check=_check, version=_version, doctor=_doctor,
+        args=LinkArgs, run=link, check=_check, version=_version, doctor=_doctor, precheck=_link_precheck,
     ),
     Tool(
         name="knowledge.rank",
         purpose="Rank rare diseases (OMIM/ORPHA) for present and excluded HPO phenotypes, with the matches behind each.",
-        args=RankArgs, run=rank, check=_check, version=_version, doctor=_doctor,
+        args=RankArgs, run=rank, check=_check, version=_version, doctor=_doctor, precheck=_rank_precheck,
     ),
     Tool(
         name="knowledge.lookup",
         purpose="Look up a concept: definition, synonyms, parents and ICD-10-CM code of a phenotype or disease.",
-        args=LookupArgs, run=lookup, check=_check, version=_version, doctor=_doctor,
+        args=LookupArgs, run=lookup, check=_check, version=_version, doctor=_doctor, precheck=_lookup_precheck,
     ),
 ]  # fmt: skip
 
@@ -360,7 +491,7 @@ def link_to_rank(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence]
         ]
         excluded += [m["id"] for m in item.payload.get("excluded", [])]
     present = list(dict.fromkeys(present))
-    excluded = [t for t in dict.fromkeys(excluded) if t not in present]
+    excluded = list(dict.fromkeys(excluded))  # contradictions are the ranking's to settle, by source (reconcile)
     if not present:
         return []
     ids = [item.id for item in links]

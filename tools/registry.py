@@ -57,6 +57,10 @@ class Tool:
     version: Callable[[Settings], str] = lambda settings: "builtin"
     # Lines for `medagent doctor`: which model files are used or looked for, and where.
     doctor: Callable[[Settings], list[str]] = lambda settings: []
+    # What the tool would refuse, found before it runs (a term no catalogue knows): the reason, or None.
+    # A rejected call goes back to the planner with that reason; error evidence is for tools that fail
+    # on valid input.
+    precheck: Callable[[BaseModel, Case, Settings], str | None] | None = None
 
     def spec(self, settings: Settings) -> ToolSpec:
         reason = self.check(settings)
@@ -90,6 +94,12 @@ class Registry:
         self.settings = settings
         self.tools = {tool.name: tool for tool in (tools if tools is not None else all_tools())}
         self._reasons = {name: tool.check(settings) for name, tool in self.tools.items()}
+
+    def block(self, reasons: dict[str, str]) -> None:
+        """Mark tools unavailable for this run (e.g. a one-time build they need failed)."""
+        for name, reason in reasons.items():
+            if name in self.tools and self._reasons[name] is None:
+                self._reasons[name] = reason
 
     def available(self) -> list[Tool]:
         return [t for name, t in self.tools.items() if self._reasons[name] is None]
@@ -125,4 +135,13 @@ class Registry:
                     f"{call.tool} does not examine {attachment.kind.value}"
                     f"{' ' + attachment.modality if attachment.modality else ''} attachments"
                 )
+        if tool.precheck is not None:
+            try:
+                reason = tool.precheck(args, case, self.settings)
+            except ToolError as exc:
+                reason = str(exc)
+            except Exception:  # noqa: BLE001 - a precheck that cannot decide lets the tool run and say what failed
+                reason = None
+            if reason is not None:
+                return None, reason
         return args, None

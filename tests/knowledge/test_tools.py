@@ -90,3 +90,60 @@ def test_rules_link_history_rank_codes_and_follow_up():
     assert ("knowledge.rank", {"present": ["HP:0001250"], "excluded": ["HP:0001945"], "evidence": ["E1"]}) == follow[0][:2]
     assert follow[1][0] == "knowledge.link" and follow[1][1] == {"text": "the patient has a fever", "source": "E2"}
     assert not [p for rule in FOLLOW_UP_RULES for p in rule(case, [], [linked, heard], [])]
+
+
+def _linked(eid: str, source: str, present: list[str], excluded: list[str]) -> Evidence:
+    return Evidence(id=eid, tool="knowledge.link", call_id=f"C{eid}", summary="s", payload={
+        "source": source, "present": [{"id": t} for t in present], "excluded": [{"id": t} for t in excluded]})  # fmt: skip
+
+
+def test_rank_reconciles_sources_by_precedence_and_states_each_conflict(tmp_path, graph):
+    """Typed 'abdominal pain' against a transcript that denies pain: ranked anyway, the history wins and
+    the conflict is stated with both evidence ids; a coded exclusion beats a transcript's 'present'."""
+    heard = Evidence(id="E1", tool="speech.transcribe", call_id="C1", summary="s", payload={"transcript": "no pain"})
+    history = _linked("E2", "history", ["HP:0002027"], [])  # Abdominal pain
+    spoken = _linked("E3", "E1", ["HP:0012735"], ["HP:0012531"])  # Cough present, Pain denied
+    case = Case(id="c6", history="Abdominal pain.", phenotypes=Phenotypes(excluded=["HP:0012735"]))
+    registry = Registry(SETTINGS, TOOLS)
+    tool = registry.tools["knowledge.rank"]
+    args = tool.args.model_validate({"present": ["HP:0002027", "HP:0012735"], "excluded": ["HP:0012531", "HP:0012735"],
+                                     "evidence": ["E2", "E3"]})  # fmt: skip
+    [ranked] = tool.run(args, ToolContext(case, tmp_path, tmp_path, SETTINGS, [heard, history, spoken]))
+    assert not ranked.error and ranked.payload["differential"]
+    conflicts = {c["term"]: c for c in ranked.payload["conflicts"]}
+    assert conflicts["HP:0012531"]["kept"] == "present"  # history (tier 1) over transcript (tier 3)
+    assert conflicts["HP:0012531"]["statement"] == (
+        "Abdominal pain (a kind of Pain): present in the history [E2], denied in the transcript [E3]; kept as present")
+    assert conflicts["HP:0012735"]["kept"] == "absent"  # the coded exclusion over the transcript's cough
+    assert "denied in the coded phenotypes" in conflicts["HP:0012735"]["statement"]
+    assert ranked.payload["present"] == ["HP:0002027"] and ranked.payload["excluded"] == ["HP:0012735"]
+    assert "conflicting sources reconciled" in ranked.summary
+
+
+def test_rank_within_one_tier_present_wins(tmp_path, graph):
+    history = _linked("E1", "history", ["HP:0001250"], ["HP:0001250"])
+    case = Case(id="c7", history="Seizures. No seizures.")
+    [ranked] = _run_with("knowledge.rank", {"present": ["HP:0001250"], "excluded": ["HP:0001250"], "evidence": ["E1"]},
+                         case, tmp_path, [history])  # fmt: skip
+    [conflict] = ranked.payload["conflicts"]
+    assert conflict["kept"] == "present" and conflict["statement"].startswith("Seizure: present in the history [E1]")
+
+
+def _run_with(name: str, arguments: dict, case: Case, tmp_path: Path, evidence: list[Evidence]):
+    tool = Registry(SETTINGS, TOOLS).tools[name]
+    return tool.run(tool.args.model_validate(arguments), ToolContext(case, tmp_path, tmp_path, SETTINGS, evidence))
+
+
+def test_calls_that_cannot_succeed_are_rejected_before_they_run(graph):
+    """A lookup of a word no catalogue knows and that names no phenotype, or a ranking of an unknown id,
+    is a rejected call with the reason (what the planner sees), not error evidence."""
+    from medagent.tools.contracts import ToolCall
+
+    registry = Registry(SETTINGS, TOOLS)
+    case = Case(id="c8", history="Cough.")
+    _, reason = registry.validate(ToolCall(call_id="C1", tool="knowledge.lookup", arguments={"concept": "abdominal CT"}), case)
+    assert reason and "is not an HPO/OMIM/ORPHA id" in reason
+    args, reason = registry.validate(ToolCall(call_id="C1", tool="knowledge.lookup", arguments={"concept": "HP:0001250"}), case)
+    assert reason is None and args.concept == "HP:0001250"
+    _, reason = registry.validate(ToolCall(call_id="C1", tool="knowledge.rank", arguments={"present": ["HP:9999999"]}), case)
+    assert reason == "knowledge.rank: unknown HPO term id(s): HP:9999999 (expected ids like HP:0001250)"
