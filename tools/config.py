@@ -216,6 +216,16 @@ class PathologySettings(Section):
     default_label_set: str = Field(default="general", description="Built-in label set used when no labels are given")
 
 
+class CacheSettings(Section):
+    """The one-time builds under the cache root (knowledge graph, dense index, assembled models)."""
+
+    build_timeout_s: float = Field(
+        default=1800.0, gt=0,
+        description="Bound on the one-time builds a solve does when `medagent setup` has not run (a tool's own "
+        "timeout never applies to them)",
+    )
+
+
 class Settings(Section):
     """The whole config file. Specialist sections are added by the issues that build them."""
 
@@ -226,6 +236,7 @@ class Settings(Section):
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
     radfm: RadFMSettings = Field(default_factory=RadFMSettings)
     pathology: PathologySettings = Field(default_factory=PathologySettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     cache_dir: Path | None = Field(default=None, description="Overrides $MEDAGENT_HOME")
     source: Path | None = Field(default=None, exclude=True, description="The file these settings came from")
 

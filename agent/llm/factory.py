@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -56,6 +57,18 @@ def check_remote(llm: LLMSettings, base_url: str) -> None:
     print(f"medagent: LLM at {base_url} is remote (allow_remote = true): case content leaves this machine.", file=sys.stderr)
 
 
+def local_gguf(values: dict[str, Any], settings: Settings) -> Path:
+    """The GGUF file a llamacpp backend loads: `model_path`, or the packaged model assembled into the cache."""
+    path = values.get("model_path")
+    if path is None:
+        from medagent.agent.llm.assemble import assemble
+
+        return assemble(values.get("packaged") or "qwen2.5-coder-1.5b-instruct-q4_k_m", cache_root(settings))
+    if not path.expanduser().is_file():
+        raise ConfigError(f"llm.model_path {path}: no such GGUF file")
+    return path.expanduser()
+
+
 def make_backend(settings: Settings):
     """The configured backend, or raise ConfigError/UnavailableError naming what is missing."""
     llm = settings.llm
@@ -66,14 +79,13 @@ def make_backend(settings: Settings):
     if backend == "llamacpp":
         from medagent.agent.llm.local import LlamaCppBackend
 
-        path = values.get("model_path")
-        if path is None:
-            from medagent.agent.llm.assemble import assemble
+        path = local_gguf(values, settings)
+        from medagent.agent.llm.local import is_loaded
+        from medagent.agent.llm.probe import ensure_backend_runs
 
-            path = assemble(values.get("packaged") or "qwen2.5-coder-1.5b-instruct-q4_k_m", cache_root(settings))
-        elif not path.expanduser().is_file():
-            raise ConfigError(f"llm.model_path {path}: no such GGUF file")
-        return LlamaCppBackend(path.expanduser(), n_ctx=llm.n_ctx, n_threads=llm.n_threads, name=values.get("packaged") or path.stem)
+        if not is_loaded(path, llm.n_ctx, llm.n_threads):  # native code: proven in a child before it runs here
+            ensure_backend_runs(path, llm.n_ctx, llm.n_threads, cache_root(settings))
+        return LlamaCppBackend(path, n_ctx=llm.n_ctx, n_threads=llm.n_threads, name=values.get("packaged") or path.stem)
     if backend == "http":
         from medagent.agent.llm.http import HTTPBackend
 
@@ -104,6 +116,18 @@ def make_backend(settings: Settings):
         adapter = llm.adapter_path.expanduser() if llm.adapter_path else None
         return TransformersBackend(path.expanduser(), template=values.get("template") or "chat", adapter=adapter)
     raise ConfigError(f"llm.backend '{backend}' is not one of llamacpp, http, transformers")
+
+
+def preflight(settings: Settings) -> None:
+    """Raise what make_backend would, before anything is printed or built: the GGUF is assembled and
+    llama.cpp probed (both cached). For HTTP and transformers backends there is nothing to check early."""
+    values = resolved(settings.llm)
+    if values.get("backend") != "llamacpp":
+        return
+    from medagent.agent.llm.probe import ensure_backend_runs
+
+    path = local_gguf(values, settings)
+    ensure_backend_runs(path, settings.llm.n_ctx, settings.llm.n_threads, cache_root(settings))
 
 
 def doctor_lines(settings: Settings) -> list[str]:

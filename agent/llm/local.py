@@ -37,6 +37,10 @@ async def _drain(produce: Callable[[Callable[[str], None]], None]) -> AsyncItera
 _LOAD_LOCK = threading.Lock()
 
 
+def is_loaded(path: Path, n_ctx: int, n_threads: int | None) -> bool:
+    return (str(path), n_ctx, n_threads) in _LLAMAS
+
+
 def load_llama(path: Path, n_ctx: int, n_threads: int | None) -> tuple[Any, threading.Lock]:
     """One llama.cpp model (and the lock its single context needs) per (file, context, threads) per process."""
     key = (str(path), n_ctx, n_threads)

@@ -43,8 +43,13 @@ def embedder_id(path: Path | None) -> str:
     return hashlib.sha1(f"{folder.resolve()}|{stamp}".encode()).hexdigest()[:10]
 
 
+# Set by `medagent setup` when it runs on a terminal: the one-time index build shows a progress bar.
+SHOW_PROGRESS = False
+
+
 def encode(model, texts: list[str], batch_size: int = 256) -> np.ndarray:  # noqa: ANN001
-    vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+    vectors = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                           show_progress_bar=SHOW_PROGRESS and len(texts) > batch_size)  # fmt: skip
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 

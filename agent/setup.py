@@ -1,0 +1,260 @@
+"""One-time builds, done in set-up rather than inside the first solve.
+
+The offline defaults need files that are built once per machine and cached under the cache root:
+the assembled GGUF (and the verdict of its llama.cpp probe), the knowledge graph, the linker's dense
+index and the assembled Whisper model. `medagent setup` (and `make demo` / `make test`) builds them
+with a progress line each. A solve that finds one missing builds it in a child process bounded by
+`[cache] build_timeout_s` (never by a tool's timeout), saying so; a build that fails or runs out of
+time leaves the tools that need it unavailable for that run, with the reason, and nothing partial:
+each build writes into a temporary name and renames when complete, so a killed build is simply
+rebuilt next time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from medagent.tools.config import Settings, cache_root, load_settings
+from medagent.tools.errors import MedagentError
+
+
+@dataclass(frozen=True)
+class Build:
+    name: str  # what the progress line says
+    tools: tuple[str, ...]  # tools that cannot run without it
+    wanted: Callable[[Settings], bool]  # whether these settings use it at all
+    ready: Callable[[Settings], bool]  # cheap: is it in the cache already?
+    build: Callable[[Settings], str]  # builds it; returns a short note
+
+
+def _offline_llm(settings: Settings) -> dict | None:
+    """The llama.cpp preset values when the configured LLM is a packaged GGUF run in-process, else None."""
+    from medagent.agent.api import _use_llm
+    from medagent.agent.llm.factory import resolved
+
+    try:
+        if not _use_llm(settings, settings.agent.planner):
+            return None
+    except MedagentError:
+        return None
+    values = resolved(settings.llm)
+    return values if values.get("backend") == "llamacpp" else None
+
+
+def _gguf_path(settings: Settings) -> Path | None:
+    values = _offline_llm(settings)
+    if values is None:
+        return None
+    if values.get("model_path"):
+        return Path(values["model_path"]).expanduser()
+    from medagent.agent.llm.assemble import PACKAGED
+
+    model = PACKAGED.get(values.get("packaged") or "")
+    if model is None:
+        return None
+    return cache_root(settings) / "llm" / f"{model.name}-{model.version}" / "model.gguf"
+
+
+def _llm_ready(settings: Settings) -> bool:
+    from medagent.agent.llm.probe import probe_key
+
+    path = _gguf_path(settings)
+    if path is None or not path.is_file():
+        return False
+    key = probe_key(path, settings.llm.n_ctx, settings.llm.n_threads)
+    return (cache_root(settings) / "llm" / "probe" / f"{key}.json").is_file()
+
+
+def _llm_build(settings: Settings) -> str:
+    from medagent.agent.llm.factory import local_gguf
+    from medagent.agent.llm.probe import ensure_backend_runs
+
+    path = local_gguf(_offline_llm(settings) or {}, settings)
+    verdict = ensure_backend_runs(path, settings.llm.n_ctx, settings.llm.n_threads, cache_root(settings))
+    return f"{path.name} assembled; llama.cpp probe passed in {verdict.get('seconds', 0):.0f} s"
+
+
+def _knowledge_wanted(settings: Settings) -> bool:
+    from medagent.tools.knowledge import _check
+
+    return _check(settings) is None
+
+
+def _graph_ready(settings: Settings) -> bool:
+    from medagent.specialists.knowledge.graph import find_obo
+    from medagent.specialists.knowledge.load import graph_folder
+
+    return (graph_folder(cache_root(settings), find_obo(settings.knowledge.hpo_obo)) / "graph.pkl").is_file()
+
+
+def _graph_build(settings: Settings) -> str:
+    from medagent.tools.knowledge import _graph
+
+    graph = _graph(settings)
+    return f"{len(graph.term_ids)} HPO terms, {len(graph.disease_ids)} diseases"
+
+
+def _dense_folder(settings: Settings) -> Path:
+    from medagent.specialists.knowledge.embed import embedder_id
+    from medagent.specialists.knowledge.graph import find_obo
+    from medagent.specialists.knowledge.link import Linker, dense_cache_folder
+    from medagent.specialists.knowledge.load import graph_folder
+    from medagent.tools.knowledge import _graph
+
+    knowledge = settings.knowledge
+    linker = Linker(_graph(settings), holdout_share=knowledge.holdout_share, dense_threshold=knowledge.dense_threshold)
+    return dense_cache_folder(graph_folder(cache_root(settings), find_obo(knowledge.hpo_obo)),
+                              embedder_id(knowledge.embedder), knowledge.holdout_share, len(linker.terms))  # fmt: skip
+
+
+def _dense_ready(settings: Settings) -> bool:
+    if not settings.knowledge.dense:
+        return True
+    if not _graph_ready(settings):
+        return False
+    folder = _dense_folder(settings)
+    return (folder / "index.faiss").is_file() and (folder / "forms.json").is_file()
+
+
+def _dense_build(settings: Settings) -> str:
+    from medagent.tools.knowledge import linker_for
+
+    linker = linker_for(settings)
+    return f"{len(linker.dense.forms) if linker.dense is not None else 0} phenotype wordings embedded"
+
+
+def _speech_wanted(settings: Settings) -> bool:
+    from medagent.tools.speech import TOOLS
+
+    tool = TOOLS[0]
+    return settings.speech.runtime == "faster-whisper" and settings.speech.ct2_dir is None and tool.check(settings) is None
+
+
+def _speech_ready(settings: Settings) -> bool:
+    from medagent.specialists.speech.load import packaged_model_dir
+
+    return (packaged_model_dir(cache_root(settings)) / "model.bin").is_file()
+
+
+def _speech_build(settings: Settings) -> str:
+    from medagent.specialists.speech.load import assemble_packaged_base
+
+    return f"Whisper base at {assemble_packaged_base(cache_root(settings))}"
+
+
+BUILDS = [
+    Build("offline LLM (assemble the GGUF, probe llama.cpp)", (), lambda s: _offline_llm(s) is not None, _llm_ready, _llm_build),
+    Build("knowledge graph (HPO, OMIM, ORPHA, ICD-10-CM)", ("knowledge.link", "knowledge.rank", "knowledge.lookup"),
+          _knowledge_wanted, _graph_ready, _graph_build),
+    Build("dense phenotype index (MiniLM + faiss)", ("knowledge.link", "knowledge.lookup"),
+          _knowledge_wanted, _dense_ready, _dense_build),
+    Build("Whisper base speech model", ("speech.transcribe",), _speech_wanted, _speech_ready, _speech_build),
+]  # fmt: skip
+
+
+def missing(settings: Settings) -> list[Build]:
+    """The builds these settings need that are not in the cache yet (a few stat calls)."""
+    out = []
+    for build in BUILDS:
+        try:
+            if build.wanted(settings) and not build.ready(settings):
+                out.append(build)
+        except (MedagentError, OSError, FileNotFoundError):
+            out.append(build)  # cannot tell: building will say what is wrong
+    return out
+
+
+def run_setup(settings: Settings, say: Callable[[str], None] = print) -> list[tuple[str, str | None]]:
+    """Every wanted build, in this process, one progress line each; [(name, error or None)]."""
+    from medagent.specialists.knowledge import embed
+
+    embed.SHOW_PROGRESS = sys.stderr.isatty()
+    outcome = []
+    root = cache_root(settings)
+    try:  # before minutes of work: a cache root that cannot be written is said at once
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        unwritable = None
+    except OSError as exc:
+        unwritable = f"the cache root {root} cannot be written ({exc.strerror or exc})"
+    for build in BUILDS:
+        if not build.wanted(settings):
+            say(f"  – {build.name}: not used by this configuration")
+            continue
+        if unwritable is not None:
+            say(f"  ✗ {build.name}: {unwritable}")
+            outcome.append((build.name, unwritable))
+            continue
+        if build.ready(settings):
+            say(f"  ✓ {build.name}: already built")
+            outcome.append((build.name, None))
+            continue
+        say(f"  … {build.name}: building (once per machine)")
+        started = time.monotonic()
+        try:
+            note = build.build(settings)
+        except (MedagentError, OSError, FileNotFoundError) as exc:
+            say(f"  ✗ {build.name}: {exc}")
+            outcome.append((build.name, str(exc)))
+            continue
+        say(f"  ✓ {build.name}: {note} ({time.monotonic() - started:.0f} s)")
+        outcome.append((build.name, None))
+    return outcome
+
+
+def ensure_built(settings: Settings, progress: Callable[[str], None] | None = None) -> dict[str, str]:
+    """Before a run: build what is missing in a child process bounded by `[cache] build_timeout_s`.
+
+    Returns {tool name: reason} for tools that must sit this run out because their build failed."""
+    todo = missing(settings)
+    if not todo:
+        return {}
+    say = progress or (lambda message: None)
+    bound = settings.cache.build_timeout_s
+    say(f"one-time set-up not done yet ({', '.join(b.name.split(' (')[0] for b in todo)}): building now, "
+        f"at most {bound:g} s; `medagent setup` does this ahead of time")
+    command = [sys.executable, "-m", "medagent.agent.setup"]
+    env = dict(os.environ)
+    if settings.source is not None:
+        env["MEDAGENT_CONFIG"] = str(settings.source)
+    if settings.cache_dir is not None:
+        env["MEDAGENT_HOME"] = str(settings.cache_dir.expanduser())
+    started = time.monotonic()
+    try:
+        child = subprocess.run(command, capture_output=True, text=True, timeout=bound, env=env)
+        failure = None if child.returncode == 0 else (
+            [line.strip() for line in child.stdout.splitlines() if "✗" in line][:1] or
+            [f"set-up exited with code {child.returncode}: {child.stderr.strip().splitlines()[-1:] or ''}"])[0]
+    except subprocess.TimeoutExpired:
+        failure = f"the one-time build ran past [cache] build_timeout_s = {bound:g} s"
+    say(f"one-time set-up {'finished' if failure is None else 'failed'} in {time.monotonic() - started:.0f} s")
+    blocked: dict[str, str] = {}
+    for build in missing(settings):  # whatever is still missing now could not be built
+        for tool in build.tools:
+            blocked.setdefault(tool, f"{build.name} could not be built ({failure or 'unknown failure'}); run `medagent setup`")
+    if failure and not blocked:
+        say(f"set-up: {failure}")
+    return blocked
+
+
+def main() -> int:
+    """`python -m medagent.agent.setup`: the child that `ensure_built` starts (settings from the environment)."""
+    try:
+        settings = load_settings(None)
+    except MedagentError as exc:
+        print(f"✗ configuration: {exc}")
+        return 2
+    results = run_setup(settings, say=lambda line: print(line, flush=True))
+    return 1 if any(error for _, error in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
