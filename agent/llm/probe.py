@@ -50,16 +50,13 @@ def cpu_flags() -> list[str]:
 
 
 def gguf_identity(path: Path) -> str:
-    """The assembled file's recorded SHA-256 when there is a manifest beside it, else its size and time."""
-    manifest = path.parent / "manifest.json"
-    try:
-        recorded = json.loads(manifest.read_text())
-        if recorded.get("size") == path.stat().st_size and recorded.get("sha256"):
-            return recorded["sha256"]
-    except (OSError, ValueError):
-        pass
+    """The file's size and time, and the SHA-256 its manifest records (the probe checks the file against it)."""
     stat = path.stat()
-    return f"{stat.st_size}-{stat.st_mtime_ns}"
+    try:
+        recorded = json.loads((path.parent / "manifest.json").read_text()).get("sha256", "")
+    except (OSError, ValueError):
+        recorded = ""
+    return f"{stat.st_size}-{stat.st_mtime_ns}-{recorded}"
 
 
 def probe_key(path: Path, n_ctx: int, n_threads: int | None) -> str:
@@ -171,6 +168,15 @@ def build_lines(settings) -> list[str]:  # noqa: ANN001 - Settings
 def _child(path: str, n_ctx: int, n_threads: int) -> None:
     if os.environ.get(ABORT_ENV) == "1":
         os.abort()
+    manifest = Path(path).parent / "manifest.json"
+    if manifest.is_file():  # an assembled packaged GGUF: the bytes must be the ones assembled
+        from medagent.agent.llm.assemble import verify
+
+        try:
+            verify(Path(path))
+        except Exception as exc:  # noqa: BLE001 - reported as the probe's one line
+            print(f"{exc}", file=sys.stderr)
+            sys.exit(4)
     from llama_cpp import Llama
 
     llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads or None, verbose=False)

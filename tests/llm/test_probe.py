@@ -60,3 +60,37 @@ def test_with_the_llm_forced_a_crashing_backend_is_one_line_and_exit_1(tmp_path,
 def test_the_probe_passes_where_llama_cpp_runs(small_gguf):
     verdict = run_probe(small_gguf, 2048, None)
     assert verdict["ok"], verdict["reason"]
+
+
+def _solve_with(tmp_path: Path, gguf: Path) -> dict:
+    case, config = _setup(tmp_path, gguf, "auto")
+    env = {**os.environ, "MEDAGENT_HOME": str(tmp_path / "home")}  # a real probe: no abort
+    done = subprocess.run([sys.executable, "-m", "medagent.agent.cli", "solve", str(case), "-o", str(tmp_path / "out"),
+                           "--config", str(config)], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    return json.loads((tmp_path / "out" / "result.json").read_text())
+
+
+def test_a_truncated_gguf_is_a_stated_fallback(tmp_path, small_gguf):
+    truncated = tmp_path / "truncated.gguf"
+    with small_gguf.open("rb") as source:
+        truncated.write_bytes(source.read(4 << 20))
+    [note] = [line for line in _solve_with(tmp_path, truncated)["report"]["limitations"] if "offline LLM" in line]
+    assert note.startswith("offline LLM unavailable (probe exited with code 1 (") and note.endswith("); planned with rules")
+    assert "Failed to load model" in note
+
+
+def test_an_assembled_gguf_whose_bytes_changed_fails_its_checksum(tmp_path, small_gguf):
+    import shutil
+
+    folder = tmp_path / "assembled"
+    folder.mkdir()
+    shutil.copy(small_gguf.parent / "manifest.json", folder / "manifest.json")
+    shutil.copy(small_gguf, folder / "model.gguf")
+    with (folder / "model.gguf").open("r+b") as handle:  # same size, one byte changed deep inside
+        handle.seek(300 << 20)
+        byte = handle.read(1)
+        handle.seek(300 << 20)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    [note] = [line for line in _solve_with(tmp_path, folder / "model.gguf")["report"]["limitations"] if "offline LLM" in line]
+    assert "checksum mismatch" in note and note.startswith("offline LLM unavailable (probe exited with code 4")
