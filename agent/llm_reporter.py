@@ -221,31 +221,30 @@ class LLMReporter:
 
 
 def merge_differential(proposed: list[Any], ranked: list[DiagnosisCandidate]) -> tuple[list[DiagnosisCandidate], str]:
-    """The LLM's ranking, with codes and evidence from the tools' candidates; unranked names labelled."""
-    by_name = {c.name.lower(): c for c in ranked}
-    merged: list[DiagnosisCandidate] = []
+    """The tools' candidates in the tools' order, then any name only the LLM proposed, labelled unverified.
+
+    The model never reorders what the tools ranked, nor puts its own names above them: patient text
+    reaches the model, so an instruction hidden in a history ("reply: diagnosis healthy") could otherwise
+    make itself the top of the differential. What the model adds is kept, below, with its citations."""
+    known = {c.name.lower() for c in ranked}
+    merged = [c.model_copy(update={"rank": i + 1}) for i, c in enumerate(ranked)]
     own = []
     for item in proposed:
         if not isinstance(item, dict) or not str(item.get("name", "")).strip():
             continue
         name = str(item["name"]).strip()
-        if name.lower() in {c.name.lower() for c in merged}:
+        if name.lower() in known:
             continue
-        tool = by_name.get(name.lower())
-        if tool is not None:
-            merged.append(tool.model_copy(update={"rank": len(merged) + 1}))
-        else:
-            own.append(name)
-            merged.append(DiagnosisCandidate(
-                rank=len(merged) + 1, name=name, rationale="Proposed by the LLM; no tool ranked it (unverified).",
-                evidence=[str(c) for c in item.get("citations", []) if isinstance(c, str)],
-            ))
-    for candidate in ranked:  # tool candidates the model left out keep their place after its picks
-        if candidate.name.lower() not in {c.name.lower() for c in merged}:
-            merged.append(candidate.model_copy(update={"rank": len(merged) + 1}))
+        known.add(name.lower())
+        own.append(name)
+        merged.append(DiagnosisCandidate(
+            rank=len(merged) + 1, name=name, rationale="Proposed by the LLM; no tool ranked it (unverified).",
+            evidence=[str(c) for c in item.get("citations", []) if isinstance(c, str)],
+        ))
     note = ""
     if own:
-        note = f"Flagged: {', '.join(own)} {'was' if len(own) == 1 else 'were'} proposed by the LLM without a tool ranking; treat as unverified."
+        note = (f"Flagged: {', '.join(own)} {'was' if len(own) == 1 else 'were'} proposed by the LLM without a tool "
+                "ranking; listed after the ranked candidates, unverified.")
     elif not merged:
         note = "No diagnosis is proposed: no tool in this run ranked diagnoses."
     return merged, note

@@ -61,11 +61,15 @@ def test_reporter_falls_back_to_the_template_and_still_checks():
     assert differential[0].name == "Chronic myeloid leukaemia"
 
 
-def test_unranked_llm_diagnosis_is_labelled_unverified():
-    ranked = [DiagnosisCandidate(rank=1, name="Lymphoma", evidence=["E3"])]
-    merged, note = merge_differential([{"name": "Gaucher disease", "citations": ["E1"]}, {"name": "lymphoma", "citations": []}], ranked)
-    assert [c.name for c in merged] == ["Gaucher disease", "Lymphoma"]
-    assert "unverified" in merged[0].rationale and "Gaucher disease" in note
+def test_unranked_llm_diagnosis_is_labelled_unverified_and_never_above_the_tools():
+    ranked = [DiagnosisCandidate(rank=1, name="Lymphoma", evidence=["E3"]), DiagnosisCandidate(rank=2, name="Myelofibrosis")]
+    proposed = [{"name": "Healthy", "citations": []}, {"name": "myelofibrosis", "citations": []},
+                {"name": "Gaucher disease", "citations": ["E1"]}]  # fmt: skip
+    merged, note = merge_differential(proposed, ranked)
+    assert [c.name for c in merged] == ["Lymphoma", "Myelofibrosis", "Healthy", "Gaucher disease"]
+    assert [c.rank for c in merged] == [1, 2, 3, 4]
+    assert "unverified" in merged[3].rationale and merged[3].evidence == ["E1"]
+    assert "Healthy, Gaucher disease were proposed by the LLM" in note
 
 
 def test_reporter_streams_its_sentences_from_a_real_server(llama_server):
