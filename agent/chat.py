@@ -30,6 +30,7 @@ from medagent.tools.errors import CaseError, MedagentError
 from medagent.tools.intake import resolve_attachments
 from medagent.tools.medio import sniff
 from medagent.tools.paths import child, inside, prepare_output, publish_output
+from medagent.tools.safeio import terminal_safe
 
 SESSION_ID = "^[A-Za-z0-9_-]{1,64}$"
 COMMANDS = {
@@ -428,9 +429,10 @@ class ChatSession:
 
     async def attach(self, path: Path, kind: str | None = None, modality: str | None = None, description: str | None = None) -> Reply:
         path = path.expanduser()
-        if not path.exists():
-            raise CaseError(f"/attach: {path}: file not found")
-        info = sniff(path)
+        try:
+            info = sniff(path)  # refuses a FIFO, a device, a link loop... before anything opens it
+        except CaseError as exc:
+            raise CaseError(f"/attach: {exc}") from exc
         try:
             chosen = AttachmentKind(kind) if kind else AttachmentKind(info.kind_hint)
         except ValueError as exc:
@@ -465,7 +467,7 @@ class ChatSession:
         staging = prepare_output(out, True, [self.folder])
         try:
             (staging / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
-            (staging / "report.md").write_text(render_markdown(result, await self.case()), encoding="utf-8")
+            (staging / "report.md").write_text(terminal_safe(render_markdown(result, await self.case())), encoding="utf-8")
             if (self.folder / "trace.jsonl").exists():
                 shutil.copy(self.folder / "trace.jsonl", staging / "trace.jsonl")
             if (self.folder / "artifacts").exists():

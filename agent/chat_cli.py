@@ -8,10 +8,19 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 
 from medagent.tools.config import load_settings
 from medagent.tools.contracts import RESEARCH_NOTICE
 from medagent.tools.errors import MedagentError
+from medagent.tools.safeio import check_text, configure, current, decode_utf8, read_limited, terminal_safe
+
+ECHO_CHARS = 2_000  # a long turn is echoed shortened; the whole of it goes to the session
+
+
+def _safe(text: object) -> str:
+    """Text from the user, a file or a model: terminal-safe and never read as rich markup."""
+    return escape(terminal_safe(str(text)))
 
 
 def run_chat(config: Path | None, session_id: str | None, case_file: Path | None, script: Path | None,
@@ -19,23 +28,24 @@ def run_chat(config: Path | None, session_id: str | None, case_file: Path | None
     from medagent.agent.chat import ChatSession, delete_session, describe_session, list_sessions
 
     settings = load_settings(config)
+    configure(settings.agent)
     console = Console(highlight=False)
     if list_only:
         for session in list_sessions(settings):
-            console.print(describe_session(session), markup=False)
+            console.print(terminal_safe(describe_session(session)), markup=False)
         return 0
     if delete is not None:  # `--delete ""` is refused as no session id, never taken for "no --delete"
-        console.print(f"deleted session {delete} ({delete_session(settings, delete)})")
+        console.print(f"deleted session {delete} ({delete_session(settings, delete)})", markup=False)
         return 0
     if script is None and not sys.stdin.isatty():
         script = Path("-")
     lines = None
     if script is not None:
-        text = sys.stdin.read() if str(script) == "-" else _read_script(script)
+        text = _read_stdin() if str(script) == "-" else _read_script(script)
         lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
     async def main() -> int:
-        progress = lambda message: console.print(f"  [dim]{message}[/dim]")  # noqa: E731
+        progress = lambda message: console.print(f"  [dim]{_safe(message)}[/dim]")  # noqa: E731
         draft = _DraftWriter(console)
         async with ChatSession(settings, session_id, case_file, on_progress=progress, on_text=draft) as session:
             console.print(f"[bold]medagent chat[/bold] — session {session.id}. /help lists commands. [dim]{RESEARCH_NOTICE}[/dim]")
@@ -55,16 +65,18 @@ def run_chat(config: Path | None, session_id: str | None, case_file: Path | None
                     if line is None:
                         console.print(f"Session {session.id} saved. Resume with: medagent chat --session {session.id}")
                         return 0
-                    console.print(f"[bold cyan]you>[/bold cyan] {line}")
+                    shown = line if len(line) <= ECHO_CHARS else f"{line[:ECHO_CHARS]}… ({len(line):,} characters)"
+                    console.print(f"[bold cyan]you>[/bold cyan] {_safe(shown)}")
                 else:
                     try:
                         line = await asyncio.to_thread(console.input, "[bold cyan]you>[/bold cyan] ")
                     except EOFError:
                         line = "/quit"
                 try:
+                    check_text(line, "this turn")  # too long, a NUL or a lone surrogate: refused before any work
                     reply = await session.say(line)
                 except MedagentError as exc:
-                    console.print(f"[red]error:[/red] {exc}")
+                    console.print(f"[red]error:[/red] {_safe(' / '.join(str(exc).splitlines()))}")
                     if turns is not None:
                         continue
                     continue
@@ -77,9 +89,16 @@ def run_chat(config: Path | None, session_id: str | None, case_file: Path | None
 
 
 def _read_script(path: Path) -> str:
-    if not path.is_file():
-        raise MedagentError(f"{path}: script file not found")
-    return path.read_text(encoding="utf-8")
+    """A script of turns: an ordinary file within the case-file size limit, strict UTF-8."""
+    return decode_utf8(read_limited(path, current().case_bytes, "script file"), str(path))
+
+
+def _read_stdin() -> str:
+    limit = current().case_bytes
+    data = sys.stdin.buffer.read(limit + 1)
+    if len(data) > limit:
+        raise MedagentError(f"the turns on standard input are over the limit of {limit // 2**20} MB ([agent] max_case_mb)")
+    return decode_utf8(data, "standard input")
 
 
 class _DraftWriter:
@@ -102,7 +121,7 @@ class _DraftWriter:
         if self.line_start:
             self.console.print("  ", end="")
             self.line_start = False
-        self.console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+        self.console.print(terminal_safe(piece), end="", markup=False, highlight=False, soft_wrap=True)
         self.console.file.flush()
 
     def end_turn(self) -> None:
@@ -115,8 +134,8 @@ def _show(console: Console, reply) -> None:
     if not reply.text:
         return
     if reply.text.startswith("# "):
-        console.print(Markdown(reply.text))
+        console.print(Markdown(terminal_safe(reply.text)))
     else:
-        console.print(f"[bold green]medagent>[/bold green] {reply.text}")
+        console.print(f"[bold green]medagent>[/bold green] {_safe(reply.text)}")
     if reply.question:
-        console.print(f"[bold green]medagent asks>[/bold green] {reply.question}")
+        console.print(f"[bold green]medagent asks>[/bold green] {_safe(reply.question)}")

@@ -23,7 +23,18 @@ ConfigOpt = typer.Option(None, "--config", help="medagent.toml (default: $MEDAGE
 
 
 def _err(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    from medagent.tools.safeio import one_line
+
+    typer.echo(f"error: {one_line(message)}", err=True)
+
+
+def _say(text: str) -> str:
+    """Text from a case, a file or a model, made harmless for the terminal and for rich's markup."""
+    from rich.markup import escape
+
+    from medagent.tools.safeio import terminal_safe
+
+    return escape(terminal_safe(str(text)))
 
 
 def _console():
@@ -45,10 +56,12 @@ def solve(
     from medagent.tools.config import load_settings
     from medagent.tools.intake import load_case
     from medagent.tools.paths import child, prepare_output, publish_output
+    from medagent.tools.safeio import configure, terminal_safe
 
     settings = load_settings(config)
     if allow_outside_paths:
         settings.agent.allow_outside_paths = True
+    configure(settings.agent)
     loaded = load_case(case_file, settings.agent.allow_outside_paths)
     out = out or child(Path("out"), loaded.case.id, "case id")
     inputs = [case_file, *(loaded.case_dir / a.path for a in loaded.case.attachments)]
@@ -70,15 +83,15 @@ def solve(
                 raise
         console = _console()
         trace = TraceRecorder(loaded.case.id, staging / "trace.jsonl")
-        progress = None if as_json else (lambda message: console.print(f"  {message}", highlight=False))
+        progress = None if as_json else (lambda message: console.print(f"  {_say(message)}", highlight=False))
         if not as_json:
-            console.print(f"[bold]medagent[/bold] solving case {loaded.case.id} ({len(loaded.case.attachments)} attachments)")
+            console.print(f"[bold]medagent[/bold] solving case {_say(loaded.case.id)} ({len(loaded.case.attachments)} attachments)")
         try:
             result, _ = asyncio.run(run_loaded(loaded, settings, staging / "artifacts", trace, on_progress=progress))
         finally:
             trace.close()
         (staging / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
-        (staging / "report.md").write_text(render_markdown(result, loaded.case), encoding="utf-8")
+        (staging / "report.md").write_text(terminal_safe(render_markdown(result, loaded.case)), encoding="utf-8")
         if not any((staging / "artifacts").iterdir()):
             (staging / "artifacts").rmdir()
         publish_output(staging, out, overwrite, "solve")
@@ -94,10 +107,10 @@ def solve(
         f"{f' ({errors} errors)' if errors else ''}, {len(result.differential)} candidate diagnoses"
     )
     for candidate in result.differential[:3]:
-        console.print(f"  {candidate.rank}. {candidate.name} [{', '.join(candidate.evidence)}]", highlight=False)
+        console.print(f"  {candidate.rank}. {_say(candidate.name)} [{', '.join(candidate.evidence)}]", highlight=False)
     if not result.differential:
-        console.print(f"  {result.differential_note}", highlight=False)
-    console.print(f"wrote {out}/result.json, report.md, trace.jsonl")
+        console.print(f"  {_say(result.differential_note)}", highlight=False)
+    console.print(f"wrote {_say(out)}/result.json, report.md, trace.jsonl", highlight=False)
     console.print(f"[dim]{result.notice}[/dim]")
 
 
@@ -276,21 +289,89 @@ def convert_phenopacket(
     typer.echo(f"wrote {out}")
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or Ctrl-C, raised where the main thread is, so that every `finally` on the way out runs."""
+
+
+# Unwinding after an interrupt may wait on a tool's thread that never returns: past this, the watchdog ends it.
+INTERRUPT_GRACE_S = 5.0
+
+
+def _interrupt_exit(signum: int) -> None:
+    """Remove what an interrupted command was staging, say so in one line, and end with 128 + the signal number."""
+    import os
+    import signal
+
+    from medagent.tools.paths import abandon_staging
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    removed = abandon_staging()
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    done = f"; removed the unfinished output ({', '.join(p.name for p in removed)}), nothing was written" if removed else ""
+    try:
+        _err(f"interrupted by {name}{done}")
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(128 + signum)  # never wait for worker threads still inside a tool
+
+
+def _install_interrupts() -> None:
+    import signal
+    import threading
+
+    def on_signal(signum: int, frame: object) -> None:
+        watchdog = threading.Timer(INTERRUPT_GRACE_S, _interrupt_exit, (signum,))
+        watchdog.daemon = True
+        watchdog.start()
+        raise Interrupted(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+
+
+def _leave(code: int) -> None:
+    """Exit now when a tool that timed out (or that the solve budget cut off) still holds a worker thread: the
+    interpreter would otherwise wait for it at exit, and the command would never end."""
+    import os
+    import threading
+
+    if any(thread.name.startswith("medagent-tool") and thread.is_alive() for thread in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def main() -> None:
     import os
+    import signal
 
     # Models are never fetched from a hub at run time, and library progress bars stay off the screen.
     for key, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
                        ("TRANSFORMERS_VERBOSITY", "error"), ("TOKENIZERS_PARALLELISM", "false")):
         os.environ.setdefault(key, value)
+    _install_interrupts()
     try:
         app()
+    except SystemExit as exc:
+        _leave(exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1)
+        raise
     except MedagentError as exc:
         _err(str(exc))
+        _leave(exc.exit_code)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        _err("interrupted")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupt_exit(exc.args[0] if isinstance(exc, Interrupted) else signal.SIGINT)
+    except RecursionError as exc:  # e.g. a structure nested deeper than a check foresaw: the input, not a bug
+        _err(f"input nested too deeply to process ({exc})")
+        sys.exit(2)
+    except Exception as exc:
+        # A bug, not a bad input: one line for the user (exit 1, so tests notice); MEDAGENT_DEBUG=1 shows the traceback.
+        if os.environ.get("MEDAGENT_DEBUG"):
+            raise
+        _err(f"internal error ({exc.__class__.__name__}: {exc}); rerun with MEDAGENT_DEBUG=1 for the traceback and report it")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

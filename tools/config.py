@@ -29,6 +29,17 @@ class AgentSettings(Section):
     max_concurrency: int = Field(default=4, ge=1)
     allow_outside_paths: bool = False
     max_questions: int = Field(default=5, ge=0, le=20, description="chat: history-taking questions per session")
+    # Intake limits (tools/safeio.py): what is refused before anything is read whole or allocated.
+    max_case_mb: float = Field(default=8.0, gt=0, description="Largest case.json (or chat script) read, in MB")
+    max_text_chars: int = Field(default=200_000, ge=1, description="Longest string in a case (a history) or chat turn")
+    max_json_depth: int = Field(default=32, ge=4, le=500, description="Deepest nesting of objects and lists in a case.json")
+    max_number_chars: int = Field(default=40, ge=8, le=4000, description="Longest JSON number (characters) in a case.json")
+    max_volume_mb: float = Field(
+        default=4096.0, gt=0, description="Largest volume, as float32 voxels from its header (NIfTI, DICOM), in MB"
+    )
+    max_image_pixels: int = Field(
+        default=200_000_000, ge=1, description="Largest 2D image (width x height); Pillow's bomb check uses it too"
+    )
 
 
 class LLMSettings(Section):

@@ -6,6 +6,7 @@ published with `medagent schema NAME`. Change them deliberately, in this one pla
 
 from __future__ import annotations
 
+import math
 import re
 from enum import Enum
 from typing import Any, Literal
@@ -28,6 +29,15 @@ def _plain_id(value: object, pattern: str, rule: str) -> object:
     """The same check as the Field pattern (which the JSON Schema publishes), with a message that says the rule."""
     if isinstance(value, str) and not re.fullmatch(pattern, value):
         raise ValueError(f"{value!r} is not a valid id: {rule}, not starting with '.'")
+    return value
+
+
+def _number(value: object) -> object:
+    """JSON's true/false are not numbers (pydantic would read true as 1), and NaN or infinity is no measurement."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, found true/false")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected a finite number, found {value}")
     return value
 
 
@@ -58,6 +68,11 @@ class Patient(Strict):
     age_years: float | None = Field(default=None, ge=0, le=130, description="Age in years.")
     sex: Sex = Sex.unknown
 
+    @field_validator("age_years", mode="before")
+    @classmethod
+    def _age(cls, value: object) -> object:
+        return _number(value)
+
 
 class Measurement(Strict):
     """A structured finding: a vital sign or lab value with its unit."""
@@ -66,6 +81,11 @@ class Measurement(Strict):
     value: float | str
     unit: str | None = None
     reference_range: str | None = Field(default=None, description="As reported, e.g. '12-16 g/dL'")
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value(cls, value: object) -> object:
+        return _number(value)
 
 
 class Phenotypes(Strict):

@@ -5,7 +5,6 @@ Everything here fails fast with one clear line (CaseError) and imports nothing h
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from medagent.tools.contracts import AttachmentKind, Case
 from medagent.tools.errors import CaseError
 from medagent.tools.medio import FileInfo, sniff, sniff_series, validate_attachment
 from medagent.tools.paths import inside
+from medagent.tools.safeio import Limits, check_path, current, decode_utf8, load_json, read_limited
 
 # Which sniffed formats each declared kind may hold.
 KIND_FORMATS = {
@@ -44,20 +44,17 @@ def validation_message(source: str, exc: ValidationError) -> str:
 def parse_case(raw: dict | str, source: str = "case") -> Case:
     try:
         if isinstance(raw, str):
-            return Case.model_validate_json(raw)
+            raw = load_json(raw, source)
         return Case.model_validate(raw)
     except ValidationError as exc:
         raise CaseError(validation_message(source, exc)) from exc
 
 
-def read_case_file(path: Path) -> Case:
-    if not path.is_file():
-        raise CaseError(f"{path}: case file not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CaseError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+def read_case_file(path: Path, limits: Limits | None = None) -> Case:
+    """case.json, read within the size limit as strict UTF-8 JSON (tools/safeio.py says what is refused)."""
+    limits = limits or current()
+    data = read_limited(path, limits.case_bytes, "case file")
+    raw = load_json(decode_utf8(data, str(path)), str(path), limits)
     if not isinstance(raw, dict):
         raise CaseError(f"{path}: expected a JSON object, found {type(raw).__name__}")
     return parse_case(raw, str(path))
@@ -70,14 +67,16 @@ def resolve_attachments(case: Case, case_dir: Path, allow_outside: bool = False)
     updated = []
     for index, attachment in enumerate(case.attachments):
         where = f"attachments.{index} ({attachment.id})"
-        target = (case_dir / attachment.path).resolve()
+        try:
+            check_path(case_dir / attachment.path)  # before anything resolves or opens it: no FIFO, device, loop
+            target = (case_dir / attachment.path).resolve()
+        except (CaseError, OSError) as exc:
+            raise CaseError(f"{where}: {exc}") from exc
         if not allow_outside and not inside(root, target):
             raise CaseError(
                 f"{where}: path '{attachment.path}' leads outside the case folder {root}; "
                 "move the file next to the case or pass --allow-outside-paths"
             )
-        if not target.exists():
-            raise CaseError(f"{where}: file not found: {target}")
         if target.is_dir() and attachment.series_uid:
             info = _sniff_series(target, attachment.series_uid, where)
         else:
@@ -94,7 +93,7 @@ def resolve_attachments(case: Case, case_dir: Path, allow_outside: bool = False)
         if attachment.format and attachment.format != info.format:
             raise CaseError(f"{where}: declared format '{attachment.format}' but the file is {info.format}")
         try:
-            validate_attachment(info, attachment.series_uid)
+            loaded.warnings += [f"{attachment.id}: {w}" for w in validate_attachment(info, attachment.series_uid)]
         except CaseError as exc:
             raise CaseError(f"{where}: {exc}") from exc
         modality = attachment.modality
@@ -123,6 +122,6 @@ def _sniff_series(folder: Path, series_uid: str, where: str) -> FileInfo:
         raise CaseError(f"{where}: {exc}") from exc
 
 
-def load_case(path: Path, allow_outside: bool = False) -> LoadedCase:
-    case = read_case_file(path)
+def load_case(path: Path, allow_outside: bool = False, limits: Limits | None = None) -> LoadedCase:
+    case = read_case_file(path, limits)
     return resolve_attachments(case, path.parent, allow_outside)

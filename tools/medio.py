@@ -8,6 +8,10 @@ before anything heavy (torch) is imported. Volumes come back as `Volume`: a nump
 from __future__ import annotations
 
 import gzip
+import re
+import struct
+import warnings
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from medagent.tools.errors import CaseError
+from medagent.tools.safeio import MB, Limits, check_path, current, terminal_safe
 
 # DICOM header fields that describe the acquisition and are safe to report. Anything else
 # (names, ids, dates, institutions, free-text descriptions) never leaves this module.
@@ -35,6 +40,15 @@ SAFE_DICOM_TAGS = (
     "PhotometricInterpretation",
     "BitsStored",
 )
+
+# The free-text ones among them are screened before they are copied (a site may type anything there, a
+# name included): code strings (VR CS) must be what DICOM allows in one, the others short plain words with
+# no name separator '^', no '@' and no long digit run (dates, record numbers). Failing tags are withheld.
+CODE_STRING_TAGS = {"Modality", "BodyPartExamined", "ScanningSequence", "PhotometricInterpretation"}
+FREE_TEXT_LENGTH = {"Manufacturer": 64, "ManufacturerModelName": 64, "ConvolutionKernel": 16}
+_CODE_STRING = re.compile(r"[A-Z0-9 _]{1,16}")
+_PLAIN_WORDS = re.compile(r"[A-Za-z0-9 _.,:;()/+&-]+")
+_DIGIT_RUN = re.compile(r"[0-9]{6,}")
 
 IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"II*\x00": "tiff", b"MM\x00*": "tiff"}
 
@@ -75,8 +89,11 @@ class Volume:
 
 
 def _read_head(path: Path, size: int = 512) -> bytes:
-    with path.open("rb") as handle:
-        return handle.read(size)
+    try:
+        with path.open("rb") as handle:
+            return handle.read(size)
+    except OSError as exc:
+        raise CaseError(f"{path}: cannot be read ({exc.strerror or exc.__class__.__name__})") from exc
 
 
 def _is_dicom(head: bytes) -> bool:
@@ -85,8 +102,7 @@ def _is_dicom(head: bytes) -> bool:
 
 def sniff(path: Path) -> FileInfo:
     """Identify a file or folder by content (not just its name). Raises CaseError when unreadable."""
-    if not path.exists():
-        raise CaseError(f"{path}: file not found")
+    check_path(path)  # a FIFO would block the read below for ever; a device is no document
     if path.is_dir():
         return _sniff_dicom_folder(path)
     head = _read_head(path)
@@ -117,7 +133,8 @@ def sniff(path: Path) -> FileInfo:
 
 
 def _nifti_magic(head: bytes) -> bool:
-    return len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00", b"n+2\x00")
+    """NIfTI-1 keeps its magic at byte 344, NIfTI-2 at byte 4."""
+    return len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00") or head[4:8] in (b"n+2\x00", b"ni2\x00")
 
 
 def _dcmread(path: Path, stop_before_pixels: bool = False) -> Any:
@@ -137,7 +154,11 @@ def _modality(ds: Any) -> str | None:
 
 def _dicom_series(folder: Path) -> dict[str, list[tuple[Path, Any]]]:
     series: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
-    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file())  # is_file: regular files only, never a FIFO
+    except OSError as exc:
+        raise CaseError(f"{folder}: folder cannot be read ({exc.strerror or exc.__class__.__name__})") from exc
+    for file in files:
         head = _read_head(file, 132)
         if not _is_dicom(head):
             continue
@@ -172,6 +193,7 @@ def sniff_series(folder: Path, series_uid: str) -> FileInfo:
 def safe_metadata(ds: Any) -> dict[str, Any]:
     """Acquisition facts from a DICOM header; never identifiers."""
     metadata: dict[str, Any] = {}
+    withheld = []
     for tag in SAFE_DICOM_TAGS:
         value = ds.get(tag)
         if value is None or value == "":
@@ -182,8 +204,29 @@ def safe_metadata(ds: Any) -> dict[str, Any]:
             value = float(value)
         else:
             value = str(value)
+        if not _plain_tag_value(tag, value):
+            withheld.append(tag)
+            continue
         metadata[tag] = value
+    if withheld:
+        metadata["withheld_tags"] = withheld  # named, never copied: they were not plain acquisition words
     return metadata
+
+
+def _plain_tag_value(tag: str, value: Any) -> bool:
+    """Whether a safe tag's value may be copied: numbers always, text only as a code string or plain words."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, float):
+            if not np.isfinite(item):
+                return False
+            continue
+        text = item.strip()
+        if tag in CODE_STRING_TAGS or tag not in FREE_TEXT_LENGTH:
+            if not _CODE_STRING.fullmatch(text):
+                return False
+        elif len(text) > FREE_TEXT_LENGTH[tag] or not _PLAIN_WORDS.fullmatch(text) or _DIGIT_RUN.search(text):
+            return False
+    return True
 
 
 def _numeric(value: Any) -> bool:
@@ -222,6 +265,7 @@ def read_dicom_series(path: Path, series_uid: str | None = None) -> Volume:
 
     files = sorted(files, key=position)
     first = files[0][1]
+    _check_budget(path, (int(first.get("Columns", 0) or 0), int(first.get("Rows", 0) or 0), len(files)), "DICOM series")
     slices = []
     for file, _ in files:
         ds = _dcmread(file)
@@ -283,12 +327,17 @@ def _direction_cosines(ds: Any) -> tuple[np.ndarray, np.ndarray]:
 def read_nifti(path: Path, modality: str | None = None) -> Volume:
     """A NIfTI volume. NIfTI carries no modality: the case's word is used."""
     import nibabel as nib
+    from nibabel.spatialimages import HeaderDataError
 
+    check_nifti_header(path)  # before nibabel allocates anything
     try:
         image = nib.load(str(path))
         voxels = np.asanyarray(image.dataobj)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, gzip.BadGzipFile) as exc:
-        raise CaseError(f"{path}: unreadable NIfTI ({exc.__class__.__name__}: {exc})") from exc
+    except (nib.filebasedimages.ImageFileError, HeaderDataError, OSError, EOFError, ValueError, gzip.BadGzipFile,
+            zlib.error, struct.error) as exc:
+        raise CaseError(f"{path}: unreadable NIfTI ({exc.__class__.__name__}: {terminal_safe(str(exc))})") from exc
+    if voxels.dtype.kind in "fc" and not _any_finite(voxels):
+        raise CaseError(f"{path}: NIfTI holds no finite voxel values (all NaN or infinite); nothing can be measured")
     if voxels.ndim == 4 and voxels.shape[3] == 1:
         voxels = voxels[..., 0]
     if voxels.ndim != 3:
@@ -308,6 +357,71 @@ def read_nifti(path: Path, modality: str | None = None) -> Volume:
     )
 
 
+# NIfTI datatype codes and their bytes per voxel (nifti1.h); anything else is refused.
+NIFTI_DATATYPES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
+                   1536: 16, 1792: 16, 2048: 32, 2304: 4}
+
+
+def check_nifti_header(path: Path, limits: Limits | None = None) -> tuple[int, ...]:
+    """Read a NIfTI-1/2 header (decompressing only its first bytes) and refuse an implausible one before any
+    voxel is read: a dimension count outside 1-7, a dimension below 1, an unknown datatype, more voxels than
+    the memory budget (as float32, the dtype tools compute in) or, uncompressed, fewer bytes than promised."""
+    try:
+        with (gzip.open(path, "rb") if _read_head(path, 2) == b"\x1f\x8b" else path.open("rb")) as handle:
+            head = handle.read(540)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CaseError(f"{path}: unreadable NIfTI ({exc.__class__.__name__}: {terminal_safe(str(exc))})") from exc
+    for order in "<>":
+        size = struct.unpack(order + "i", head[:4])[0] if len(head) >= 4 else 0
+        if size == 348 and len(head) >= 348:
+            dims = struct.unpack(order + "8h", head[40:56])
+            datatype = struct.unpack(order + "h", head[70:72])[0]
+            vox_offset = struct.unpack(order + "f", head[108:112])[0]
+            offset = int(vox_offset) if np.isfinite(vox_offset) else 352
+            break
+        if size == 540 and len(head) >= 540:
+            datatype = struct.unpack(order + "h", head[12:14])[0]
+            dims = struct.unpack(order + "8q", head[16:80])
+            offset = struct.unpack(order + "q", head[168:176])[0]
+            break
+    else:
+        raise CaseError(f"{path}: not a NIfTI-1 or NIfTI-2 header (header size field is neither 348 nor 540)")
+    rank = dims[0]
+    if not 1 <= rank <= 7:
+        raise CaseError(f"{path}: NIfTI header gives {rank} dimensions (1-7 are possible)")
+    shape = tuple(int(n) for n in dims[1 : rank + 1])
+    if any(n < 1 for n in shape):
+        raise CaseError(f"{path}: NIfTI header gives a dimension below 1 (shape {shape})")
+    if datatype not in NIFTI_DATATYPES:
+        raise CaseError(f"{path}: NIfTI header gives an unknown datatype code {datatype}")
+    _check_budget(path, shape, "NIfTI header", limits)
+    if _read_head(path, 2) != b"\x1f\x8b":
+        need = max(offset, 348) + int(np.prod(shape, dtype=object)) * NIFTI_DATATYPES[datatype]
+        have = path.stat().st_size
+        if have < need:
+            raise CaseError(f"{path}: NIfTI file is truncated: its header promises {need:,} bytes, the file holds {have:,}")
+    return shape
+
+
+def _check_budget(path: Path, shape: tuple[int, ...], what: str, limits: Limits | None = None) -> None:
+    """Refuse a volume whose voxels, as float32, would not fit the memory budget ([agent] max_volume_mb)."""
+    budget = (limits or current()).volume_bytes
+    count = 1
+    for n in shape:
+        count *= max(int(n), 0)
+    needed = count * 4
+    if needed > budget:
+        size = "×".join(str(n) for n in shape)
+        raise CaseError(f"{path}: {what} gives {size} voxels ({needed / MB:,.0f} MB as float32), over the memory budget "
+                        f"of {budget / MB:,.0f} MB ([agent] max_volume_mb)")
+
+
+def _any_finite(voxels: np.ndarray) -> bool:
+    """Whether any voxel is finite, slice by slice (stops at the first slice that has one; no full-size mask)."""
+    flat = voxels.reshape(voxels.shape[0], -1) if voxels.ndim > 1 else voxels.reshape(1, -1)
+    return any(bool(np.isfinite(row).any()) for row in flat)
+
+
 def read_volume(path: Path, fmt: str, modality: str | None = None, series_uid: str | None = None) -> Volume:
     if fmt == "dicom":
         return read_dicom_series(path, series_uid)
@@ -318,14 +432,26 @@ def read_volume(path: Path, fmt: str, modality: str | None = None, series_uid: s
 
 def read_image(path: Path) -> np.ndarray:
     """A 2D picture as an array (H, W) or (H, W, C)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
+    limit = current().image_pixels
+    Image.MAX_IMAGE_PIXELS = limit  # Pillow's own bomb check, at our limit (it warns above it, raises at twice)
+    refusal = f"is over the limit of {limit:,} pixels ([agent] max_image_pixels); attach a smaller export of it"
     try:
-        with Image.open(path) as image:
-            image.load()
-            return np.asarray(image)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise CaseError(f"{path}: unreadable image ({exc})") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > limit:
+                    raise CaseError(f"{path}: {width}×{height} pixels {refusal}")
+                image.load()
+                return np.asarray(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise CaseError(f"{path}: the image {refusal}") from exc
+    except CaseError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise many types for damaged files (OSError, ValueError, SyntaxError...)
+        raise CaseError(f"{path}: unreadable image ({exc.__class__.__name__}: {terminal_safe(str(exc))})") from exc
 
 
 @dataclass
@@ -333,6 +459,7 @@ class AudioInfo:
     sample_rate: int
     channels: int
     frames: int
+    declared_frames: int | None = None  # what a WAV header announces, when it says
 
     @property
     def seconds(self) -> float:
@@ -340,19 +467,21 @@ class AudioInfo:
 
 
 def audio_info(path: Path) -> AudioInfo:
-    import soundfile
+    """The header's facts, sanity-checked (sample rate, channels, samples present) before anything is decoded."""
+    from medagent.specialists.speech.audio import AudioError, probe
 
     try:
-        info = soundfile.info(str(path))
-    except (RuntimeError, soundfile.LibsndfileError) as exc:
-        raise CaseError(f"{path}: unreadable audio ({exc})") from exc
-    if info.frames == 0:
-        raise CaseError(f"{path}: audio file holds no samples")
-    return AudioInfo(sample_rate=int(info.samplerate), channels=int(info.channels), frames=int(info.frames))
+        facts = probe(path)
+    except AudioError as exc:
+        raise CaseError(terminal_safe(str(exc))) from exc
+    except OSError as exc:
+        raise CaseError(f"{path}: unreadable audio ({exc.strerror or exc.__class__.__name__})") from exc
+    return AudioInfo(facts.sample_rate, facts.channels, facts.frames, facts.declared_frames)
 
 
-def validate_attachment(info: FileInfo, series_uid: str | None = None) -> None:
-    """Read enough of the file to be sure a tool can use it; raise CaseError otherwise."""
+def validate_attachment(info: FileInfo, series_uid: str | None = None) -> list[str]:
+    """Read enough of the file to be sure a tool can use it; raise CaseError otherwise. Returns warnings about
+    a file that is usable but not what it says (a WAV cut short)."""
     if info.format == "dicom" and info.path.is_dir():
         if series_uid is None and info.series_uid is None:
             _sniff_dicom_folder(info.path)
@@ -367,4 +496,8 @@ def validate_attachment(info: FileInfo, series_uid: str | None = None) -> None:
     elif info.format in ("png", "jpeg", "tiff"):
         read_image(info.path)
     elif info.format in ("wav", "flac"):
-        audio_info(info.path)
+        audio = audio_info(info.path)
+        if audio.declared_frames is not None and audio.declared_frames > audio.frames:
+            return [f"{info.path.name}: the WAV header announces {audio.declared_frames / audio.sample_rate:.1f} s of audio "
+                    f"but the file holds {audio.seconds:.1f} s (cut short); only that much can be heard"]
+    return []

@@ -20,6 +20,7 @@ from pathlib import Path
 from medagent.tools.errors import MedagentError
 
 MARKER = ".medagent-output"
+_staging: set[Path] = set()  # staging folders of this process not yet published (an interrupt removes them)
 
 
 def inside(root: Path, path: Path) -> bool:
@@ -41,6 +42,14 @@ def check_output(out: Path, overwrite: bool, inputs: Iterable[Path] = ()) -> Non
     """Refuse an output folder medagent must not write (or, existing, must not replace). Creates nothing."""
     if out.name in ("", ".", ".."):  # Path("") is Path("."): `-o ""` names the current folder too
         raise MedagentError(f"{out}: names the current folder or a parent of it; give the output a folder of its own, e.g. -o out/case1")
+    try:
+        os.lstat(out)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # nothing there yet (or a file on the way: creating it says so)
+    except OSError as exc:  # a name too long, a link loop, no permission
+        raise MedagentError(f"{out}: cannot be used as the output folder ({exc.strerror or exc.__class__.__name__})") from exc
+    except ValueError as exc:
+        raise MedagentError(f"{out!r}: the output path contains a NUL byte") from exc
     if out.is_symlink():
         raise MedagentError(f"{out}: is a symbolic link (to {os.readlink(out)}); medagent writes only into a folder it makes itself")
     target = out.resolve()
@@ -95,7 +104,17 @@ def prepare_output(out: Path, overwrite: bool, inputs: Iterable[Path] = ()) -> P
         staging.mkdir()
     except OSError as exc:
         raise MedagentError(f"{out}: cannot create the output folder ({exc.strerror})") from exc
+    _staging.add(staging)
     return staging
+
+
+def abandon_staging() -> list[Path]:
+    """Remove every staging folder this process made and did not publish (after an interrupt); returns them."""
+    left = sorted(_staging)
+    for staging in left:
+        shutil.rmtree(staging, ignore_errors=True)
+    _staging.clear()
+    return left
 
 
 def publish_output(staging: Path, out: Path, overwrite: bool, command: str) -> None:
@@ -106,12 +125,14 @@ def publish_output(staging: Path, out: Path, overwrite: bool, command: str) -> N
     try:
         if not os.path.lexists(out):
             staging.rename(out)
+            _staging.discard(staging)
             return
         check_output(out, overwrite)  # again: the folder may have changed while the case ran
         replaced = out.parent / f".{out.name}.replaced-{os.getpid()}-{int(time.time() * 1000)}"
         out.rename(replaced)
         try:
             staging.rename(out)
+            _staging.discard(staging)
         except OSError:
             replaced.rename(out)  # the earlier output stays as it was
             raise

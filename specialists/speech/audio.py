@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 
 SAMPLE_RATE = 16_000  # what every Whisper model hears
+# Plausible recordings: a header outside these is damaged or hostile (a WAV claiming 1 Hz would take hours
+# of resampling to "decode"); telephone audio is 8 kHz, studio audio at most 384 kHz.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE, MAX_CHANNELS = 4_000, 768_000, 64
 FRAME = SAMPLE_RATE // 50  # 20 ms, the unit for loudness and cut points
 
 # Containers soundfile cannot open without ffmpeg, recognised by their first bytes.
@@ -97,6 +100,11 @@ def probe(path: Path) -> AudioFacts:
         raise AudioError(f"{path}: not a readable audio file (expected WAV or FLAC): {exc}") from exc
     if info.frames <= 0 or info.samplerate <= 0:
         raise AudioError(f"{path}: audio file holds no samples (header only, or truncated before the audio data)")
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{path}: the header gives a sample rate of {info.samplerate} Hz; recordings have "
+                         f"{MIN_SAMPLE_RATE:,}-{MAX_SAMPLE_RATE:,} Hz, so the file is damaged")
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise AudioError(f"{path}: the header gives {info.channels} channels (1-{MAX_CHANNELS} are plausible)")
     facts = AudioFacts(path, int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
     facts.declared_frames = _wav_declared_frames(path, facts)
     return facts
