@@ -110,6 +110,9 @@ def solve(
         console.print(f"  {candidate.rank}. {_say(candidate.name)} [{', '.join(candidate.evidence)}]", highlight=False)
     if not result.differential:
         console.print(f"  {_say(result.differential_note)}", highlight=False)
+    budget_note = next((n for n in result.report.limitations if "solve budget" in n), None)
+    if budget_note:
+        console.print(f"  [yellow]{_say(budget_note)}[/yellow]", highlight=False)
     console.print(f"wrote {_say(out)}/result.json, report.md, trace.jsonl", highlight=False)
     console.print(f"[dim]{result.notice}[/dim]")
 

@@ -69,7 +69,7 @@ async def reflect(state: CaseState, config: RunnableConfig) -> dict[str, Any]:
     started = time.monotonic()
     run = ctx_of(config)
     step = state.get("step", 1)
-    if step >= run.settings.agent.max_steps:
+    if step >= run.settings.agent.max_steps or run.time_left() <= 0:
         return {"pending": [], **_timed("reflect", started)}
     tools = run.registry.available()
     calls = await _maybe_async(run.planner.reflect, state["case"], tools, state.get("evidence", []), state.get("calls", []))
@@ -185,14 +185,16 @@ async def _run_one(run: RunContext, call: ToolCall, args: Any, ctx: ToolContext,
     async with semaphore:
         run.progress(f"… {call.tool}({_args_text(call)})")
         t0 = run.trace.now()
-        timeout = run.settings.agent.tool_timeout_s
+        timeout, left = run.settings.agent.tool_timeout_s, run.time_left()
         try:
+            if left <= 0:
+                raise TimeoutError
             work = asyncio.get_running_loop().run_in_executor(pool, functools.partial(tool.run, args, ctx))
-            drafts = await asyncio.wait_for(work, timeout=timeout)
+            drafts = await asyncio.wait_for(work, timeout=min(timeout, left))
             if not drafts:
                 drafts = [EvidenceDraft(summary=f"{call.tool} returned no findings.", attachment=attachment, error=True)]
         except asyncio.TimeoutError:
-            message = f"{call.tool} timed out after {timeout:g} s"
+            message = f"{call.tool} timed out after {timeout:g} s" if left > timeout else budget_spent(run, call, left)
             drafts = [EvidenceDraft(summary=message, attachment=attachment, error=True)]
             run.trace.emit(ErrorEvent, "act", message=message, call_id=call.call_id)
         except MedagentError as exc:
@@ -204,6 +206,16 @@ async def _run_one(run: RunContext, call: ToolCall, args: Any, ctx: ToolContext,
             run.trace.emit(ErrorEvent, "act", message=message, call_id=call.call_id)
         t1 = run.trace.now()
     return drafts, t0, t1
+
+
+def budget_spent(run: RunContext, call: ToolCall, left: float) -> str:
+    """The error evidence of a call the solve budget cut off (or never let start); the report's limitations say it."""
+    budget = run.settings.agent.solve_budget_s
+    what = "was not run" if left <= 0 else "was cut off"
+    note = f"The solve budget of {budget:g} s ([agent] solve_budget_s) ran out: calls still running or waiting were stopped"
+    if note not in run.notes:
+        run.notes.append(note)
+    return f"{call.tool} {what}: the solve budget of {budget:g} s ([agent] solve_budget_s) ran out"
 
 
 async def report(state: CaseState, config: RunnableConfig) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, TypedDict
@@ -40,6 +41,14 @@ class RunContext:
     models: dict[str, str] = field(default_factory=dict)
     on_progress: Callable[[str], None] | None = None
     notes: list[str] = field(default_factory=list)  # what changed how the run was done (e.g. rules for the LLM)
+    deadline: float = 0.0  # time.monotonic() at which [agent] solve_budget_s runs out; set when the run starts
+
+    def __post_init__(self) -> None:
+        if not self.deadline:
+            self.deadline = time.monotonic() + self.settings.agent.solve_budget_s
+
+    def time_left(self) -> float:
+        return self.deadline - time.monotonic()
 
     def progress(self, message: str) -> None:
         if self.on_progress is not None:

@@ -29,6 +29,11 @@ class AgentSettings(Section):
     max_concurrency: int = Field(default=4, ge=1)
     allow_outside_paths: bool = False
     max_questions: int = Field(default=5, ge=0, le=20, description="chat: history-taking questions per session")
+    solve_budget_s: float = Field(
+        default=1800.0, gt=0,
+        description="Wall-clock budget of one solve (or chat turn) from planning to report; calls still running when "
+        "it runs out become error evidence and the report says so (one-time builds are not counted)",
+    )
     # Intake limits (tools/safeio.py): what is refused before anything is read whole or allocated.
     max_case_mb: float = Field(default=8.0, gt=0, description="Largest case.json (or chat script) read, in MB")
     max_text_chars: int = Field(default=200_000, ge=1, description="Longest string in a case (a history) or chat turn")
