@@ -292,12 +292,13 @@ def convert_phenopacket(
     typer.echo(f"wrote {out}")
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM or Ctrl-C, raised where the main thread is, so that every `finally` on the way out runs."""
+class Interrupted(BaseException):
+    """SIGTERM or Ctrl-C, raised where the main thread is, so that every `finally` on the way out runs. Not a
+    KeyboardInterrupt: click would turn that into a silent exit 130 before anything is cleaned up or said."""
 
 
 # Unwinding after an interrupt may wait on a tool's thread that never returns: past this, the watchdog ends it.
-INTERRUPT_GRACE_S = 5.0
+INTERRUPT_GRACE_S = 2.0
 
 
 def _interrupt_exit(signum: int) -> None:
@@ -364,8 +365,10 @@ def main() -> None:
         _err(str(exc))
         _leave(exc.exit_code)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt as exc:
-        _interrupt_exit(exc.args[0] if isinstance(exc, Interrupted) else signal.SIGINT)
+    except Interrupted as exc:
+        _interrupt_exit(exc.args[0])
+    except KeyboardInterrupt:
+        _interrupt_exit(signal.SIGINT)
     except RecursionError as exc:  # e.g. a structure nested deeper than a check foresaw: the input, not a bug
         _err(f"input nested too deeply to process ({exc})")
         sys.exit(2)
