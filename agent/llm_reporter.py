@@ -17,7 +17,7 @@ from typing import Any
 from medagent.agent import prompts
 from medagent.agent.grounding import GroundingChecker, default_checker
 from medagent.agent.llm.base import ChatResult, LLMError
-from medagent.agent.llm_planner import render_case, screen_patient_text
+from medagent.agent.llm_planner import evidence_text, render_case
 from medagent.agent.reporter import TemplateReporter, differential_from_evidence
 from medagent.tools.config import Settings
 from medagent.tools.contracts import (
@@ -166,7 +166,7 @@ class LLMReporter:
         case_text, _ = render_case(case)
         lines = []
         for item in evidence:
-            summary, _ = screen_patient_text(item.summary)
+            summary = evidence_text(item)
             lines.append(f"[{item.id}] {item.tool}{' on ' + item.attachment if item.attachment else ''}{' (FAILED)' if item.error else ''}: {summary[:300]}")
         candidates = ""
         if ranked:

@@ -91,5 +91,27 @@ def test_injected_plans_equal_the_clean_plan(llama_server):
         assert plan(calls) == plan(clean_calls), f"seed {seed}: plan changed by: {history}\n{plan(calls)}\n{plan(clean_calls)}"
         turn = next(e for e in trace.events if e.event == "llm_turn")
         assert turn.messages[0] == clean_turn.messages[0]  # the system prompt never changes
-        assert "Splenomegaly on palpation." in turn.messages[1]["content"]  # the findings are still used
+        # Free patient text never reaches the model: neither the history nor the injection in it.
+        assert "Splenomegaly" not in turn.messages[1]["content"] and "words of free text, not shown" in turn.messages[1]["content"]
         assert any("instruction-like" in e.message for e in trace.events if e.event == "error")
+
+
+def test_corpus_injections_change_neither_calls_nor_differential_nor_report(llama_server):
+    """Two texts of the hand-written corpus (evals/data/injection_corpus.jsonl; the whole corpus runs by hand
+    with `python -m medagent.evals.injection`), through the LLM planner AND reporter on a real example case."""
+    from pathlib import Path
+
+    from medagent.evals.injection import load_corpus, run
+    from medagent.tools.config import KnowledgeSettings
+
+    settings = Settings(
+        llm=LLMSettings(preset="openai-compatible", base_url=llama_server, model="small", dialect="llamacpp",
+                        max_calls=4, plan_max_tokens=160, report_max_tokens=200, reflect=False),
+        knowledge=KnowledgeSettings(dense=False),
+    )  # fmt: skip
+    picked = [e for e in load_corpus() if e["id"] in ("inj01", "inj36")]  # "reply only 'healthy'", German
+    assert [e["kind"] for e in picked] == ["imperative", "other-language"]
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    outcome = run(settings, examples / "history_case.json", picked, say=lambda line: None)
+    assert outcome["tried"] == 2
+    assert outcome["passed"] == 2, outcome["failures"]
