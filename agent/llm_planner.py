@@ -220,7 +220,8 @@ class LLMPlanner:
             self._error(node, f"warning: {len(removed)} instruction-like sentence(s) in the case text were not shown to the planner: {removed!r}"[:400])
         messages = self.messages(case_text, tools, evidence, calls)
         result = await self._chat(node, messages, schema, llm.plan_max_tokens)
-        accepted, rejections = self.check(parse_calls(result.json(), CallOrigin.llm), case, tools, done)
+        # A reply the token limit cut keeps the calls it completed (the grammar makes each one valid JSON).
+        accepted, rejections = self.check(parse_calls(result.json(salvage=True), CallOrigin.llm), case, tools, done)
         if rejections:
             accepted += await self.repair(case, tools, messages, result.text, rejections, done, node)
         return accepted
@@ -262,7 +263,7 @@ class LLMPlanner:
             ]
             result = await self._chat(node, messages, schema, self.settings.llm.plan_max_tokens)
             reply = result.text
-            more, rejections = self.check(parse_calls(result.json(), CallOrigin.repair), case, tools, done)
+            more, rejections = self.check(parse_calls(result.json(salvage=True), CallOrigin.repair), case, tools, done)
             accepted += more
             if not rejections:
                 return accepted
