@@ -23,3 +23,8 @@ class ToolError(MedagentError):
 
 class UnavailableError(MedagentError):
     """A model or package the tool needs is not installed or configured."""
+
+
+class ModelFileMissing(ConfigError, UnavailableError):
+    """A model file the configuration names is not there: a configuration error, and also a model that is
+    unavailable, so a run that may go on without it (the LLM with `planner = "auto"`) does, saying why."""

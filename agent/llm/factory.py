@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from medagent.tools.config import LLMSettings, Settings, cache_root
-from medagent.tools.errors import ConfigError
+from medagent.tools.errors import ConfigError, ModelFileMissing
 
 NOT_VERIFIED = "not yet verified against vLLM"
 
@@ -65,7 +65,7 @@ def local_gguf(values: dict[str, Any], settings: Settings) -> Path:
 
         return assemble(values.get("packaged") or "qwen2.5-coder-1.5b-instruct-q4_k_m", cache_root(settings))
     if not path.expanduser().is_file():
-        raise ConfigError(f"llm.model_path {path}: no such GGUF file")
+        raise ModelFileMissing(f"llm.model_path {path}: no such GGUF file")
     return path.expanduser()
 
 

@@ -94,3 +94,8 @@ def test_an_assembled_gguf_whose_bytes_changed_fails_its_checksum(tmp_path, smal
         handle.write(bytes([byte[0] ^ 0xFF]))
     [note] = [line for line in _solve_with(tmp_path, folder / "model.gguf")["report"]["limitations"] if "offline LLM" in line]
     assert "checksum mismatch" in note and note.startswith("offline LLM unavailable (probe exited with code 4")
+
+
+def test_a_missing_gguf_is_a_stated_fallback(tmp_path):
+    [note] = [line for line in _solve_with(tmp_path, tmp_path / "nope.gguf")["report"]["limitations"] if "GGUF" in line]
+    assert note == f"llm.model_path {tmp_path / 'nope.gguf'}: no such GGUF file; planned with rules"
