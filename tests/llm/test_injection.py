@@ -91,8 +91,9 @@ def test_injected_plans_equal_the_clean_plan(llama_server):
         assert plan(calls) == plan(clean_calls), f"seed {seed}: plan changed by: {history}\n{plan(calls)}\n{plan(clean_calls)}"
         turn = next(e for e in trace.events if e.event == "llm_turn")
         assert turn.messages[0] == clean_turn.messages[0]  # the system prompt never changes
+        assert turn.messages[1] == clean_turn.messages[1]  # nor the case as the model sees it, byte for byte
         # Free patient text never reaches the model: neither the history nor the injection in it.
-        assert "Splenomegaly" not in turn.messages[1]["content"] and "words of free text, not shown" in turn.messages[1]["content"]
+        assert "Splenomegaly" not in turn.messages[1]["content"] and "History: free text, not shown to you" in turn.messages[1]["content"]
         assert any("instruction-like" in e.message for e in trace.events if e.event == "error")
 
 

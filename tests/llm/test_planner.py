@@ -66,7 +66,7 @@ def test_plan_is_schema_constrained_validated_and_traced(llama_server, tools):
     system, user = turns[0].messages
     # Patient text reaches the model nowhere: the history is announced, not shown (knowledge.link reads it).
     assert "Splenomegaly" not in system["content"] + user["content"] and "<case>" in user["content"]
-    assert "words of free text, not shown to you" in user["content"]
+    assert "History: free text, not shown to you" in user["content"]
 
 
 def test_schema_only_offers_fitting_attachments(tools):
