@@ -396,8 +396,12 @@ def _rank_precheck(args: RankArgs, case: Case, settings: Settings) -> str | None
 
 
 def _link_precheck(args: LinkArgs, case: Case, settings: Settings) -> str | None:
+    """Text in which no phenotype is found (a planner linking 'haemoglobin 10.2 g/dL') is refused up front."""
+    from pathlib import Path
+
     if not args.text.strip() and args.source != "history":
         return "knowledge.link: text is empty"
+    link(args, ToolContext(case=case, case_dir=Path("."), artifacts_dir=Path("."), settings=settings))  # ms
     return None
 
 

@@ -145,5 +145,8 @@ def test_calls_that_cannot_succeed_are_rejected_before_they_run(graph):
     assert reason and "is not an HPO/OMIM/ORPHA id" in reason
     args, reason = registry.validate(ToolCall(call_id="C1", tool="knowledge.lookup", arguments={"concept": "HP:0001250"}), case)
     assert reason is None and args.concept == "HP:0001250"
+    _, reason = registry.validate(ToolCall(call_id="C1", tool="knowledge.link",
+                                           arguments={"text": "haemoglobin 10.2 g/dL; platelets 95", "source": "findings"}), case)  # fmt: skip
+    assert reason == "knowledge.link (findings): no phenotype found in the text"
     _, reason = registry.validate(ToolCall(call_id="C1", tool="knowledge.rank", arguments={"present": ["HP:9999999"]}), case)
     assert reason == "knowledge.rank: unknown HPO term id(s): HP:9999999 (expected ids like HP:0001250)"
