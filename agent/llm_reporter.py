@@ -163,7 +163,7 @@ class LLMReporter:
 
     async def _write(self, case: Case, evidence: Sequence[Evidence]) -> tuple[list[DiagnosisCandidate], str, list[ReportSentence], list[str]]:
         ranked = differential_from_evidence(evidence)
-        case_text, _ = render_case(case)
+        case_text, _ = render_case(case, show_history=False)
         lines = []
         for item in evidence:
             summary = evidence_text(item)

@@ -110,7 +110,8 @@ def test_killed_mid_turn_resumes_from_last_checkpoint(tmp_path):
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (make system-deps installs it)")
 def test_interactive_screen_in_a_real_terminal(tmp_path):
     name = f"medagent-test-{os.getpid()}"
-    command = f"MEDAGENT_HOME={os.environ['MEDAGENT_HOME']} {EXE} chat"
+    # The pane outlives the chat by a while, so its last words ("Resume with ...") can still be read.
+    command = f"MEDAGENT_HOME={os.environ['MEDAGENT_HOME']} {EXE} chat; sleep 60"
     subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "160", "-y", "50", command], check=True)
     try:
         def screen() -> str:
