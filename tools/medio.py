@@ -358,45 +358,47 @@ def read_nifti(path: Path, modality: str | None = None) -> Volume:
 
 
 # NIfTI datatype codes and their bytes per voxel (nifti1.h); anything else is refused.
-NIFTI_DATATYPES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
-                   1536: 16, 1792: 16, 2048: 32, 2304: 4}
-
-
 def check_nifti_header(path: Path, limits: Limits | None = None) -> tuple[int, ...]:
     """Read a NIfTI-1/2 header (decompressing only its first bytes) and refuse an implausible one before any
     voxel is read: a dimension count outside 1-7, a dimension below 1, an unknown datatype, more voxels than
-    the memory budget (as float32, the dtype tools compute in) or, uncompressed, fewer bytes than promised."""
+    the memory budget (as float32, the dtype tools compute in) or, uncompressed, fewer bytes than promised.
+    nibabel parses the header (both versions, either byte order); this only judges what it says."""
+    import io
+
+    import nibabel as nib
+
+    compressed = _read_head(path, 2) == b"\x1f\x8b"
     try:
-        with (gzip.open(path, "rb") if _read_head(path, 2) == b"\x1f\x8b" else path.open("rb")) as handle:
-            head = handle.read(540)
+        with (gzip.open(path, "rb") if compressed else path.open("rb")) as handle:
+            head = handle.read(nib.Nifti2Header.sizeof_hdr)
     except (OSError, EOFError, zlib.error) as exc:
         raise CaseError(f"{path}: unreadable NIfTI ({exc.__class__.__name__}: {terminal_safe(str(exc))})") from exc
-    for order in "<>":
-        size = struct.unpack(order + "i", head[:4])[0] if len(head) >= 4 else 0
-        if size == 348 and len(head) >= 348:
-            dims = struct.unpack(order + "8h", head[40:56])
-            datatype = struct.unpack(order + "h", head[70:72])[0]
-            vox_offset = struct.unpack(order + "f", head[108:112])[0]
-            offset = int(vox_offset) if np.isfinite(vox_offset) else 352
-            break
-        if size == 540 and len(head) >= 540:
-            datatype = struct.unpack(order + "h", head[12:14])[0]
-            dims = struct.unpack(order + "8q", head[16:80])
-            offset = struct.unpack(order + "q", head[168:176])[0]
-            break
-    else:
+    header = None
+    for kind in (nib.Nifti1Header, nib.Nifti2Header):
+        if len(head) >= kind.sizeof_hdr:
+            candidate = kind.from_fileobj(io.BytesIO(head[: kind.sizeof_hdr]), check=False)
+            if int(candidate["sizeof_hdr"]) == kind.sizeof_hdr:  # nibabel guessed the byte order from it
+                header = candidate
+                break
+    if header is None:
         raise CaseError(f"{path}: not a NIfTI-1 or NIfTI-2 header (header size field is neither 348 nor 540)")
-    rank = dims[0]
+    rank = int(header["dim"][0])
     if not 1 <= rank <= 7:
         raise CaseError(f"{path}: NIfTI header gives {rank} dimensions (1-7 are possible)")
-    shape = tuple(int(n) for n in dims[1 : rank + 1])
+    shape = tuple(int(n) for n in header["dim"][1 : rank + 1])
     if any(n < 1 for n in shape):
         raise CaseError(f"{path}: NIfTI header gives a dimension below 1 (shape {shape})")
-    if datatype not in NIFTI_DATATYPES:
-        raise CaseError(f"{path}: NIfTI header gives an unknown datatype code {datatype}")
+    try:
+        itemsize = header.get_data_dtype().itemsize
+    except KeyError as exc:
+        raise CaseError(f"{path}: NIfTI header gives an unknown datatype code {int(header['datatype'])}") from exc
     _check_budget(path, shape, "NIfTI header", limits)
-    if _read_head(path, 2) != b"\x1f\x8b":
-        need = max(offset, 348) + int(np.prod(shape, dtype=object)) * NIFTI_DATATYPES[datatype]
+    if not compressed:
+        try:
+            offset = int(header.get_data_offset())
+        except (ValueError, OverflowError):  # a NaN or infinite vox_offset: the data would follow the header
+            offset = header.sizeof_hdr + 4
+        need = max(offset, header.sizeof_hdr) + int(np.prod(shape, dtype=object)) * itemsize
         have = path.stat().st_size
         if have < need:
             raise CaseError(f"{path}: NIfTI file is truncated: its header promises {need:,} bytes, the file holds {have:,}")
