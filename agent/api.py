@@ -67,6 +67,23 @@ def backend_or_rules(settings: Settings) -> tuple[Any, Settings, str | None]:
         return None, fallback, f"{exc}; planned with rules"
 
 
+def prepare_run(settings: Settings, tools: list[Tool] | None = None,
+                on_progress: Callable[[str], None] | None = None) -> tuple[Any, Settings, Registry, list[str]]:
+    """What every run (a solve, a chat turn) needs before its graph starts: the one-time builds done (or the
+    tools needing them blocked), the LLM backend or the rules, the registry, and the notes the report
+    carries about either. Returns (backend, settings, registry, notes)."""
+    from medagent.agent.setup import ensure_built
+
+    blocked = ensure_built(settings, on_progress)
+    backend, settings, note = backend_or_rules(settings)
+    if note and on_progress is not None:
+        on_progress(note)
+    registry = Registry(settings, tools)
+    registry.block(blocked)
+    notes = ([note] if note else []) + [f"{tool} was not run: {reason}" for tool, reason in blocked.items()]
+    return backend, settings, registry, notes
+
+
 def make_planner(settings: Settings, trace: TraceRecorder | None = None, backend: Any = None):
     """The configured planner: the LLM planner when an LLM is configured, else the rule planner."""
     if not _use_llm(settings, settings.agent.planner):
@@ -102,14 +119,7 @@ async def run_loaded(
     `name`, `plan(case, tools, evidence, calls)` and `reflect(...)`)."""
     trace = trace or TraceRecorder(loaded.case.id)
     artifacts_dir.mkdir(parents=True, exist_ok=True)
-    from medagent.agent.setup import ensure_built
-
-    blocked = ensure_built(settings, on_progress)
-    backend, settings, note = backend_or_rules(settings)
-    if note and on_progress is not None:
-        on_progress(note)
-    registry = Registry(settings, tools)
-    registry.block(blocked)
+    backend, settings, registry, notes = prepare_run(settings, tools, on_progress)
     try:
         run = RunContext(
             settings=settings,
@@ -119,7 +129,7 @@ async def run_loaded(
             planner=planner or make_planner(settings, trace, backend),
             reporter=make_reporter(settings, trace, backend),
             on_progress=on_progress,
-            notes=([note] if note else []) + [f"{tool} was not run: {reason}" for tool, reason in blocked.items()],
+            notes=notes,
         )
         run.models.update({name: tool.version(settings) for name, tool in run.registry.tools.items() if run.registry.unavailable_reason(name) is None})
         state = await graph().ainvoke(

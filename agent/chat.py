@@ -293,22 +293,13 @@ class ChatSession:
             handle.write(json.dumps({"role": role, "text": text, "ts": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}) + "\n")
 
     async def _run(self, update: dict[str, Any] | None) -> Result:
-        from medagent.agent.api import backend_or_rules, make_planner, make_reporter
+        from medagent.agent.api import make_planner, make_reporter, prepare_run
         from medagent.agent.state import RunContext
-        from medagent.tools.registry import Registry
         from medagent.tools.trace import TraceRecorder
 
         case = (await self.state())["case"]
         trace = TraceRecorder(case.id, self.folder / "trace.jsonl")
-        from medagent.agent.setup import ensure_built
-
-        blocked = ensure_built(self.settings, self.on_progress)
-        backend, settings, note = backend_or_rules(self.settings)
-        if note and self.on_progress is not None:
-            self.on_progress(note)
-        registry = Registry(settings)
-        registry.block(blocked)
-        notes = ([note] if note else []) + [f"{tool} was not run: {reason}" for tool, reason in blocked.items()]
+        backend, settings, registry, notes = prepare_run(self.settings, on_progress=self.on_progress)
         run = RunContext(settings=settings, registry=registry, trace=trace,
                          artifacts_dir=self.folder / "artifacts", planner=make_planner(settings, trace, backend),
                          reporter=make_reporter(settings, trace, backend, self.on_text), on_progress=self.on_progress,

@@ -23,6 +23,8 @@ from pathlib import Path
 from medagent.tools.config import Settings, cache_root, load_settings
 from medagent.tools.errors import MedagentError
 
+SETTINGS_FROM_STDIN = "--settings-from-stdin"
+
 
 @dataclass(frozen=True)
 class Build:
@@ -53,22 +55,19 @@ def _gguf_path(settings: Settings) -> Path | None:
         return None
     if values.get("model_path"):
         return Path(values["model_path"]).expanduser()
-    from medagent.agent.llm.assemble import PACKAGED
+    from medagent.agent.llm.assemble import PACKAGED, assembled_path
 
     model = PACKAGED.get(values.get("packaged") or "")
-    if model is None:
-        return None
-    return cache_root(settings) / "llm" / f"{model.name}-{model.version}" / "model.gguf"
+    return None if model is None else assembled_path(model, cache_root(settings))
 
 
 def _llm_ready(settings: Settings) -> bool:
-    from medagent.agent.llm.probe import probe_key
+    from medagent.agent.llm.probe import verdict_path
 
     path = _gguf_path(settings)
     if path is None or not path.is_file():
         return False
-    key = probe_key(path, settings.llm.n_ctx, settings.llm.n_threads)
-    return (cache_root(settings) / "llm" / "probe" / f"{key}.json").is_file()
+    return verdict_path(path, settings.llm.n_ctx, settings.llm.n_threads, cache_root(settings)).is_file()
 
 
 def _llm_build(settings: Settings) -> str:
@@ -101,16 +100,14 @@ def _graph_build(settings: Settings) -> str:
 
 
 def _dense_folder(settings: Settings) -> Path:
-    from medagent.specialists.knowledge.embed import embedder_id
-    from medagent.specialists.knowledge.graph import find_obo
-    from medagent.specialists.knowledge.link import Linker, dense_cache_folder
-    from medagent.specialists.knowledge.load import graph_folder
+    from medagent.specialists.knowledge.link import phenotype_terms
+    from medagent.specialists.knowledge.load import dense_folder
     from medagent.tools.knowledge import _graph
 
     knowledge = settings.knowledge
-    linker = Linker(_graph(settings), holdout_share=knowledge.holdout_share, dense_threshold=knowledge.dense_threshold)
-    return dense_cache_folder(graph_folder(cache_root(settings), find_obo(knowledge.hpo_obo)),
-                              embedder_id(knowledge.embedder), knowledge.holdout_share, len(linker.terms))  # fmt: skip
+    # The terms a default linker covers, counted without building one (that takes seconds, every run).
+    return dense_folder(cache_root(settings), knowledge.hpo_obo, knowledge.embedder, knowledge.holdout_share,
+                        len(phenotype_terms(_graph(settings))))  # fmt: skip
 
 
 def _dense_ready(settings: Settings) -> bool:
@@ -132,7 +129,7 @@ def _dense_build(settings: Settings) -> str:
 def _speech_wanted(settings: Settings) -> bool:
     from medagent.tools.speech import TOOLS
 
-    tool = TOOLS[0]
+    tool = next(t for t in TOOLS if t.name == "speech.transcribe")
     return settings.speech.runtime == "faster-whisper" and settings.speech.ct2_dir is None and tool.check(settings) is None
 
 
@@ -165,7 +162,7 @@ def missing(settings: Settings) -> list[Build]:
         try:
             if build.wanted(settings) and not build.ready(settings):
                 out.append(build)
-        except (MedagentError, OSError, FileNotFoundError):
+        except (MedagentError, OSError):
             out.append(build)  # cannot tell: building will say what is wrong
     return out
 
@@ -201,7 +198,7 @@ def run_setup(settings: Settings, say: Callable[[str], None] = print) -> list[tu
         started = time.monotonic()
         try:
             note = build.build(settings)
-        except (MedagentError, OSError, FileNotFoundError) as exc:
+        except (MedagentError, OSError) as exc:
             say(f"  ✗ {build.name}: {exc}")
             outcome.append((build.name, str(exc)))
             continue
@@ -214,22 +211,18 @@ def ensure_built(settings: Settings, progress: Callable[[str], None] | None = No
     """Before a run: build what is missing in a child process bounded by `[cache] build_timeout_s`.
 
     Returns {tool name: reason} for tools that must sit this run out because their build failed."""
-    todo = missing(settings)
-    if not todo:
+    needed = missing(settings)
+    if not needed:
         return {}
     say = progress or (lambda message: None)
     bound = settings.cache.build_timeout_s
-    say(f"one-time set-up not done yet ({', '.join(b.name.split(' (')[0] for b in todo)}): building now, "
+    say(f"one-time set-up not done yet ({', '.join(b.name.split(' (')[0] for b in needed)}): building now, "
         f"at most {bound:g} s; `medagent setup` does this ahead of time")
-    command = [sys.executable, "-m", "medagent.agent.setup"]
-    env = dict(os.environ)
-    if settings.source is not None:
-        env["MEDAGENT_CONFIG"] = str(settings.source)
-    if settings.cache_dir is not None:
-        env["MEDAGENT_HOME"] = str(settings.cache_dir.expanduser())
+    # The child builds for exactly these settings (an evaluation's overrides included), not the config file's.
+    command = [sys.executable, "-m", "medagent.agent.setup", SETTINGS_FROM_STDIN]
     started = time.monotonic()
     try:
-        child = subprocess.run(command, capture_output=True, text=True, timeout=bound, env=env)
+        child = subprocess.run(command, input=settings.model_dump_json(), capture_output=True, text=True, timeout=bound)
         failure = None if child.returncode == 0 else (
             [line.strip() for line in child.stdout.splitlines() if "✗" in line][:1] or
             [f"set-up exited with code {child.returncode}: {child.stderr.strip().splitlines()[-1:] or ''}"])[0]
@@ -246,9 +239,13 @@ def ensure_built(settings: Settings, progress: Callable[[str], None] | None = No
 
 
 def main() -> int:
-    """`python -m medagent.agent.setup`: the child that `ensure_built` starts (settings from the environment)."""
+    """`python -m medagent.agent.setup [--settings-from-stdin]`: the child that `ensure_built` starts (its
+    settings as JSON on stdin), or a set-up with the settings the environment names."""
     try:
-        settings = load_settings(None)
+        if SETTINGS_FROM_STDIN in sys.argv[1:]:
+            settings = Settings.model_validate_json(sys.stdin.read())
+        else:
+            settings = load_settings(None)
     except MedagentError as exc:
         print(f"✗ configuration: {exc}")
         return 2

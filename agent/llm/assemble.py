@@ -40,6 +40,11 @@ PACKAGED = {
 }
 
 
+def assembled_path(model: PackagedGGUF, cache: Path) -> Path:
+    """Where a packaged model is (or will be) assembled: `<cache>/llm/<name>-<version>/model.gguf`."""
+    return cache / "llm" / f"{model.name}-{model.version}" / "model.gguf"
+
+
 def part_files(model: PackagedGGUF) -> list[Path]:
     """The installed part files in order; raises UnavailableError naming the first missing package."""
     files = []
@@ -73,8 +78,8 @@ def assemble(name: str, cache: Path) -> Path:
     expected = sum(p.stat().st_size for p in parts)
     if model.size and expected != model.size:
         raise UnavailableError(f"LLM {name}: parts add up to {expected} bytes, expected {model.size} (reinstall: {model.pip})")
-    folder = cache / "llm" / f"{model.name}-{model.version}"
-    target, manifest = folder / "model.gguf", folder / "manifest.json"
+    target = assembled_path(model, cache)
+    folder, manifest = target.parent, target.parent / "manifest.json"
     if target.is_file() and manifest.is_file():
         recorded = json.loads(manifest.read_text())
         if recorded.get("size") == expected == target.stat().st_size:

@@ -147,7 +147,7 @@ def doctor_lines(settings: Settings) -> list[str]:
             path = values["model_path"].expanduser()
             lines.append(f"  model file {path}: {'found' if path.is_file() else 'MISSING'}")
         else:
-            from medagent.agent.llm.assemble import PACKAGED, part_files
+            from medagent.agent.llm.assemble import PACKAGED, assembled_path, part_files
             from medagent.tools.errors import UnavailableError
 
             name = values.get("packaged")
@@ -155,11 +155,11 @@ def doctor_lines(settings: Settings) -> list[str]:
             if model is None:
                 lines.append(f"  llm.packaged '{name}' is unknown (known: {', '.join(PACKAGED)})")
             else:
-                folder = cache_root(settings) / "llm" / f"{model.name}-{model.version}"
+                target = assembled_path(model, cache_root(settings))
                 try:
                     part_files(model)
-                    lines.append(f"  packaged GGUF {name}: parts installed; assembled at {folder / 'model.gguf'}"
-                                 f" ({'present' if (folder / 'model.gguf').is_file() else 'built on first use'})")
+                    lines.append(f"  packaged GGUF {name}: parts installed; assembled at {target}"
+                                 f" ({'present' if target.is_file() else 'built by `medagent setup` or on first use'})")
                 except UnavailableError as exc:
                     lines.append(f"  {exc}")
     elif values.get("backend") == "http":

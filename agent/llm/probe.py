@@ -14,6 +14,7 @@ it to prove that a really crashing backend never takes a run down. It is never s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ PROBE_TIMEOUT_S = 600.0  # loading 1.1 GB and 8 tokens take ~10 s here; a swappi
 _VERDICTS: dict[str, dict] = {}  # per process: a probe runs at most once per key
 
 
+@functools.cache
 def build_record() -> dict:
     """What scripts/install_llama.py recorded about the llama-cpp-python build in this environment."""
     record = Path(sys.prefix) / "share" / "medagent" / "llama-build.json"
@@ -39,14 +41,15 @@ def build_record() -> dict:
         return {}
 
 
-def cpu_flags() -> list[str]:
+@functools.cache
+def cpu_flags() -> tuple[str, ...]:
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
             if line.startswith("flags"):
-                return sorted(set(line.split(":", 1)[1].split()))
+                return tuple(sorted(set(line.split(":", 1)[1].split())))
     except OSError:
         pass
-    return []
+    return ()
 
 
 def gguf_identity(path: Path) -> str:
@@ -66,9 +69,14 @@ def probe_key(path: Path, n_ctx: int, n_threads: int | None) -> str:
         version = metadata.version("llama-cpp-python")
     except metadata.PackageNotFoundError:
         version = "missing"
-    parts = [version, build_record().get("key", "unrecorded"), cpu_flags(), gguf_identity(path), n_ctx, n_threads,
+    parts = [version, build_record().get("key", "unrecorded"), list(cpu_flags()), gguf_identity(path), n_ctx, n_threads,
              os.environ.get(ABORT_ENV, "")]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def verdict_path(path: Path, n_ctx: int, n_threads: int | None, cache: Path) -> Path:
+    """Where the probe's verdict for this GGUF, build and CPU is kept."""
+    return cache / "llm" / "probe" / f"{probe_key(path, n_ctx, n_threads)}.json"
 
 
 def describe_exit(code: int) -> str:
@@ -102,9 +110,8 @@ def run_probe(path: Path, n_ctx: int, n_threads: int | None, timeout_s: float = 
 
 def ensure_backend_runs(path: Path, n_ctx: int, n_threads: int | None, cache: Path) -> dict:
     """Raise UnavailableError('offline LLM unavailable (probe died: SIGSEGV)') unless llama.cpp runs here."""
-    key = probe_key(path, n_ctx, n_threads)
-    verdict = _VERDICTS.get(key)
-    stored = cache / "llm" / "probe" / f"{key}.json"
+    stored = verdict_path(path, n_ctx, n_threads, cache)
+    verdict = _VERDICTS.get(stored.name)
     if verdict is None and stored.is_file():
         try:
             verdict = json.loads(stored.read_text())
@@ -120,7 +127,7 @@ def ensure_backend_runs(path: Path, n_ctx: int, n_threads: int | None, cache: Pa
                 partial.replace(stored)
             except OSError:
                 pass  # an unwritable cache only means probing again next time
-    _VERDICTS[key] = verdict
+    _VERDICTS[stored.name] = verdict
     if not verdict.get("ok"):
         raise UnavailableError(f"offline LLM unavailable ({verdict.get('reason', 'probe failed')})")
     return verdict
@@ -155,7 +162,7 @@ def build_lines(settings) -> list[str]:  # noqa: ANN001 - Settings
     elif not path.is_file():
         lines.append(f"probe: {path} not assembled yet (`medagent setup`)")
     else:
-        stored = cache_root(settings) / "llm" / "probe" / f"{probe_key(path, settings.llm.n_ctx, settings.llm.n_threads)}.json"
+        stored = verdict_path(path, settings.llm.n_ctx, settings.llm.n_threads, cache_root(settings))
         try:
             verdict = json.loads(stored.read_text())
             lines.append(f"probe: {'passed' if verdict.get('ok') else 'FAILED: ' + verdict.get('reason', '')} "

@@ -15,6 +15,12 @@ def graph_folder(cache_dir: Path, obo_path: Path | None = None) -> Path:
     return cache_dir / "knowledge" / release_key(find_obo(obo_path))
 
 
+def dense_folder(cache_dir: Path, obo_path: Path | None, embedder_path: Path | None, holdout_share: float,
+                 n_terms: int) -> Path:
+    """Where the dense index of a linker over `n_terms` terms is cached."""
+    return dense_cache_folder(graph_folder(cache_dir, obo_path), embedder_id(embedder_path), holdout_share, n_terms)
+
+
 def load_linker(
     cache_dir: Path,
     obo_path: Path | None = None,
@@ -36,9 +42,7 @@ def load_linker(
     linker = Linker(graph, holdout_share=holdout_share, terms=terms, dense_threshold=dense_threshold)
     if dense:
         embedder = load_embedder(embedder_path)
-        folder = dense_cache_folder(
-            graph_folder(cache_dir, obo_path), embedder_id(embedder_path), holdout_share, len(linker.terms)
-        )
+        folder = dense_folder(cache_dir, obo_path, embedder_path, holdout_share, len(linker.terms))
         index = DenseIndex.load(folder)
         if index is None:
             forms, form_terms = linker.dense_forms()
