@@ -143,6 +143,9 @@ async def run_loaded(
 
 
 def _load(case: Case | Path | str, case_dir: Path | None, settings: Settings) -> LoadedCase:
+    from medagent.tools.safeio import configure
+
+    configure(settings.agent)  # the config's intake limits, as the CLI has them
     if isinstance(case, Case):
         return resolve_attachments(case, Path(case_dir or Path.cwd()), settings.agent.allow_outside_paths)
     return load_case(Path(case), settings.agent.allow_outside_paths)

@@ -8,19 +8,15 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markdown import Markdown
-from rich.markup import escape
 
 from medagent.tools.config import load_settings
 from medagent.tools.contracts import RESEARCH_NOTICE
 from medagent.tools.errors import MedagentError
-from medagent.tools.safeio import check_text, configure, current, decode_utf8, read_limited, terminal_safe
+from medagent.tools.safeio import check_text, configure, console_safe, current, decode_utf8, read_limited, terminal_safe
 
 ECHO_CHARS = 2_000  # a long turn is echoed shortened; the whole of it goes to the session
 
 
-def _safe(text: object) -> str:
-    """Text from the user, a file or a model: terminal-safe and never read as rich markup."""
-    return escape(terminal_safe(str(text)))
 
 
 def run_chat(config: Path | None, session_id: str | None, case_file: Path | None, script: Path | None,
@@ -45,7 +41,7 @@ def run_chat(config: Path | None, session_id: str | None, case_file: Path | None
         lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
     async def main() -> int:
-        progress = lambda message: console.print(f"  [dim]{_safe(message)}[/dim]")  # noqa: E731
+        progress = lambda message: console.print(f"  [dim]{console_safe(message)}[/dim]")  # noqa: E731
         draft = _DraftWriter(console)
         async with ChatSession(settings, session_id, case_file, on_progress=progress, on_text=draft) as session:
             console.print(f"[bold]medagent chat[/bold] — session {session.id}. /help lists commands. [dim]{RESEARCH_NOTICE}[/dim]")
@@ -66,7 +62,7 @@ def run_chat(config: Path | None, session_id: str | None, case_file: Path | None
                         console.print(f"Session {session.id} saved. Resume with: medagent chat --session {session.id}")
                         return 0
                     shown = line if len(line) <= ECHO_CHARS else f"{line[:ECHO_CHARS]}… ({len(line):,} characters)"
-                    console.print(f"[bold cyan]you>[/bold cyan] {_safe(shown)}")
+                    console.print(f"[bold cyan]you>[/bold cyan] {console_safe(shown)}")
                 else:
                     try:
                         line = await asyncio.to_thread(console.input, "[bold cyan]you>[/bold cyan] ")
@@ -76,7 +72,7 @@ def run_chat(config: Path | None, session_id: str | None, case_file: Path | None
                     check_text(line, "this turn")  # too long, a NUL or a lone surrogate: refused before any work
                     reply = await session.say(line)
                 except MedagentError as exc:
-                    console.print(f"[red]error:[/red] {_safe(' / '.join(str(exc).splitlines()))}")
+                    console.print(f"[red]error:[/red] {console_safe(' / '.join(str(exc).splitlines()))}")
                     if turns is not None:
                         continue
                     continue
@@ -136,6 +132,6 @@ def _show(console: Console, reply) -> None:
     if reply.text.startswith("# "):
         console.print(Markdown(terminal_safe(reply.text)))
     else:
-        console.print(f"[bold green]medagent>[/bold green] {_safe(reply.text)}")
+        console.print(f"[bold green]medagent>[/bold green] {console_safe(reply.text)}")
     if reply.question:
-        console.print(f"[bold green]medagent asks>[/bold green] {_safe(reply.question)}")
+        console.print(f"[bold green]medagent asks>[/bold green] {console_safe(reply.question)}")

@@ -28,13 +28,10 @@ def _err(message: str) -> None:
     typer.echo(f"error: {one_line(message)}", err=True)
 
 
-def _say(text: str) -> str:
-    """Text from a case, a file or a model, made harmless for the terminal and for rich's markup."""
-    from rich.markup import escape
+def _say(text: object) -> str:
+    from medagent.tools.safeio import console_safe
 
-    from medagent.tools.safeio import terminal_safe
-
-    return escape(terminal_safe(str(text)))
+    return console_safe(text)
 
 
 def _console():

@@ -237,6 +237,13 @@ def terminal_safe(text: str) -> str:
     return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
 
 
+def console_safe(text: object) -> str:
+    """Text from a case, a file, a user or a model for a rich console: terminal-safe, never read as markup."""
+    from rich.markup import escape
+
+    return escape(terminal_safe(str(text)))
+
+
 def one_line(text: str) -> str:
     """A message as one terminal-safe line (a library's embedded newlines become ' / ')."""
     return " / ".join(part.strip() for part in terminal_safe(str(text)).splitlines() if part.strip())
