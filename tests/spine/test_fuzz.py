@@ -480,16 +480,9 @@ def summarise(outcomes: list[Outcome]) -> str:
 
 
 @pytest.mark.timeout(600)
-def test_fuzz_solve(tmp_path):
-    outcomes = run_all(solve_inputs(), tmp_path)
-    report = summarise(outcomes)
-    print(report)
-    assert all(not o.problems for o in outcomes), report
-
-
-@pytest.mark.timeout(600)
-def test_fuzz_chat(tmp_path):
-    outcomes = run_all(chat_inputs(), tmp_path)
+@pytest.mark.parametrize("inputs", [solve_inputs, chat_inputs], ids=["solve", "chat"])
+def test_fuzz(tmp_path, inputs):
+    outcomes = run_all(inputs(), tmp_path)
     report = summarise(outcomes)
     print(report)
     assert all(not o.problems for o in outcomes), report
