@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -124,7 +125,7 @@ def main() -> int:
         print(f"install_llama: compiling llama-cpp-python {VERSION} for the {name} variant "
               f"(about 4 minutes on 2 cores, once per CPU): {' '.join(cmake)}", flush=True)
         partial = wheels.with_name(wheels.name + ".partial")
-        subprocess.run(["rm", "-rf", str(partial)], check=True)
+        shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         env = {**os.environ, "CMAKE_ARGS": " ".join(cmake), "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
         if cflags:  # CMake starts CMAKE_C(XX)_FLAGS from these
@@ -132,7 +133,7 @@ def main() -> int:
             env["CXXFLAGS"] = f"{os.environ.get('CXXFLAGS', '')} {cflags}".strip()
         subprocess.run([*pip, "wheel", "--no-deps", "--no-cache-dir", "--no-binary", "llama-cpp-python",
                         "-w", str(partial), f"llama-cpp-python=={VERSION}"], check=True, env=env)
-        subprocess.run(["rm", "-rf", str(wheels)], check=True)
+        shutil.rmtree(wheels, ignore_errors=True)
         partial.rename(wheels)  # only a finished wheel is ever found there
     wheel = next(wheels.glob("llama_cpp_python-*.whl"))
     constraints = ["-c", args.constraints] if args.constraints else []
