@@ -30,6 +30,7 @@ from medagent.tools.errors import CaseError, MedagentError
 from medagent.tools.intake import resolve_attachments
 from medagent.tools.medio import sniff
 from medagent.tools.paths import child, inside, prepare_output, publish_output
+from medagent.tools.pool import ModelPool
 from medagent.tools.safeio import terminal_safe
 
 SESSION_ID = "^[A-Za-z0-9_-]{1,64}$"
@@ -175,11 +176,16 @@ class Reply:
 
 
 class ChatSession:
-    """One open consultation. Use as a context manager: it holds the session lock while open."""
+    """One open consultation. Use as a context manager: it holds the session lock while open. Its turns load
+    models into `pool` (a process serving many sessions passes one); without one the session's own pool is
+    closed when the session closes."""
 
     def __init__(self, settings: Settings, session_id: str | None = None, case_file: Path | None = None,
-                 on_progress: Callable[[str], None] | None = None, on_text: Callable[[str], None] | None = None) -> None:
+                 on_progress: Callable[[str], None] | None = None, on_text: Callable[[str], None] | None = None,
+                 pool: ModelPool | None = None) -> None:
         self.settings = settings
+        self._own_pool = pool is None
+        self.pool = pool if pool is not None else ModelPool()
         self.on_progress = on_progress
         self.on_text = on_text  # the LLM reporter's sentences, streamed as they are written
         self._loaded = None
@@ -239,6 +245,8 @@ class ChatSession:
         if self._saver_cm is not None:
             await self._saver_cm.__aexit__(None, None, None)
             self._saver_cm = None
+        if self._own_pool:
+            self.pool.close()
         self._lock.release()
 
     def _config(self, run: Any = None) -> dict[str, Any]:
@@ -293,22 +301,23 @@ class ChatSession:
             handle.write(json.dumps({"role": role, "text": text, "ts": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}) + "\n")
 
     async def _run(self, update: dict[str, Any] | None) -> Result:
-        from medagent.agent.api import make_planner, make_reporter, prepare_run
+        from medagent.agent.api import make_planner, make_reporter, prepare_run, record_models
         from medagent.agent.state import RunContext
         from medagent.tools.trace import TraceRecorder
 
         case = (await self.state())["case"]
         trace = TraceRecorder(case.id, self.folder / "trace.jsonl")
-        backend, settings, registry, notes = prepare_run(self.settings, on_progress=self.on_progress)
+        backend, settings, registry, notes = prepare_run(self.settings, on_progress=self.on_progress, pool=self.pool)
         run = RunContext(settings=settings, registry=registry, trace=trace,
-                         artifacts_dir=self.folder / "artifacts", planner=make_planner(settings, trace, backend),
-                         reporter=make_reporter(settings, trace, backend, self.on_text), on_progress=self.on_progress,
-                         notes=notes)
+                         artifacts_dir=self.folder / "artifacts", planner=make_planner(settings, trace, backend, self.pool),
+                         reporter=make_reporter(settings, trace, backend, self.on_text, self.pool), on_progress=self.on_progress,
+                         notes=notes, pool=self.pool)
         run.artifacts_dir.mkdir(exist_ok=True)
         try:
             # Checkpoint every node before moving on, so a killed process loses at most the node it was in.
             values = await self.graph.ainvoke(update, config=self._config(run), durability="sync")
         finally:
+            record_models(trace, self.pool, shared=True)  # the session's pool outlives the turn
             trace.close()
             if backend is not None:
                 await backend.aclose()
@@ -381,9 +390,9 @@ class ChatSession:
         else:
             question = None
             try:
-                from medagent.specialists.knowledge.graph import load_graph
+                from medagent.tools.knowledge import _graph
 
-                graph = load_graph(cache_root(self.settings), self.settings.knowledge.hpo_obo)
+                graph = _graph(self.settings, self.pool)
                 question = next_question(graph, ranking, {a for a in asked if a.startswith("HP:")})
             except Exception as exc:  # history taking is an aid: its failure must not end the turn
                 self._log_turn("assistant", "", kind="question_error", reason=f"{exc.__class__.__name__}: {exc}")
@@ -397,7 +406,7 @@ class ChatSession:
     def _available_tools(self) -> set[str]:
         from medagent.tools.registry import Registry
 
-        return {tool.name for tool in Registry(self.settings).available()}
+        return {tool.name for tool in Registry(self.settings, pool=self.pool).available()}
 
     def _reply(self, result: Result, before: int, lead: str = "") -> Reply:
         new = result.evidence[before:]

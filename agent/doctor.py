@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from medagent.tools.errors import MedagentError
+from medagent.tools.pool import ModelPool, describe, file_bytes, mib
 
 PACKAGES = (
     "pydantic", "typer", "pydicom", "nibabel", "soundfile", "pillow", "numpy", "langgraph", "httpx",
@@ -19,7 +20,72 @@ PACKAGES = (
 )
 
 
-def run_doctor(config: Path | None) -> bool:
+def model_files(settings, available: set[str]) -> list[tuple[str, Path]]:  # noqa: ANN001 - Settings
+    """(what, file or folder) for each model a run under these settings would load, where it is on disk."""
+    from medagent.agent.setup import _gguf_path
+    from medagent.tools.config import cache_root
+
+    root, found = cache_root(settings), []
+    gguf = _gguf_path(settings)
+    if gguf is not None:
+        found.append(("LLM (llama.cpp GGUF, memory-mapped)", gguf))
+    if available & {"knowledge.link", "knowledge.rank", "knowledge.lookup"}:
+        from medagent.specialists.knowledge.embed import default_embedder_path
+        from medagent.specialists.knowledge.load import graph_folder
+
+        folder = graph_folder(root, settings.knowledge.hpo_obo)
+        found.append(("knowledge graph (pickle)", folder / "graph.pkl"))
+        if settings.knowledge.dense:
+            from medagent.specialists.knowledge.embed import embedder_id
+
+            found.append(("phenotype embedder", Path(settings.knowledge.embedder or default_embedder_path())))
+            # The default linker's index covers every phenotype term: of the cached ones, the one with most terms.
+            stem = f"dense_{embedder_id(settings.knowledge.embedder)}_holdout{settings.knowledge.holdout_share:.2f}_"
+            indexes = sorted(folder.glob(f"{stem}*terms_hnsw"), key=lambda f: int(f.name[len(stem):].split("terms")[0]))
+            if indexes:
+                found.append(("dense phenotype index", indexes[-1]))
+    if "speech.transcribe" in available and settings.speech.runtime == "faster-whisper":
+        from medagent.specialists.speech.load import packaged_model_dir
+
+        found.append(("Whisper (CTranslate2)", Path(settings.speech.ct2_dir or packaged_model_dir(root)).expanduser()))
+    if "imaging.vqa" in available:
+        from medagent.specialists.radfm.load import checkpoint_file
+
+        checkpoint = checkpoint_file(Path(settings.radfm.path).expanduser())
+        if checkpoint is not None:
+            found.append((f"RadFM checkpoint ({settings.radfm.dtype} in memory)", checkpoint))
+    if "pathology.classify" in available:
+        from medagent.specialists.pathology.load import find_weights
+
+        found.append(("KEP/KEEP weights", find_weights(Path(settings.pathology.path))))
+    if "imaging.segment" in available:
+        found += [(f"MONAI bundle {Path(b).name}", Path(b).expanduser() / "models" / "model.pt") for b in settings.imaging.bundles]
+    return found
+
+
+def memory_lines(settings, available: set[str], pool: ModelPool | None = None) -> list[str]:  # noqa: ANN001 - Settings
+    """What a pool in this process holds, and the on-disk size of what a run would load (a first guess at its memory)."""
+    held = pool.loaded() if pool is not None else []
+    if held:
+        lines = [f"this process's model pool holds {len(held)}, about {mib(sum(e.bytes or 0 for e in held))}:"]
+        lines += [f"  {line}" for line in describe(held)]
+    else:
+        lines = ["no model is loaded in this process (doctor loads none); after a solve, the last event of its "
+                 "trace.jsonl (`models`) lists what the run held, with memory estimates"]
+    files = model_files(settings, available)
+    if files:
+        lines.append("a run would load (sizes on disk; weights take about this much memory, a graph or index more):")
+        total = 0
+        for what, path in files:
+            size = file_bytes(path)
+            total += size
+            lines.append(f"  {what}: {mib(size) if size else 'not built yet'} at {path}")
+        lines.append(f"  together {mib(total)} on disk")
+    return lines
+
+
+def run_doctor(config: Path | None, pool: ModelPool | None = None) -> bool:
+    """`pool`: a process's model pool to report on (the CLI has none: a doctor process loads no models)."""
     from medagent.tools.config import cache_root, load_settings
     from medagent.tools.registry import Registry
 
@@ -66,4 +132,11 @@ def run_doctor(config: Path | None) -> bool:
         console.print(f"  {mark} {name}: {'available' if reason is None else 'unavailable: ' + escape(reason)}")
         for line in tool.doctor(settings):
             console.print(f"      {escape(line)}", highlight=False)
+    console.print("\n[bold]model memory[/bold]")
+    available = {name for name in registry.tools if registry.unavailable_reason(name) is None}
+    try:
+        for line in memory_lines(settings, available, pool):
+            console.print(f"  {escape(line)}", highlight=False)
+    except (MedagentError, OSError) as exc:
+        console.print(f"  [yellow]–[/yellow] model sizes not read: {escape(str(exc))}")
     return ok

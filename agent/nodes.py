@@ -125,7 +125,7 @@ async def act(state: CaseState, config: RunnableConfig) -> dict[str, Any]:
         case_dir=_case_dir(state),
         artifacts_dir=run.artifacts_dir,
         settings=run.settings,
-        evidence_so_far=list(state.get("evidence", [])),
+        evidence_so_far=list(state.get("evidence", [])), pool=run.pool,
     )
     semaphore = asyncio.Semaphore(run.settings.agent.max_concurrency)
     # Our own pool, sized by max_concurrency: asyncio's default one has only cpu_count + 4 threads.

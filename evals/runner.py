@@ -29,6 +29,7 @@ from medagent.tools.config import Settings, load_settings
 from medagent.tools.contracts import Evidence, EvidenceDraft, Result, ToolCall
 from medagent.tools.errors import CaseError, ConfigError, MedagentError
 from medagent.tools.intake import LoadedCase, load_case, resolve_attachments
+from medagent.tools.pool import ModelPool
 from medagent.tools.registry import Registry, ToolContext
 from medagent.tools.trace import (
     ErrorEvent,
@@ -69,12 +70,13 @@ def _substitute(arguments: dict[str, Any], previous: Evidence | None) -> dict[st
     return resolved
 
 
-async def _run_steps(item: SuiteItem, loaded: LoadedCase, settings: Settings, run_dir: Path, trace: TraceRecorder) -> Result:
+async def _run_steps(item: SuiteItem, loaded: LoadedCase, settings: Settings, run_dir: Path, trace: TraceRecorder,
+                     pool: ModelPool) -> Result:
     """direct / pipeline mode: fixed tool calls, no planner, the same validation and evidence ids."""
     from medagent.agent.reporter import TemplateReporter
 
-    registry = Registry(settings)
-    ctx = ToolContext(loaded.case, loaded.case_dir, run_dir / "artifacts" / item.id, settings)
+    registry = Registry(settings, pool=pool)
+    ctx = ToolContext(loaded.case, loaded.case_dir, run_dir / "artifacts" / item.id, settings, pool=pool)
     ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
     evidence: list[Evidence] = []
     calls: list[ToolCall] = []
@@ -122,38 +124,28 @@ def choice_prompt(question: str, options: list[str]) -> list[dict[str, str]]:
     ]
 
 
-# One LLM backend per run (loading a local model per item would dominate the run time).
-_BACKENDS: dict[int, Any] = {}
-_BACKEND_LOCK = threading.Lock()
+def _make_backend(settings: Settings, pool: ModelPool) -> Any:
+    """The LLM backend; a local model loads once per pool (per item would dominate the run time)."""
+    try:
+        from medagent.agent.llm import make_backend
+
+        return make_backend(settings, pool)
+    except (ConfigError, ImportError) as exc:
+        raise MedagentError(f"no LLM configured, so this multiple-choice item was not answered ({exc}); "
+                            "set [llm] preset in medagent.toml, e.g. preset = \"offline-cpu\"") from exc
 
 
-def _backend_once(settings: Settings) -> Any:
-    with _BACKEND_LOCK:
-        if id(settings) not in _BACKENDS:
-            try:
-                from medagent.agent.llm import make_backend
-
-                _BACKENDS[id(settings)] = make_backend(settings)
-            except (ConfigError, ImportError) as exc:
-                raise MedagentError(f"no LLM configured, so this multiple-choice item was not answered ({exc}); "
-                                    "set [llm] preset in medagent.toml, e.g. preset = \"offline-cpu\"") from exc
-        return _BACKENDS[id(settings)]
-
-
-async def _backend(settings: Settings) -> Any:
-    return await asyncio.to_thread(_backend_once, settings)
-
-
-async def _close_backend(settings: Settings) -> None:
-    backend = _BACKENDS.pop(id(settings), None)
-    if backend is not None:
-        await backend.aclose()
-
-
-async def _run_choice(item: SuiteItem, loaded: LoadedCase, settings: Settings, trace: TraceRecorder) -> None:
+async def _run_choice(item: SuiteItem, loaded: LoadedCase, settings: Settings, trace: TraceRecorder, pool: ModelPool) -> None:
     """Multiple choice: one schema-constrained LLM completion; the chosen letter goes in the result event."""
+    backend = await asyncio.to_thread(_make_backend, settings, pool)
+    try:
+        await _ask_choice(item, loaded, backend, trace)
+    finally:
+        await backend.aclose()  # an HTTP backend's connections; a local model stays in the pool
+
+
+async def _ask_choice(item: SuiteItem, loaded: LoadedCase, backend: Any, trace: TraceRecorder) -> None:
     options = item.expected.options or []
-    backend = await _backend(settings)
     letters = list(LETTERS[: len(options)])
     schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": letters}}, "required": ["answer"]}
     messages = choice_prompt(loaded.case.question if not loaded.case.history else f"{loaded.case.history}\n\n{loaded.case.question}", options)
@@ -188,11 +180,16 @@ def item_extras(item: SuiteItem) -> dict[str, Any]:
     return extras
 
 
-async def run_item(item: SuiteItem, suite: Suite, settings: Settings, run_dir: Path, available: set[str] | None = None) -> dict[str, Any]:
-    """Run one item in a fresh state; write its trace and result; return its score line.
+async def run_item(item: SuiteItem, suite: Suite, settings: Settings, run_dir: Path, available: set[str] | None = None,
+                   pool: ModelPool | None = None) -> dict[str, Any]:
+    """Run one item in a fresh state; write its trace and result; return its score line. Models load into
+    `pool` (the suite's, shared by its items); without one, into a pool of the item's own, closed after it.
 
     A clear project error (bad input, missing LLM) is recorded as the item's failure; any other
     exception is recorded as a crash, so one item can never stop a run."""
+    if pool is None:
+        with ModelPool() as own:
+            return await run_item(item, suite, settings, run_dir, available, own)
     trace_path = run_dir / "traces" / f"{item.id}.jsonl"
     trace_path.unlink(missing_ok=True)
     started = time.monotonic()
@@ -208,24 +205,24 @@ async def run_item(item: SuiteItem, suite: Suite, settings: Settings, run_dir: P
         trace = TraceRecorder(loaded.case.id, trace_path)
         try:
             if item.expected.options is not None:
-                await _run_choice(item, loaded, settings, trace)
+                await _run_choice(item, loaded, settings, trace, pool)
                 result = None
             elif item.mode == "agent":
                 from medagent.agent.api import run_loaded
 
-                result, _ = await run_loaded(loaded, settings, run_dir / "artifacts" / item.id, trace)
+                result, _ = await run_loaded(loaded, settings, run_dir / "artifacts" / item.id, trace, pool=pool)
             elif item.mode in ("direct", "pipeline"):
-                result = await _run_steps(item, loaded, settings, run_dir, trace)
+                result = await _run_steps(item, loaded, settings, run_dir, trace, pool)
             else:
                 from medagent.evals.dialogue import run_dialogue
 
-                result, dialogue_metrics = await run_dialogue(item, settings, run_dir, trace_path)
+                result, dialogue_metrics = await run_dialogue(item, settings, run_dir, trace_path, pool)
                 line.update(dialogue_metrics)
         finally:
             trace.close()
         if result is not None:
             (run_dir / "results" / f"{item.id}.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
-        expected = await asyncio.to_thread(with_graph_ids, item.expected, settings)
+        expected = await asyncio.to_thread(with_graph_ids, item.expected, settings, pool)
         line.update(score_events(read_trace(trace_path), expected))
     except MedagentError as exc:
         line.update(completed=False, failure=str(exc))
@@ -290,7 +287,8 @@ def run_suite(
     scores_path = run_dir / "scores.jsonl"
     done = {s["id"] for s in read_scores(scores_path)}
     todo = [item for item in items if item.id not in done]
-    registry = Registry(settings)
+    pool = ModelPool()  # the suite's models, loaded once for all its items
+    registry = Registry(settings, pool=pool)
     available = {name for name in registry.tools if registry.unavailable_reason(name) is None}
     (run_dir / "run.json").write_text(json.dumps({
         "suite": suite.name, "suite_source": str(Path(suite_name).resolve()) if Path(suite_name).exists() else suite_name,
@@ -316,18 +314,18 @@ def run_suite(
 
             async def one(item: SuiteItem) -> None:
                 async with semaphore:
-                    line = await run_item(item, suite, settings, run_dir, available)
+                    line = await run_item(item, suite, settings, run_dir, available, pool)
                 with lock, scores_path.open("a", encoding="utf-8") as handle:
                     handle.write(json.dumps(line, default=str) + "\n")
                 progress.console.print(f"{item.id}: {line['wall_s']:.1f} s  {_status(line)}")
                 progress.update(task, advance=1, description=f"{suite.name} (last {line['wall_s']:.1f} s/item)")
 
-            try:
-                await asyncio.gather(*(one(item) for item in todo))
-            finally:
-                await _close_backend(settings)
+            await asyncio.gather(*(one(item) for item in todo))
 
-    asyncio.run(run_all())
+    try:
+        asyncio.run(run_all())
+    finally:
+        pool.close()
     wanted = {item.id for item in items}
     everything = read_scores(scores_path)
     # Cross-item metrics (robustness baselines) go into scores.jsonl too, rewritten whole and atomically.
@@ -363,6 +361,7 @@ def score_traces(traces: Path, suite_name: str | None = None, data_dir: Path | N
         raise MedagentError(f"{traces}: no trace .jsonl files found")
     items: dict[str, SuiteItem] = {}
     settings = settings or load_settings(config)
+    pool = ModelPool()  # the graph the answer labels are matched through, read once
     if suite_name is not None:
         suite = load_suite(suite_name, shared_data_dir(data_dir), None)
         items = {item.id: item for item in suite.items}
@@ -376,7 +375,7 @@ def score_traces(traces: Path, suite_name: str | None = None, data_dir: Path | N
             events = read_trace(file)
         except (ValueError, json.JSONDecodeError) as exc:
             raise MedagentError(f"{file}: not a medagent trace ({exc})") from exc
-        line.update(score_events(events, with_graph_ids(item.expected, settings) if item else Expected()))
+        line.update(score_events(events, with_graph_ids(item.expected, settings, pool) if item else Expected()))
         line["wall_s"] = line["seconds"]
         scores.append(line)
     title = f"{len(files)} traces from {folder}" + (f" against suite {suite_name}" if suite_name else "")

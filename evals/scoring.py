@@ -78,39 +78,39 @@ def diagnosis_rank(differential: list[dict[str, Any]], expected: Expected) -> in
     return None
 
 
-_GRAPHS: dict[str, Any] = {}
-
-
-def graph_answer_ids(labels: list[str], settings: Any) -> list[str]:
+def graph_answer_ids(labels: list[str], settings: Any, pool: Any = None) -> list[str]:
     """Synonym-aware answers through the knowledge graph: the OMIM/ORPHA diseases whose name (or the
     head of it before the first comma, e.g. "Myasthenia gravis" for OMIM and ORPHA alike) matches an
-    expected label after `normalise_label`. Empty when the knowledge graph is disabled or not built."""
+    expected label after `normalise_label`. Empty when the knowledge graph is disabled or not built.
+    The graph and the name table are kept in `pool` (a ModelPool; without one they are read per call)."""
     if not labels or not getattr(getattr(settings, "knowledge", None), "enabled", False):
         return []
     from medagent.tools.config import cache_root
+    from medagent.tools.knowledge import _graph
+    from medagent.tools.pool import ModelPool
 
-    key = str(cache_root(settings))
-    if key not in _GRAPHS:
+    pool = pool if pool is not None else ModelPool()
+
+    def disease_names() -> dict[str, list[str]]:
         try:
-            from medagent.specialists.knowledge.graph import load_graph
-
-            graph = load_graph(cache_root(settings), settings.knowledge.hpo_obo)
-            names: dict[str, list[str]] = defaultdict(list)
-            for disease_id, name in zip(graph.disease_ids, graph.disease_names, strict=True):
-                for form in {normalise_label(name), normalise_label(name.split(",")[0])}:
-                    names[form].append(disease_id)
-            _GRAPHS[key] = names
+            graph = _graph(settings, pool)
         except Exception:  # noqa: BLE001  (no graph: labels still match by name, as documented)
-            _GRAPHS[key] = {}
-    names = _GRAPHS[key]
+            return {}
+        names: dict[str, list[str]] = defaultdict(list)
+        for disease_id, name in zip(graph.disease_ids, graph.disease_names, strict=True):
+            for form in {normalise_label(name), normalise_label(name.split(",")[0])}:
+                names[form].append(disease_id)
+        return dict(names)
+
+    names = pool.get(("evals.disease_names", str(cache_root(settings)), str(settings.knowledge.hpo_obo)), disease_names)
     return sorted({disease for label in labels for disease in names.get(normalise_label(label), [])})
 
 
-def with_graph_ids(expected: Expected, settings: Any) -> Expected:
+def with_graph_ids(expected: Expected, settings: Any, pool: Any = None) -> Expected:
     """`expected` with the graph's ids for its labels added (diagnosis items only)."""
     if not expected.answer_labels or expected.options is not None:
         return expected
-    extra = [i for i in graph_answer_ids(expected.answer_labels, settings) if i not in expected.answer_ids]
+    extra = [i for i in graph_answer_ids(expected.answer_labels, settings, pool) if i not in expected.answer_ids]
     return expected.model_copy(update={"answer_ids": [*expected.answer_ids, *extra]}) if extra else expected
 
 

@@ -19,8 +19,6 @@ from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
 from pydantic import Field
 
 CT_VERSION = "ctquant-1"
-# Loaded bundle networks, keyed by folder and weights' modification time, so a session reuses them.
-_NETWORKS: dict[tuple[str, float, str], Any] = {}
 
 
 def _relative(ctx: ToolContext, path: Path) -> str:
@@ -241,11 +239,11 @@ def segment(args: SegmentArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         )
     device = _device(ctx.settings)
     weights = folder / "models" / "model.pt"
-    key = (str(folder.resolve()), weights.stat().st_mtime if weights.is_file() else 0.0, device)
+    # Bundle networks in the run's pool, keyed by folder and weights' modification time, so a session reuses them.
+    key = ("imaging.bundle", str(folder.resolve()), weights.stat().st_mtime if weights.is_file() else 0.0, device)
     try:
-        if key not in _NETWORKS:
-            _NETWORKS.clear()  # one bundle network held at a time keeps memory bounded
-            _NETWORKS[key] = build_network(bundle, device=device)
+        ctx.pool.drop(lambda held: held[0] == "imaging.bundle" and held != key)  # one bundle network at a time
+        network = ctx.pool.get(key, lambda: build_network(bundle, device=device))
         with tempfile.TemporaryDirectory(prefix="medagent-segment-") as scratch:
             image_path = path
             if volume.source_format != "nifti":
@@ -255,7 +253,7 @@ def segment(args: SegmentArgs, ctx: ToolContext) -> list[EvidenceDraft]:
             result = run_bundle(
                 bundle,
                 image_path,
-                _NETWORKS[key],
+                network,
                 device=device,
                 roi_size=tuple(settings.roi_size) if settings.roi_size else None,
                 sw_batch_size=settings.sw_batch_size,

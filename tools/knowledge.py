@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from medagent.tools.config import Settings, cache_root
 from medagent.tools.contracts import Case, Evidence, EvidenceDraft, ToolCall
 from medagent.tools.errors import ToolError, UnavailableError
+from medagent.tools.pool import ModelPool
 from medagent.tools.registry import Tool, ToolContext
 
 
@@ -35,11 +36,12 @@ class LookupArgs(BaseModel):
     concept: str = Field(description="An HPO id, OMIM:/ORPHA: id, ICD-10-CM code, or a phenotype name")
 
 
-def _graph(settings: Settings):  # noqa: ANN202 - KnowledgeGraph
+def _graph(settings: Settings, pool: ModelPool):  # noqa: ANN202 - KnowledgeGraph
     from medagent.specialists.knowledge.graph import KnowledgeError, load_graph
 
+    root, obo = cache_root(settings), settings.knowledge.hpo_obo
     try:
-        return load_graph(cache_root(settings), settings.knowledge.hpo_obo)
+        return pool.get(("knowledge.graph", str(root), str(obo)), lambda: load_graph(root, obo))
     except KnowledgeError as exc:
         raise UnavailableError(str(exc)) from exc
 
@@ -98,14 +100,15 @@ def _user_sources(settings: Settings) -> list:
     )
 
 
-def _user_lookup(concept: str, settings: Settings, graph) -> EvidenceDraft | None:  # noqa: ANN001
+def _user_lookup(concept: str, settings: Settings, graph, pool: ModelPool) -> EvidenceDraft | None:  # noqa: ANN001
     """Search the user's own ontologies (OBO, UMLS) for a concept the packaged graph does not know."""
     from medagent.specialists.knowledge.extra import load_user_ontology
     from medagent.specialists.knowledge.graph import KnowledgeError
 
     for path in _user_sources(settings):
         try:
-            concepts = load_user_ontology(path, cache_root(settings))
+            concepts = pool.get(("knowledge.ontology", str(path), str(cache_root(settings))),
+                                lambda path=path: load_user_ontology(path, cache_root(settings)))
         except KnowledgeError as exc:
             raise ToolError(f"knowledge.lookup: {exc}") from exc
         hit = concepts.find(concept)
@@ -126,20 +129,32 @@ def _user_lookup(concept: str, settings: Settings, graph) -> EvidenceDraft | Non
     return None
 
 
-def linker_for(settings: Settings):  # noqa: ANN201 - a specialists.knowledge Linker
-    """The linker `knowledge.link` uses under these settings; the first call builds the graph and dense index
-    into the cache root (minutes on 2 cores), later calls load them."""
+def linker_for(settings: Settings, pool: ModelPool):  # noqa: ANN201 - a specialists.knowledge Linker
+    """The linker `knowledge.link` uses under these settings, held in `pool` (with its graph and embedder);
+    the first load builds the graph and dense index into the cache root (minutes on 2 cores), later ones read them."""
+    from medagent.specialists.knowledge.embed import load_embedder
     from medagent.specialists.knowledge.load import load_linker
 
     knowledge = settings.knowledge
-    return load_linker(
-        cache_root(settings),
-        knowledge.hpo_obo,
-        holdout_share=knowledge.holdout_share,
-        dense=knowledge.dense,
-        embedder_path=knowledge.embedder,
-        dense_threshold=knowledge.dense_threshold,
-    )
+
+    def load():  # noqa: ANN202
+        graph = _graph(settings, pool)
+        embedder = (pool.get(("knowledge.embedder", str(knowledge.embedder)), lambda: load_embedder(knowledge.embedder))
+                    if knowledge.dense else None)  # fmt: skip
+        return load_linker(
+            cache_root(settings),
+            knowledge.hpo_obo,
+            holdout_share=knowledge.holdout_share,
+            dense=knowledge.dense,
+            embedder_path=knowledge.embedder,
+            dense_threshold=knowledge.dense_threshold,
+            graph=graph,
+            embedder=embedder,
+        )
+
+    key = ("knowledge.linker", str(cache_root(settings)), str(knowledge.hpo_obo), knowledge.holdout_share, knowledge.dense,
+           str(knowledge.embedder), knowledge.dense_threshold)  # fmt: skip
+    return pool.get(key, load)
 
 
 def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
@@ -148,7 +163,7 @@ def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     from medagent.specialists.knowledge.link import consistent_excluded, split_mentions
 
     try:
-        linker = linker_for(ctx.settings)
+        linker = linker_for(ctx.settings, ctx.pool)
         mentions = linker.link(args.text) if args.text.strip() or args.source != "history" else []
     except KnowledgeError as exc:
         raise ToolError(f"knowledge.link ({args.source}): {exc}") from exc
@@ -290,7 +305,7 @@ def rank(args: RankArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     from medagent.specialists.knowledge.rank import rank as rank_diseases
 
     knowledge = ctx.settings.knowledge
-    graph = _graph(ctx.settings)
+    graph = _graph(ctx.settings, ctx.pool)
     present, excluded, conflicts = reconcile(graph, args, ctx)
     if not present:
         raise ToolError("knowledge.rank: no present phenotype left once the sources were reconciled: "
@@ -337,7 +352,7 @@ def rank(args: RankArgs, ctx: ToolContext) -> list[EvidenceDraft]:
 def lookup(args: LookupArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     from medagent.specialists.knowledge.graph import normalise
 
-    graph = _graph(ctx.settings)
+    graph = _graph(ctx.settings, ctx.pool)
     concept = args.concept.strip()
     if not concept:
         raise ToolError("knowledge.lookup: concept is empty")
@@ -363,11 +378,11 @@ def lookup(args: LookupArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     disease = next((d for d, name in enumerate(graph.disease_names) if normalise(name) == key), None)
     if disease is not None:  # a disease named in words ("Marfan syndrome")
         return [_disease_evidence(graph, disease)]
-    found = _user_lookup(concept, ctx.settings, graph)
+    found = _user_lookup(concept, ctx.settings, graph, ctx.pool)
     if found is not None:
         return [found]
     # Free text (a planner often passes a phrase): look up the phenotypes it mentions, at most three.
-    mentioned = list(dict.fromkeys(i for m in linker_for(ctx.settings).link(concept) if not m.negated
+    mentioned = list(dict.fromkeys(i for m in linker_for(ctx.settings, ctx.pool).link(concept) if not m.negated
                                    for i in [graph.resolve(m.id)] if i is not None))[:3]  # fmt: skip
     if mentioned:
         lead = f"'{concept[:60]}' is not one concept; it mentions "
@@ -377,16 +392,16 @@ def lookup(args: LookupArgs, ctx: ToolContext) -> list[EvidenceDraft]:
                     "and mentions no phenotype")
 
 
-def _lookup_precheck(args: LookupArgs, case: Case, settings: Settings) -> str | None:
+def _lookup_precheck(args: LookupArgs, case: Case, settings: Settings, pool: ModelPool) -> str | None:
     """A concept no catalogue knows and that mentions no phenotype ('abdominal CT') is refused up front."""
     from pathlib import Path
 
-    lookup(args, ToolContext(case=case, case_dir=Path("."), artifacts_dir=Path("."), settings=settings))  # ms
+    lookup(args, ToolContext(case=case, case_dir=Path("."), artifacts_dir=Path("."), settings=settings, pool=pool))  # ms
     return None
 
 
-def _rank_precheck(args: RankArgs, case: Case, settings: Settings) -> str | None:
-    graph = _graph(settings)
+def _rank_precheck(args: RankArgs, case: Case, settings: Settings, pool: ModelPool) -> str | None:
+    graph = _graph(settings, pool)
     unknown = [t for t in args.present + args.excluded if graph.resolve(t) is None]
     if unknown:
         return f"knowledge.rank: unknown HPO term id(s): {', '.join(unknown)} (expected ids like HP:0001250)"
@@ -395,13 +410,13 @@ def _rank_precheck(args: RankArgs, case: Case, settings: Settings) -> str | None
     return None
 
 
-def _link_precheck(args: LinkArgs, case: Case, settings: Settings) -> str | None:
+def _link_precheck(args: LinkArgs, case: Case, settings: Settings, pool: ModelPool) -> str | None:
     """Text in which no phenotype is found (a planner linking 'haemoglobin 10.2 g/dL') is refused up front."""
     from pathlib import Path
 
     if not args.text.strip() and args.source != "history":
         return "knowledge.link: text is empty"
-    link(args, ToolContext(case=case, case_dir=Path("."), artifacts_dir=Path("."), settings=settings))  # ms
+    link(args, ToolContext(case=case, case_dir=Path("."), artifacts_dir=Path("."), settings=settings, pool=pool))  # ms
     return None
 
 

@@ -8,7 +8,6 @@ checkpoint folder (the weights are not on a model hub; `medagent doctor` says wh
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from pydantic import Field
@@ -16,6 +15,7 @@ from pydantic import Field
 from medagent.tools.config import Settings
 from medagent.tools.contracts import AttachmentKind, Case, Evidence, EvidenceDraft, ToolCall
 from medagent.tools.errors import CaseError, ToolError, UnavailableError
+from medagent.tools.pool import ModelPool
 from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
 
 WEIGHTS_HELP = (
@@ -40,23 +40,16 @@ class ClassifyArgs(AttachmentArgs):
     )
 
 
-_lock = threading.Lock()
-_classifiers: dict[tuple, object] = {}
-
-
-def _classifier(settings: Settings):
-    """One loaded model per (folder, weights mtime, device), shared by calls in this process."""
+def _classifier(settings: Settings, pool: ModelPool):  # noqa: ANN202 - a KEPClassifier
+    """One loaded model per (folder, weights mtime, device) in the run's pool, shared by its calls."""
     from medagent.specialists.pathology.infer import KEPClassifier
     from medagent.specialists.pathology.load import CheckpointError, find_weights, load_kep
 
     config = settings.pathology
     try:
         weights = find_weights(Path(config.path))
-        key = (str(weights), weights.stat().st_mtime_ns, config.device, config.variant)
-        with _lock:
-            if key not in _classifiers:
-                _classifiers[key] = KEPClassifier(load_kep(weights, config.variant, config.device), config.device)
-            return _classifiers[key]
+        key = ("pathology.kep", str(weights), weights.stat().st_mtime_ns, config.device, config.variant)
+        return pool.get(key, lambda: KEPClassifier(load_kep(weights, config.variant, config.device), config.device))
     except CheckpointError as exc:
         raise UnavailableError(f"[pathology] path: {exc}") from exc
 
@@ -76,7 +69,7 @@ def classify(args: ClassifyArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         image = open_rgb(path, tiling.max_pixels)
     except PathologyInputError as exc:
         raise CaseError(f"attachment '{attachment.id}': {exc}") from exc
-    classifier = _classifier(ctx.settings)
+    classifier = _classifier(ctx.settings, ctx.pool)
     result = classifier.classify(image, label_set, tiling, top_tiles=config.top_tiles)
     ranked = result.ranked()
     winner, winner_p = ranked[0]

@@ -1,7 +1,7 @@
 """`imaging.vqa`: ask RadFM a free-text question about a radiology image or volume; the answer becomes evidence.
 
 Available only when `[radfm] path` names a folder with the RadFM checkpoint and tokenizer. The model is loaded
-once per process (it is 13 B parameters) and kept for later calls.
+once per model pool (it is 13 B parameters) and kept there for later calls.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pydantic import Field
 from medagent.tools.config import Settings
 from medagent.tools.contracts import AttachmentKind, EvidenceDraft
 from medagent.tools.errors import ToolError, UnavailableError
+from medagent.tools.pool import ModelPool
 from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
 
 DEFAULT_QUESTION = "Describe the findings in this image."
-_BUNDLES: dict[tuple[str, str, str], Any] = {}
 # A case question that is about the pictures themselves (rather than e.g. a diagnosis from history alone).
 IMAGE_QUESTION = re.compile(
     r"\b(image|scan|ct|mri?|x-?ray|radiograph|film|slice|view|shown?|seen|visible|lesion|finding|opacity|mass)\b",
@@ -79,17 +79,16 @@ def doctor(settings: Settings) -> list[str]:
     return lines
 
 
-def bundle(settings: Settings) -> Any:
+def bundle(settings: Settings, pool: ModelPool) -> Any:
     from medagent.specialists.radfm.load import RadFMLoadError, load_radfm
 
     assert settings.radfm.path is not None  # check() ran first
-    key = (str(Path(settings.radfm.path).expanduser()), settings.radfm.dtype, settings.radfm.device)
-    if key not in _BUNDLES:
-        try:
-            _BUNDLES[key] = load_radfm(Path(key[0]), dtype=settings.radfm.dtype, device=settings.radfm.device)
-        except RadFMLoadError as exc:
-            raise UnavailableError(f"RadFM: {exc}") from exc
-    return _BUNDLES[key]
+    folder = Path(settings.radfm.path).expanduser()
+    try:
+        return pool.get(("radfm", str(folder), settings.radfm.dtype, settings.radfm.device),
+                        lambda: load_radfm(folder, dtype=settings.radfm.dtype, device=settings.radfm.device))
+    except RadFMLoadError as exc:
+        raise UnavailableError(f"RadFM: {exc}") from exc
 
 
 def scan_tensor(
@@ -109,7 +108,7 @@ def vqa(args: VQAArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     from medagent.specialists.radfm.infer import answer
 
     attachment, path = ctx.attachment(args.attachment)
-    model = bundle(ctx.settings)
+    model = bundle(ctx.settings, ctx.pool)
     try:
         scan = scan_tensor(
             attachment.kind,

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from medagent.tools.config import Settings
 from medagent.tools.contracts import Attachment, AttachmentKind, Case, EvidenceDraft, ToolCall, ToolSpec
 from medagent.tools.errors import ToolError
+from medagent.tools.pool import ModelPool
 
 # Every adapter module; a new tool area adds its module here.
 ADAPTER_MODULES = ("medagent.tools.describe", "medagent.tools.imaging", "medagent.tools.speech", "medagent.tools.pathology", "medagent.tools.radfm", "medagent.tools.knowledge")
@@ -30,13 +31,14 @@ class AttachmentArgs(BaseModel):
 
 @dataclass
 class ToolContext:
-    """What a running tool may see: the case, where its files are, where to write artifacts."""
+    """What a running tool may see: the case, where its files are, where to write artifacts, the run's model pool."""
 
     case: Case
     case_dir: Path
     artifacts_dir: Path
     settings: Settings
     evidence_so_far: list = field(default_factory=list)
+    pool: ModelPool = field(default_factory=ModelPool)  # without one given, models load for this context only
 
     def attachment(self, attachment_id: str) -> tuple[Attachment, Path]:
         attachment = self.case.attachment(attachment_id)
@@ -59,8 +61,8 @@ class Tool:
     doctor: Callable[[Settings], list[str]] = lambda settings: []
     # What the tool would refuse, found before it runs (a term no catalogue knows): the reason, or None.
     # A rejected call goes back to the planner with that reason; error evidence is for tools that fail
-    # on valid input.
-    precheck: Callable[[BaseModel, Case, Settings], str | None] | None = None
+    # on valid input. It gets the run's model pool to load what it needs.
+    precheck: Callable[[BaseModel, Case, Settings, ModelPool], str | None] | None = None
 
     def spec(self, settings: Settings) -> ToolSpec:
         reason = self.check(settings)
@@ -90,8 +92,9 @@ def all_tools(extra_modules: tuple[str, ...] = ()) -> list[Tool]:
 class Registry:
     """The tools of one run, with their availability under the given settings."""
 
-    def __init__(self, settings: Settings, tools: list[Tool] | None = None) -> None:
+    def __init__(self, settings: Settings, tools: list[Tool] | None = None, pool: ModelPool | None = None) -> None:
         self.settings = settings
+        self.pool = pool if pool is not None else ModelPool()  # what prechecks load
         self.tools = {tool.name: tool for tool in (tools if tools is not None else all_tools())}
         self._reasons = {name: tool.check(settings) for name, tool in self.tools.items()}
 
@@ -137,7 +140,7 @@ class Registry:
                 )
         if tool.precheck is not None:
             try:
-                reason = tool.precheck(args, case, self.settings)
+                reason = tool.precheck(args, case, self.settings, self.pool)
             except ToolError as exc:
                 reason = str(exc)
             except Exception:  # noqa: BLE001 - a precheck that cannot decide lets the tool run and say what failed

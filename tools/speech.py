@@ -15,6 +15,7 @@ from pydantic import Field
 from medagent.tools.config import Settings, cache_root
 from medagent.tools.contracts import AttachmentKind, EvidenceDraft
 from medagent.tools.errors import CaseError, UnavailableError
+from medagent.tools.pool import ModelPool
 from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
 
 QUOTE_WORDS = 60  # the summary quotes about this many words; the payload keeps everything
@@ -93,20 +94,14 @@ def doctor(settings: Settings) -> list[str]:
     return lines
 
 
-def _runtime(settings: Settings):  # noqa: ANN202 - a specialists runtime; imported lazily to keep intake cheap
+def _runtime(settings: Settings, pool: ModelPool):  # noqa: ANN202 - a specialists runtime; imported lazily to keep intake cheap
     from medagent.specialists.speech.load import ModelUnavailable, load_runtime
 
     speech = settings.speech
+    arguments = (speech.runtime, cache_root(settings), _config_path(settings, speech.ct2_dir),
+                 _config_path(settings, speech.checkpoint), speech.device, speech.compute_type, speech.cpu_threads)  # fmt: skip
     try:
-        return load_runtime(
-            speech.runtime,
-            cache_root(settings),
-            ct2_dir=_config_path(settings, speech.ct2_dir),
-            checkpoint=_config_path(settings, speech.checkpoint),
-            device=speech.device,
-            compute_type=speech.compute_type,
-            cpu_threads=speech.cpu_threads,
-        )
+        return pool.get(("speech", *arguments), lambda: load_runtime(*arguments))
     except ModelUnavailable as exc:
         raise UnavailableError(f"speech.transcribe: {exc}") from exc
 
@@ -135,7 +130,7 @@ def transcribe_attachment(args: TranscribeArgs, ctx: ToolContext) -> list[Eviden
 
     attachment, path = ctx.attachment(args.attachment)
     speech = ctx.settings.speech
-    runtime = _runtime(ctx.settings)
+    runtime = _runtime(ctx.settings, ctx.pool)
     options = DecodeOptions(
         language=args.language or speech.language,
         initial_prompt=speech.initial_prompt or None,

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from medagent.tools.contracts import CallOrigin
 
 TRACE_SCHEMA_VERSION = 1
-EventName = Literal["case_loaded", "plan", "tool_call", "tool_result", "llm_turn", "grounding", "result", "error"]
+EventName = Literal["case_loaded", "plan", "tool_call", "tool_result", "llm_turn", "grounding", "result", "error", "models"]
 
 
 class TraceEvent(BaseModel):
@@ -98,6 +98,15 @@ class ResultEvent(TraceEvent):
     timings: dict[str, Any]
 
 
+class ModelsEvent(TraceEvent):
+    """What the run's model pool holds when the run ends (the last event; a shared pool holds other runs' too)."""
+
+    event: Literal["models"] = "models"
+    loaded: list[dict[str, Any]] = Field(description="each held object: key, kind, bytes, estimate, load_s")
+    total_bytes: int
+    shared: bool = Field(description="whether the pool outlives this run (chat, evals, the Python API)")
+
+
 class ErrorEvent(TraceEvent):
     event: Literal["error"] = "error"
     message: str
@@ -113,6 +122,7 @@ EVENT_MODELS: dict[str, type[TraceEvent]] = {
     "grounding": GroundingEvent,
     "result": ResultEvent,
     "error": ErrorEvent,
+    "models": ModelsEvent,
 }
 
 

@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 from medagent.tools.config import LLMSettings, Settings, cache_root
 from medagent.tools.errors import ConfigError, ModelFileMissing
+from medagent.tools.pool import ModelPool
 
 NOT_VERIFIED = "not yet verified against vLLM"
 
@@ -69,8 +70,11 @@ def local_gguf(values: dict[str, Any], settings: Settings) -> Path:
     return path.expanduser()
 
 
-def make_backend(settings: Settings):
-    """The configured backend, or raise ConfigError/UnavailableError naming what is missing."""
+def make_backend(settings: Settings, pool: ModelPool | None = None):
+    """The configured backend, or raise ConfigError/UnavailableError naming what is missing. In-process
+    models (llama.cpp, transformers) are held in `pool`, so runs sharing it load them once; without a pool
+    the backend owns its model. HTTP backends are made per call (each run closes its connections)."""
+    pool = pool if pool is not None else ModelPool()
     llm = settings.llm
     if llm.preset == "none" and llm.backend is None:
         raise ConfigError("[llm] preset is 'none': no LLM is configured")
@@ -80,12 +84,13 @@ def make_backend(settings: Settings):
         from medagent.agent.llm.local import LlamaCppBackend
 
         path = local_gguf(values, settings)
-        from medagent.agent.llm.local import is_loaded
         from medagent.agent.llm.probe import ensure_backend_runs
 
-        if not is_loaded(path, llm.n_ctx, llm.n_threads):  # native code: proven in a child before it runs here
+        name = values.get("packaged") or path.stem
+        key = ("llm.llamacpp", str(path), llm.n_ctx, llm.n_threads, name)
+        if not pool.has(key):  # native code: proven in a child before it runs here
             ensure_backend_runs(path, llm.n_ctx, llm.n_threads, cache_root(settings))
-        return LlamaCppBackend(path, n_ctx=llm.n_ctx, n_threads=llm.n_threads, name=values.get("packaged") or path.stem)
+        return pool.get(key, lambda: LlamaCppBackend(path, n_ctx=llm.n_ctx, n_threads=llm.n_threads, name=name))
     if backend == "http":
         from medagent.agent.llm.http import HTTPBackend
 
@@ -114,7 +119,9 @@ def make_backend(settings: Settings):
         if path is None or not (path.expanduser() / "config.json").is_file():
             raise ConfigError(f"llm.model_path {path}: not a transformers checkpoint folder (no config.json)")
         adapter = llm.adapter_path.expanduser() if llm.adapter_path else None
-        return TransformersBackend(path.expanduser(), template=values.get("template") or "chat", adapter=adapter)
+        template = values.get("template") or "chat"
+        return pool.get(("llm.transformers", str(path.expanduser()), template, str(adapter)),
+                        lambda: TransformersBackend(path.expanduser(), template=template, adapter=adapter))
     raise ConfigError(f"llm.backend '{backend}' is not one of llamacpp, http, transformers")
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 from medagent.agent.llm.base import ChatResult, LLMError, Message, render_alpaca
 
-_LLAMAS: dict[tuple, Any] = {}
 _DONE = object()
 
 
@@ -34,33 +33,28 @@ async def _drain(produce: Callable[[Callable[[str], None]], None]) -> AsyncItera
     while (piece := await queue.get()) is not _DONE:
         yield piece
     await task  # raises what the producer raised
-_LOAD_LOCK = threading.Lock()
 
 
-def is_loaded(path: Path, n_ctx: int, n_threads: int | None) -> bool:
-    return (str(path), n_ctx, n_threads) in _LLAMAS
+def load_llama(path: Path, n_ctx: int, n_threads: int | None) -> Any:
+    """A llama.cpp model; callers keep one per (file, context, threads) in their model pool."""
+    from llama_cpp import Llama
 
-
-def load_llama(path: Path, n_ctx: int, n_threads: int | None) -> tuple[Any, threading.Lock]:
-    """One llama.cpp model (and the lock its single context needs) per (file, context, threads) per process."""
-    key = (str(path), n_ctx, n_threads)
-    with _LOAD_LOCK:
-        if key not in _LLAMAS:
-            from llama_cpp import Llama
-
-            if not path.is_file():
-                raise LLMError(f"GGUF model file {path} does not exist (llm.model_path)")
-            _LLAMAS[key] = (Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False), threading.Lock())
-        return _LLAMAS[key]
+    if not path.is_file():
+        raise LLMError(f"GGUF model file {path} does not exist (llm.model_path)")
+    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
 
 
 class LlamaCppBackend:
+    """Loads its model when made: the factory keeps one per model pool, so runs share it (and its lock)."""
+
     template = "chat"
 
     def __init__(self, path: Path, *, n_ctx: int = 4096, n_threads: int | None = None, name: str | None = None) -> None:
         self.path = path
+        self.model_path = str(path)  # the pool's memory estimate: the GGUF's size
         self.name = name or path.stem
-        self.llama, self._lock = load_llama(path, n_ctx, n_threads)  # one context: calls take turns
+        self.llama = load_llama(path, n_ctx, n_threads)
+        self._lock = threading.Lock()  # one context: calls take turns
 
     @staticmethod
     def _options(schema: dict[str, Any] | None, max_tokens: int, temperature: float) -> dict[str, Any]:
@@ -111,7 +105,13 @@ class LlamaCppBackend:
             self.llama.reset()
 
     async def aclose(self) -> None:
-        return None
+        return None  # the model stays loaded for the pool's next run; `close()` frees it
+
+    def close(self) -> None:
+        close = getattr(self.llama, "close", None)  # llama-cpp-python >= 0.2.7x frees the context and weights
+        if callable(close):
+            close()
+        self.llama = None
 
 
 class TransformersBackend:

@@ -138,17 +138,13 @@ def read_umls(folder: Path) -> Concepts:
     return Concepts(source=f"umls:{folder.name}", concepts=concepts)
 
 
-_LOADED: dict[str, Concepts] = {}
-
-
 def load_user_ontology(path: Path, cache_dir: Path) -> Concepts:
-    """An OBO file or a UMLS RRF folder, parsed once per file version and cached as a pickle."""
+    """An OBO file or a UMLS RRF folder, parsed once per file version and cached as a pickle (read again
+    on each call: callers keep it in their model pool)."""
     path = Path(path).expanduser()
     files = [path / "MRCONSO.RRF", path / "MRDEF.RRF", path / "MRREL.RRF"] if path.is_dir() else [path]
     stamp = "|".join(f"{p}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files if p.is_file())
     key = hashlib.sha1(f"{FORMAT}|{path.resolve()}|{stamp}".encode()).hexdigest()[:12]
-    if key in _LOADED:
-        return _LOADED[key]
     target = cache_dir / "knowledge" / "user" / f"{key}.pkl"
     if target.is_file():
         with open(target, "rb") as handle:
@@ -160,5 +156,4 @@ def load_user_ontology(path: Path, cache_dir: Path) -> Concepts:
         with open(partial, "wb") as handle:
             pickle.dump(concepts, handle, protocol=pickle.HIGHEST_PROTOCOL)
         partial.replace(target)
-    _LOADED[key] = concepts
     return concepts

@@ -383,16 +383,12 @@ def release_key(obo_path: Path) -> str:
     )
 
 
-_LOADED: dict[Path, KnowledgeGraph] = {}
-
-
 def load_graph(cache_dir: Path, obo_path: Path | None = None) -> KnowledgeGraph:
-    """The graph from `<cache_dir>/knowledge/<release>/graph.pkl`, building it the first time."""
+    """The graph from `<cache_dir>/knowledge/<release>/graph.pkl`, building it the first time (not kept:
+    callers share one through their model pool)."""
     obo_path = find_obo(obo_path)
     folder = cache_dir / "knowledge" / release_key(obo_path)
     target = folder / "graph.pkl"
-    if target in _LOADED:
-        return _LOADED[target]
     if target.is_file():
         with open(target, "rb") as handle:
             graph = pickle.load(handle)
@@ -404,7 +400,6 @@ def load_graph(cache_dir: Path, obo_path: Path | None = None) -> KnowledgeGraph:
             pickle.dump(graph, handle, protocol=pickle.HIGHEST_PROTOCOL)
         partial.replace(target)  # atomic: a concurrent reader never sees half a file
     graph.__post_init__()
-    _LOADED[target] = graph
     return graph
 
 

@@ -1,4 +1,6 @@
-"""Loading the graph and the linker with its dense index, each cached under the cache root."""
+"""Loading the graph and the linker with its dense index, each cached on disk under the cache root.
+
+Nothing is kept in memory here: callers hold what they load in a model pool."""
 
 from __future__ import annotations
 
@@ -7,8 +9,6 @@ from pathlib import Path
 from medagent.specialists.knowledge.embed import DenseIndex, embedder_id, load_embedder
 from medagent.specialists.knowledge.graph import KnowledgeGraph, find_obo, load_graph, release_key
 from medagent.specialists.knowledge.link import Linker, dense_cache_folder
-
-_LINKERS: dict[tuple, Linker] = {}
 
 
 def graph_folder(cache_dir: Path, obo_path: Path | None = None) -> Path:
@@ -29,19 +29,18 @@ def load_linker(
     embedder_path: Path | None = None,
     dense_threshold: float = 0.80,
     terms: list[int] | None = None,
+    graph: KnowledgeGraph | None = None,
+    embedder=None,  # noqa: ANN001 - a SentenceTransformer already loaded
 ) -> Linker:
     """A linker over the cached graph; the dense index is built on first use and cached beside it.
 
     `terms` restricts the linker to some terms (tests use a small branch so the index builds in seconds).
+    `graph` and `embedder`, when given, are used instead of loading them (a caller's pool holds them).
     """
-    key = (str(cache_dir), str(obo_path), holdout_share, dense, str(embedder_path), dense_threshold,
-           tuple(terms) if terms is not None else None)  # fmt: skip
-    if key in _LINKERS:
-        return _LINKERS[key]
-    graph: KnowledgeGraph = load_graph(cache_dir, obo_path)
+    graph = graph if graph is not None else load_graph(cache_dir, obo_path)
     linker = Linker(graph, holdout_share=holdout_share, terms=terms, dense_threshold=dense_threshold)
     if dense:
-        embedder = load_embedder(embedder_path)
+        embedder = embedder if embedder is not None else load_embedder(embedder_path)
         folder = dense_folder(cache_dir, obo_path, embedder_path, holdout_share, len(linker.terms))
         index = DenseIndex.load(folder)
         if index is None:
@@ -49,5 +48,4 @@ def load_linker(
             index = DenseIndex.build(embedder, forms, form_terms)
             index.save(folder)
         linker.dense, linker.embedder = index, embedder
-    _LINKERS[key] = linker
     return linker

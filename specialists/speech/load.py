@@ -8,7 +8,6 @@ pinned below before it is used, so a damaged or different package is refused, ne
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import os
@@ -266,7 +265,6 @@ def _device(device: str, engine: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@functools.lru_cache(maxsize=2)
 def load_runtime(
     runtime: str,
     cache_root: Path,
@@ -276,7 +274,7 @@ def load_runtime(
     compute_type: str = "auto",
     cpu_threads: int = 0,
 ) -> FasterWhisperRuntime | OpenAIWhisperRuntime:
-    """The configured engine with its model loaded; cached so a run loads each model once."""
+    """The configured engine with its model loaded (not kept: callers hold it in their model pool)."""
     if runtime == "faster-whisper":
         if ct2_dir is not None:
             return FasterWhisperRuntime(ct2_dir, device, compute_type, cpu_threads)

@@ -13,8 +13,10 @@ import pytest
 def knowledge_cache_built() -> None:
     from medagent.tools.config import Settings
     from medagent.tools.knowledge import linker_for
+    from medagent.tools.pool import ModelPool
 
     started = time.monotonic()
-    linker = linker_for(Settings())
-    assert linker.dense is not None  # the default settings link with dense retrieval: its index now exists
+    with ModelPool() as pool:
+        linker = linker_for(Settings(), pool)
+        assert linker.dense is not None  # the default settings link with dense retrieval: its index now exists
     print(f"knowledge cache ready in {time.monotonic() - started:.0f} s")

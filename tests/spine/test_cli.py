@@ -32,7 +32,11 @@ def test_solve_writes_valid_result_report_and_trace(run_cli, examples, tmp_path)
     events = [json.loads(line) for line in (out / "trace.jsonl").read_text().splitlines()]
     for event in events:
         jsonschema.validate(event, trace_schema)
-    assert [e["event"] for e in events][0] == "case_loaded" and events[-1]["event"] == "result"
+    assert [e["event"] for e in events][0] == "case_loaded" and [e["event"] for e in events][-2:] == ["result", "models"]
+    # What the run loaded, with a memory estimate each (the knowledge graph at least: the history is linked).
+    models = events[-1]
+    assert any(entry["key"].startswith("knowledge.graph") for entry in models["loaded"]) and models["shared"] is False
+    assert models["total_bytes"] == sum(entry["bytes"] or 0 for entry in models["loaded"]) > 0
     # Each attachment was described, with evidence ids in recording order.
     described = {e["attachment"]: e for e in result["evidence"] if e["tool"] == "imaging.describe"}
     assert set(described) >= {"ct", "ct_nifti", "mr"}
