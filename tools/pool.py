@@ -48,10 +48,14 @@ def _torch_bytes(value: Any) -> int | None:
 
 
 def estimate(value: Any) -> tuple[int | None, str]:
-    """(bytes, how): torch parameters+buffers, numpy nbytes, a model file's size; (None, "") otherwise."""
+    """(bytes, how): torch parameters+buffers (of the object or its `.model`), numpy nbytes, a model file's
+    size (`.model_path`); (None, "") otherwise."""
     size = _torch_bytes(value)
     if size is not None:
         return size, "torch parameters+buffers"
+    size = _torch_bytes(getattr(value, "model", None))  # a wrapper (a transformers backend) around its network
+    if size is not None:
+        return size, "torch parameters+buffers of .model"
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(value, numpy.ndarray):
         return int(value.nbytes), "numpy nbytes"
