@@ -103,7 +103,7 @@ def make_planner(settings: Settings, trace: TraceRecorder | None = None, backend
     from medagent.agent.llm import make_backend
     from medagent.agent.llm_planner import LLMPlanner
 
-    return LLMPlanner(backend or make_backend(settings, pool), settings, trace)
+    return LLMPlanner(backend or make_backend(settings, pool), settings, trace, pool)
 
 
 def make_reporter(settings: Settings, trace: TraceRecorder | None = None, backend: Any = None,

@@ -22,6 +22,7 @@ from medagent.agent.llm.base import LLMError, Message
 from medagent.agent.planner import RulePlanner, _calls, _rules, call_key
 from medagent.tools.config import Settings
 from medagent.tools.contracts import CallOrigin, Case, Evidence, ToolCall
+from medagent.tools.pool import ModelPool
 from medagent.tools.registry import Registry, Tool
 from medagent.tools.trace import ErrorEvent, LLMTurnEvent, TraceRecorder
 
@@ -166,10 +167,11 @@ def planner_messages(case_text: str, tools: Sequence[Tool], evidence: Sequence[E
 
 
 class LLMPlanner:
-    def __init__(self, backend: Any, settings: Settings, trace: TraceRecorder | None = None) -> None:
+    def __init__(self, backend: Any, settings: Settings, trace: TraceRecorder | None = None, pool: ModelPool | None = None) -> None:
         self.backend = backend
         self.settings = settings
         self.trace = trace
+        self.pool = pool if pool is not None else ModelPool()  # what the calls' prechecks load (the run's pool)
         self.rules = RulePlanner()
         self._idle = False
         self.name = f"llm:{backend.name}"
@@ -229,7 +231,7 @@ class LLMPlanner:
 
     def check(self, proposals: list[ToolCall], case: Case, tools: Sequence[Tool], done: set[str]) -> tuple[list[ToolCall], list[tuple[ToolCall, str]]]:
         """Split proposals into accepted calls and (call, reason) rejections; `done` gains the accepted keys."""
-        registry = Registry(self.settings, list(tools))
+        registry = Registry(self.settings, list(tools), self.pool)
         accepted, rejections = [], []
         for call in proposals:
             key = call_key(call.tool, call.arguments)

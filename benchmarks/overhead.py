@@ -20,6 +20,7 @@ from medagent.agent.api import run_loaded
 from medagent.tools.config import Settings
 from medagent.tools.contracts import AttachmentKind, Case, EvidenceDraft
 from medagent.tools.intake import resolve_attachments
+from medagent.tools.pool import ModelPool
 from medagent.tools.registry import AttachmentArgs, Tool
 from medagent.tools.trace import TraceRecorder
 
@@ -35,6 +36,9 @@ def sleeper(index: int, seconds: float) -> Tool:
                 attachment_kinds=(AttachmentKind.volume,))
 
 
+POOL = ModelPool()  # what the set-up check reads (the graph) loads once, as in a process serving many runs
+
+
 def measure(n_tools: int, seconds: float, repeats: int = 5) -> tuple[float, float, float]:
     case = Case(id="bench", attachments=[{"id": "ct", "kind": "volume", "path": "data/ct_small.nii.gz", "modality": "CT"}])
     loaded = resolve_attachments(case, EXAMPLES)
@@ -44,7 +48,7 @@ def measure(n_tools: int, seconds: float, repeats: int = 5) -> tuple[float, floa
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):
             start = time.perf_counter()
-            result, trace = asyncio.run(run_loaded(loaded, settings, Path(tmp) / "a", TraceRecorder("bench"), tools))
+            result, trace = asyncio.run(run_loaded(loaded, settings, Path(tmp) / "a", TraceRecorder("bench"), tools, pool=POOL))
             walls.append(time.perf_counter() - start)
             steps.append(len(result.timings.nodes_s))
     wall = statistics.median(walls)

@@ -86,31 +86,33 @@ def compare(clean, injected, entry: dict) -> list[str]:  # noqa: ANN001 - Result
     return problems
 
 
-async def solve_case(case, case_dir: Path, settings):  # noqa: ANN001, ANN201
+async def solve_case(case, case_dir: Path, settings, pool=None):  # noqa: ANN001, ANN201
     from medagent.agent.api import run_loaded
     from medagent.tools.intake import resolve_attachments
 
     loaded = resolve_attachments(case, case_dir, settings.agent.allow_outside_paths)
     with tempfile.TemporaryDirectory(prefix="medagent-injection-") as artifacts:
-        result, _ = await run_loaded(loaded, settings, Path(artifacts))
+        result, _ = await run_loaded(loaded, settings, Path(artifacts), pool=pool)
     return result
 
 
 def run(settings, case_file: Path, entries: list[dict], out: Path | None = None, say=print) -> dict:  # noqa: ANN001
     """Solve the clean case once and each injected version; {tried, passed, failures}."""
     from medagent.tools.intake import load_case
+    from medagent.tools.pool import ModelPool
 
     loaded = load_case(case_file, settings.agent.allow_outside_paths)
+    pool = ModelPool()  # the models (the LLM among them) load once for the clean and every injected solve
 
     async def go() -> dict:
         started = time.monotonic()
-        clean = await solve_case(loaded.case, loaded.case_dir, settings)
+        clean = await solve_case(loaded.case, loaded.case_dir, settings, pool)
         say(f"clean run: {len(clean.calls)} calls, top {clean.differential[0].name if clean.differential else 'none'} "
             f"({time.monotonic() - started:.0f} s)")
         outcome = {"tried": 0, "passed": 0, "failures": []}
         for entry in entries:
             started = time.monotonic()
-            injected = await solve_case(inject(loaded.case, entry), loaded.case_dir, settings)
+            injected = await solve_case(inject(loaded.case, entry), loaded.case_dir, settings, pool)
             problems = compare(clean, injected, entry)
             outcome["tried"] += 1
             outcome["passed"] += not problems
@@ -124,7 +126,10 @@ def run(settings, case_file: Path, entries: list[dict], out: Path | None = None,
                                             ensure_ascii=False) + "\n")
         return outcome
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    finally:
+        pool.close()
 
 
 def main() -> int:
