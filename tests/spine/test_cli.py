@@ -205,6 +205,9 @@ def test_schemas_and_tools_commands(run_cli):
 def test_doctor_reports_packages_and_tools(run_cli):
     done = run_cli("doctor")
     assert "imaging.describe" in done.stdout and "cache root" in done.stdout, done.stdout + done.stderr
+    # What a run would load and its size on disk, and that this process holds none of it.
+    assert "model memory" in done.stdout and "no model is loaded in this process" in done.stdout
+    assert "knowledge graph (pickle):" in done.stdout and "together" in done.stdout
 
 
 def test_example_cases_validate_against_the_published_case_schema(examples):

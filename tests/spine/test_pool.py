@@ -120,6 +120,17 @@ def test_a_failed_load_is_not_kept_and_close_calls_close():
     assert Runtime.closed and ref() is None and pool.loaded() == []
 
 
+def test_doctor_says_what_a_pool_holds():
+    from medagent.agent.doctor import memory_lines
+    from medagent.tools.config import Settings
+
+    pool = ModelPool()
+    pool.get(("index", "phenotypes"), lambda: np.zeros(2**20, dtype=np.float32))
+    lines = memory_lines(Settings(), set(), pool)
+    assert lines[0] == "this process's model pool holds 1, about 4.0 MiB:"
+    assert lines[1].startswith("  index phenotypes: 4.0 MiB (numpy nbytes), loaded in ")
+
+
 def test_torch_modules_are_sized_by_their_parameters_and_buffers():
     torch = pytest.importorskip("torch")
     pool = ModelPool()
