@@ -31,6 +31,11 @@ class PoolEntry(BaseModel):
 
 
 def _rss() -> int | None:
+    """This process's resident memory (Linux /proc; psutil elsewhere when installed), or None."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
     try:
         import psutil
 
@@ -85,6 +90,7 @@ class ModelPool:
         self._key_locks: dict[Hashable, threading.Lock] = {}
         self._local = threading.local()  # RSS growth of loads nested in the one being measured
         self.loads: dict[Hashable, int] = {}  # how often each key's loader ran (once, unless closed between)
+        self._closes = 0  # a load that finishes after a close() is returned but not kept
 
     def get(self, key: Hashable, loader: Callable[[], T]) -> T:
         """The object under `key`, loading it with `loader()` the first time. A loader that raises caches nothing."""
@@ -93,6 +99,7 @@ class ModelPool:
             if held is not None:
                 return held.value
             key_lock = self._key_locks.setdefault(key, threading.Lock())
+            closes = self._closes
         with key_lock:
             with self._lock:
                 held = self._held.get(key)
@@ -100,8 +107,9 @@ class ModelPool:
                 return held.value
             value, entry = self._load(key, loader)
             with self._lock:
-                self._held[key] = _Held(value, entry)
                 self.loads[key] = self.loads.get(key, 0) + 1
+                if closes == self._closes:
+                    self._held[key] = _Held(value, entry)
             return value
 
     def _load(self, key: Hashable, loader: Callable[[], T]) -> tuple[T, PoolEntry]:
@@ -142,6 +150,7 @@ class ModelPool:
         """Drop every object (calling `close()` on those that have one); the pool can be used again."""
         with self._lock:
             held, self._held, self._key_locks = list(self._held.values()), {}, {}
+            self._closes += 1
         self._free(held)
 
     @staticmethod
