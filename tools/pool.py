@@ -99,10 +99,9 @@ class ModelPool:
             if held is not None:
                 return held.value
             key_lock = self._key_locks.setdefault(key, threading.Lock())
-            closes = self._closes
         with key_lock:
             with self._lock:
-                held = self._held.get(key)
+                held, closes = self._held.get(key), self._closes
             if held is not None:
                 return held.value
             value, entry = self._load(key, loader)
