@@ -11,10 +11,10 @@ from typing import Any
 from medagent.agent.graph import build_graph
 from medagent.agent.planner import RulePlanner
 from medagent.agent.reporter import TemplateReporter
-from medagent.agent.state import RunContext
+from medagent.agent.state import Planner, RunContext
 from medagent.tools.config import Settings, load_settings
 from medagent.tools.contracts import Case, Result
-from medagent.tools.intake import LoadedCase, load_case, resolve_attachments
+from medagent.tools.intake import LoadedCase, intake
 from medagent.tools.registry import Registry, Tool
 from medagent.tools.trace import TraceRecorder
 
@@ -32,7 +32,7 @@ def _use_llm(settings: Settings, choice: str) -> bool:
     """`auto` means the LLM exactly when `[llm] preset` (or backend) names one; `none` keeps the rules."""
     if choice == "rule":
         return False
-    configured = settings.llm.preset != "none" or settings.llm.backend is not None
+    configured = settings.llm.configured
     if choice == "llm" and not configured:
         from medagent.tools.errors import ConfigError
 
@@ -113,10 +113,11 @@ async def run_loaded(
     trace: TraceRecorder | None = None,
     tools: list[Tool] | None = None,
     on_progress: Callable[[str], None] | None = None,
-    planner: Any = None,
+    planner: Planner | None = None,
+    coverage_guard: bool = True,
 ) -> tuple[Result, TraceRecorder]:
-    """Run the case graph once. `planner` overrides the configured one (e.g. a custom planner object with
-    `name`, `plan(case, tools, evidence, calls)` and `reflect(...)`)."""
+    """Run the case graph once. `planner` overrides the configured one (any object of the Planner protocol,
+    agent/state.py); `coverage_guard` False leaves its calls alone (a scripted planner)."""
     trace = trace or TraceRecorder(loaded.case.id)
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     backend, settings, registry, notes = prepare_run(settings, tools, on_progress)
@@ -130,6 +131,7 @@ async def run_loaded(
             reporter=make_reporter(settings, trace, backend),
             on_progress=on_progress,
             notes=notes,
+            coverage_guard=coverage_guard,
         )
         run.models.update({name: tool.version(settings) for name, tool in run.registry.tools.items() if run.registry.unavailable_reason(name) is None})
         state = await graph().ainvoke(
@@ -142,27 +144,34 @@ async def run_loaded(
     return state["result"], trace
 
 
-def _load(case: Case | Path | str, case_dir: Path | None, settings: Settings) -> LoadedCase:
-    from medagent.tools.safeio import configure
-
-    configure(settings.agent)  # the config's intake limits, as the CLI has them
-    if isinstance(case, Case):
-        return resolve_attachments(case, Path(case_dir or Path.cwd()), settings.agent.allow_outside_paths)
-    return load_case(Path(case), settings.agent.allow_outside_paths)
-
-
 async def asolve(
     case: Case | Path | str,
     case_dir: Path | None = None,
     settings: Settings | None = None,
     artifacts_dir: Path | None = None,
+    out: Path | None = None,
+    overwrite: bool = False,
 ) -> Result:
-    """Solve one case. `case` is a Case (attachment paths relative to `case_dir`) or a case.json path."""
+    """Solve one case. `case` is a Case (attachment paths relative to `case_dir`) or a case.json path.
+    With `out`, result.json, report.md, trace.jsonl and artifacts/ are written there as `medagent solve -o`
+    writes them (refused before any work if `out` is not a folder medagent may write)."""
     settings = settings or load_settings()
-    loaded = _load(case, case_dir, settings)
-    if artifacts_dir is None:
-        artifacts_dir = Path(tempfile.mkdtemp(prefix=f"medagent-{loaded.case.id}-"))
-    result, _ = await run_loaded(loaded, settings, artifacts_dir)
+    loaded = intake(case, settings, case_dir)
+    if out is None:
+        if artifacts_dir is None:
+            artifacts_dir = Path(tempfile.mkdtemp(prefix=f"medagent-{loaded.case.id}-"))
+        result, _ = await run_loaded(loaded, settings, artifacts_dir)
+        return result
+    from medagent.agent.outputs import output_folder, write_outputs
+
+    inputs = [loaded.case_dir / a.path for a in loaded.case.attachments] + ([Path(case)] if not isinstance(case, Case) else [])
+    with output_folder(Path(out), overwrite, inputs, "solve (Python API)") as staging:
+        trace = TraceRecorder(loaded.case.id, staging / "trace.jsonl")
+        try:
+            result, _ = await run_loaded(loaded, settings, staging / "artifacts", trace)
+        finally:
+            trace.close()
+        write_outputs(staging, result, loaded.case)
     return result
 
 
@@ -171,5 +180,7 @@ def solve(
     case_dir: Path | None = None,
     settings: Settings | None = None,
     artifacts_dir: Path | None = None,
+    out: Path | None = None,
+    overwrite: bool = False,
 ) -> Result:
-    return asyncio.run(asolve(case, case_dir, settings, artifacts_dir))
+    return asyncio.run(asolve(case, case_dir, settings, artifacts_dir, out, overwrite))

@@ -27,10 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from medagent.tools.config import Settings, cache_root
 from medagent.tools.contracts import Attachment, AttachmentKind, Case, Evidence, Result
 from medagent.tools.errors import CaseError, MedagentError
-from medagent.tools.intake import resolve_attachments
+from medagent.tools.intake import intake
 from medagent.tools.medio import sniff
-from medagent.tools.paths import child, inside, prepare_output, publish_output
-from medagent.tools.safeio import terminal_safe
+from medagent.tools.paths import child, inside
 
 SESSION_ID = "^[A-Za-z0-9_-]{1,64}$"
 COMMANDS = {
@@ -185,9 +184,7 @@ class ChatSession:
         self._loaded = None
         if session_id is None:
             if case_file is not None:  # a bad case is refused before the session folder exists
-                from medagent.tools.intake import load_case
-
-                self._loaded = load_case(case_file, settings.agent.allow_outside_paths)
+                self._loaded = intake(case_file, settings)
             session_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
             self.folder = session_folder(settings, session_id)
             self.folder.mkdir(parents=True)
@@ -437,7 +434,7 @@ class ChatSession:
         attachment = self._copy_in(path, Attachment(id=attachment_id, kind=chosen, path=path.name, modality=modality, description=description))
         candidate = case.model_copy(update={"attachments": [*case.attachments, attachment]})
         try:
-            loaded = resolve_attachments(candidate, self.folder)
+            loaded = intake(candidate, self.settings, self.folder)
         except CaseError:
             shutil.rmtree(self.folder / "files" / attachment_id, ignore_errors=True)
             raise
@@ -449,24 +446,18 @@ class ChatSession:
         return reply
 
     async def export(self, out: Path) -> Path:
-        from medagent.agent.render import render_markdown
+        from medagent.agent.outputs import output_folder, write_outputs
 
         result = await self.result()
         if result is None:
             raise MedagentError("nothing to export yet: say something or attach a file first")
         # Exporting again replaces an earlier export; a folder medagent did not write is refused, never merged into.
-        staging = prepare_output(out, True, [self.folder])
-        try:
-            (staging / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
-            (staging / "report.md").write_text(terminal_safe(render_markdown(result, await self.case())), encoding="utf-8")
+        with output_folder(out, True, [self.folder], "chat /export") as staging:
             if (self.folder / "trace.jsonl").exists():
                 shutil.copy(self.folder / "trace.jsonl", staging / "trace.jsonl")
             if (self.folder / "artifacts").exists():
                 shutil.copytree(self.folder / "artifacts", staging / "artifacts")
-            publish_output(staging, out, True, "chat /export")
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            write_outputs(staging, result, await self.case())
         return out
 
     async def command(self, line: str) -> Reply:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -50,24 +49,21 @@ def solve(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Solve one case: writes result.json, report.md and trace.jsonl."""
+    from medagent.agent.outputs import output_folder, write_outputs
     from medagent.tools.config import load_settings
-    from medagent.tools.intake import load_case
-    from medagent.tools.paths import child, prepare_output, publish_output
-    from medagent.tools.safeio import configure, terminal_safe
+    from medagent.tools.intake import intake
+    from medagent.tools.paths import child
 
     settings = load_settings(config)
     if allow_outside_paths:
         settings.agent.allow_outside_paths = True
-    configure(settings.agent)
-    loaded = load_case(case_file, settings.agent.allow_outside_paths)
+    loaded = intake(case_file, settings)
     out = out or child(Path("out"), loaded.case.id, "case id")
     inputs = [case_file, *(loaded.case_dir / a.path for a in loaded.case.attachments)]
-    staging = prepare_output(out, overwrite, inputs)  # refused here, before any model loads
-    try:
+    with output_folder(out, overwrite, inputs, "solve") as staging:  # refused here, before any model loads
         import asyncio
 
         from medagent.agent.api import run_loaded
-        from medagent.agent.render import render_markdown
         from medagent.tools.trace import TraceRecorder
 
         if settings.agent.planner == "llm":  # asked for the LLM and nothing else: if it cannot run, that is all we say
@@ -87,14 +83,7 @@ def solve(
             result, _ = asyncio.run(run_loaded(loaded, settings, staging / "artifacts", trace, on_progress=progress))
         finally:
             trace.close()
-        (staging / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
-        (staging / "report.md").write_text(terminal_safe(render_markdown(result, loaded.case)), encoding="utf-8")
-        if not any((staging / "artifacts").iterdir()):
-            (staging / "artifacts").rmdir()
-        publish_output(staging, out, overwrite, "solve")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_outputs(staging, result, loaded.case)
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from medagent.agent.state import ReportDraft
 from medagent.tools.contracts import (
     Case,
     Code,
@@ -24,14 +25,14 @@ from medagent.tools.contracts import (
 class TemplateReporter:
     name = "template"
 
-    def report(self, case: Case, evidence: Sequence[Evidence], limitations: Sequence[str]) -> tuple[list[DiagnosisCandidate], str, list[Finding], Report, GroundingSummary]:
+    def report(self, case: Case, evidence: Sequence[Evidence], limitations: Sequence[str]) -> ReportDraft:
         findings = [Finding(statement=e.summary, evidence=[e.id]) for e in evidence if not e.error]
         differential = differential_from_evidence(evidence)
         note = "" if differential else (
             "No diagnosis is proposed: no tool in this run ranked diagnoses, and the template reporter "
             "does not infer diagnoses on its own."
         )
-        sentences = [ReportSentence(text=f"{_sentence(e.summary)}", citations=[e.id]) for e in evidence if not e.error]
+        sentences = restated_findings(evidence)
         if differential:
             top = differential[0]
             sentences.append(
@@ -44,7 +45,12 @@ class TemplateReporter:
             sentences=len(sentences),
             note="The template reporter restates tool evidence verbatim; the grounding checker was not run.",
         )
-        return differential, note, findings, report, grounding
+        return ReportDraft(differential, note, findings, report, grounding)
+
+
+def restated_findings(evidence: Sequence[Evidence]) -> list[ReportSentence]:
+    """Each usable evidence item's summary as a report sentence citing it: what the template reports verbatim."""
+    return [ReportSentence(text=_sentence(e.summary), citations=[e.id]) for e in evidence if not e.error]
 
 
 def _sentence(text: str) -> str:

@@ -32,7 +32,7 @@ MAX_TURNS = 8
 
 def patient_settings(settings: Settings) -> Settings:
     """The simulated patient's LLM: the configured one, or the offline default when none is configured."""
-    if settings.llm.preset != "none" or settings.llm.backend is not None:
+    if settings.llm.configured:
         return settings
     return settings.model_copy(update={"llm": settings.llm.model_copy(update={"preset": "offline-cpu"})})
 

@@ -88,9 +88,9 @@ def compare(clean, injected, entry: dict) -> list[str]:  # noqa: ANN001 - Result
 
 async def solve_case(case, case_dir: Path, settings):  # noqa: ANN001, ANN201
     from medagent.agent.api import run_loaded
-    from medagent.tools.intake import resolve_attachments
+    from medagent.tools.intake import intake
 
-    loaded = resolve_attachments(case, case_dir, settings.agent.allow_outside_paths)
+    loaded = intake(case, settings, case_dir)
     with tempfile.TemporaryDirectory(prefix="medagent-injection-") as artifacts:
         result, _ = await run_loaded(loaded, settings, Path(artifacts))
     return result
@@ -98,9 +98,9 @@ async def solve_case(case, case_dir: Path, settings):  # noqa: ANN001, ANN201
 
 def run(settings, case_file: Path, entries: list[dict], out: Path | None = None, say=print) -> dict:  # noqa: ANN001
     """Solve the clean case once and each injected version; {tried, passed, failures}."""
-    from medagent.tools.intake import load_case
+    from medagent.tools.intake import intake
 
-    loaded = load_case(case_file, settings.agent.allow_outside_paths)
+    loaded = intake(case_file, settings)
 
     async def go() -> dict:
         started = time.monotonic()

@@ -38,12 +38,12 @@ Metric definitions (per item; `aggregate` averages them over the items that have
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter, defaultdict
 from statistics import mean, median
 from typing import Any
 
+from medagent.agent.planner import call_key
 from medagent.evals.suite import Expected
 from medagent.tools.trace import TraceEvent
 
@@ -147,7 +147,7 @@ def score_events(events: list[TraceEvent], expected: Expected) -> dict[str, Any]
     seen: set[str] = set()
     repeated = 0
     for call in accepted:
-        key = call.tool + json.dumps(call.arguments, sort_keys=True, default=str)
+        key = call_key(call.tool, call.arguments)
         repeated += key in seen
         seen.add(key)
     score: dict[str, Any] = {
