@@ -116,10 +116,7 @@ def evaluate(
     data_dir: Path | None, checkpoint: Path, limit: int | None = None, device: str = "cpu", tile_size: int = 512
 ) -> dict[str, Any]:
     """Classify every patch with the specialist (loader, transform, prompt ensemble, tiling) and score it."""
-    from medagent.specialists.pathology.infer import KEPClassifier
-    from medagent.specialists.pathology.labels import resolve
-    from medagent.specialists.pathology.load import load_kep
-    from medagent.specialists.pathology.preprocess import TilingOptions
+    from medagent.specialists.pathology import KEPClassifier, TilingOptions, load_kep, resolve
 
     items = build_items(data_dir, limit)
     labels = labels_of(data_dir)

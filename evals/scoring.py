@@ -92,7 +92,7 @@ def graph_answer_ids(labels: list[str], settings: Any) -> list[str]:
     key = str(cache_root(settings))
     if key not in _GRAPHS:
         try:
-            from medagent.specialists.knowledge.graph import load_graph
+            from medagent.specialists.knowledge import load_graph
 
             graph = load_graph(cache_root(settings), settings.knowledge.hpo_obo)
             names: dict[str, list[str]] = defaultdict(list)

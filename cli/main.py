@@ -113,7 +113,7 @@ def chat(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """A consultation: multi-turn, files attached along the way (/attach), sessions persist and resume."""
-    from medagent.agent.chat_cli import run_chat
+    from medagent.cli.chat import run_chat
 
     raise typer.Exit(run_chat(config, session, case_file, script, list_sessions, delete))
 
@@ -168,7 +168,7 @@ def setup(config: Optional[Path] = ConfigOpt) -> None:
 @app.command()
 def schema(name: str = typer.Argument(..., help="case | result | trace | evidence | toolspec | config | suite-item")) -> None:
     """Print a published JSON Schema."""
-    from medagent.agent.schemas import json_schema
+    from medagent.cli.schemas import json_schema
 
     typer.echo(json.dumps(json_schema(name), indent=2))
 
@@ -180,7 +180,7 @@ def train(
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides of the YAML"),
 ) -> None:
     """Run a training recipe."""
-    from medagent.agent.recipes import run_recipe
+    from medagent.cli.recipes import run_recipe
 
     output = run_recipe(name, config, overrides or [])
     typer.echo(f"wrote {output}")
