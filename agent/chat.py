@@ -378,10 +378,9 @@ class ChatSession:
         else:
             question = None
             try:
-                from medagent.specialists.knowledge.graph import load_graph
+                from medagent.tools.knowledge import knowledge_graph
 
-                graph = load_graph(cache_root(self.settings), self.settings.knowledge.hpo_obo)
-                question = next_question(graph, ranking, {a for a in asked if a.startswith("HP:")})
+                question = next_question(knowledge_graph(self.settings), ranking, {a for a in asked if a.startswith("HP:")})
             except Exception as exc:  # history taking is an aid: its failure must not end the turn
                 self._log_turn("assistant", "", kind="question_error", reason=f"{exc.__class__.__name__}: {exc}")
             if question is not None:

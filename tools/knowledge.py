@@ -8,13 +8,14 @@ phenotypes that explain it. Heavy imports happen inside the run functions.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from medagent.tools.config import Settings, cache_root
 from medagent.tools.contracts import Case, Evidence, EvidenceDraft, ToolCall
 from medagent.tools.errors import ToolError, UnavailableError
-from medagent.tools.registry import Tool, ToolContext
+from medagent.tools.registry import Build, Tool, ToolContext
 
 
 class LinkArgs(BaseModel):
@@ -42,6 +43,11 @@ def _graph(settings: Settings):  # noqa: ANN202 - KnowledgeGraph
         return load_graph(cache_root(settings), settings.knowledge.hpo_obo)
     except KnowledgeError as exc:
         raise UnavailableError(str(exc)) from exc
+
+
+def knowledge_graph(settings: Settings):  # noqa: ANN201 - KnowledgeGraph
+    """The graph the knowledge tools use under these settings (e.g. for chat's next history question)."""
+    return _graph(settings)
 
 
 def _check(settings: Settings) -> str | None:
@@ -520,3 +526,60 @@ def words_to_link(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence
 
 FIRST_STEP_RULES = [history_to_link, coded_to_rank]
 FOLLOW_UP_RULES = [link_to_rank, words_to_link]
+
+
+# -- one-time builds (agent/setup.py runs them) -----------------------------------------------------------
+
+def show_build_progress(on: bool) -> None:
+    """A progress bar while the dense index is embedded (`medagent setup` on a terminal)."""
+    from medagent.specialists.knowledge import embed
+
+    embed.SHOW_PROGRESS = on
+
+
+def _knowledge_wanted(settings: Settings) -> bool:
+    return _check(settings) is None
+
+
+def _graph_ready(settings: Settings) -> bool:
+    from medagent.specialists.knowledge.graph import find_obo
+    from medagent.specialists.knowledge.load import graph_folder
+
+    return (graph_folder(cache_root(settings), find_obo(settings.knowledge.hpo_obo)) / "graph.pkl").is_file()
+
+
+def _graph_build(settings: Settings) -> str:
+    graph = _graph(settings)
+    return f"{len(graph.term_ids)} HPO terms, {len(graph.disease_ids)} diseases"
+
+
+def _dense_folder(settings: Settings) -> Path:
+    from medagent.specialists.knowledge.link import phenotype_terms
+    from medagent.specialists.knowledge.load import dense_folder
+
+    knowledge = settings.knowledge
+    # The terms a default linker covers, counted without building one (that takes seconds, every run).
+    return dense_folder(cache_root(settings), knowledge.hpo_obo, knowledge.embedder, knowledge.holdout_share,
+                        len(phenotype_terms(_graph(settings))))  # fmt: skip
+
+
+def _dense_ready(settings: Settings) -> bool:
+    if not settings.knowledge.dense:
+        return True
+    if not _graph_ready(settings):
+        return False
+    folder = _dense_folder(settings)
+    return (folder / "index.faiss").is_file() and (folder / "forms.json").is_file()
+
+
+def _dense_build(settings: Settings) -> str:
+    linker = linker_for(settings)
+    return f"{len(linker.dense.forms) if linker.dense is not None else 0} phenotype wordings embedded"
+
+
+BUILDS = [
+    Build("knowledge graph (HPO, OMIM, ORPHA, ICD-10-CM)", ("knowledge.link", "knowledge.rank", "knowledge.lookup"),
+          _knowledge_wanted, _graph_ready, _graph_build),
+    Build("dense phenotype index (MiniLM + faiss)", ("knowledge.link", "knowledge.lookup"),
+          _knowledge_wanted, _dense_ready, _dense_build),
+]  # fmt: skip

@@ -80,6 +80,23 @@ class Tool:
         return self.modalities is None or (attachment.modality or "").upper() in self.modalities
 
 
+@dataclass(frozen=True)
+class Build:
+    """A one-time build an adapter's tools need (a graph, an index, an assembled model), done by
+    `medagent setup` or, bounded, before the first run that finds it missing (agent/setup.py)."""
+
+    name: str  # what the progress line says
+    tools: tuple[str, ...]  # tools that cannot run without it
+    wanted: Callable[[Settings], bool]  # whether these settings use it at all
+    ready: Callable[[Settings], bool]  # cheap: is it in the cache already?
+    build: Callable[[Settings], str]  # builds it; returns a short note
+
+
+def adapter_builds() -> list[Build]:
+    """The builds adapter modules declare (`BUILDS` in tools/<area>.py), in module order."""
+    return [b for name in ADAPTER_MODULES for b in getattr(importlib.import_module(name), "BUILDS", [])]
+
+
 def all_tools(extra_modules: tuple[str, ...] = ()) -> list[Tool]:
     tools: list[Tool] = []
     for module_name in ADAPTER_MODULES + extra_modules:

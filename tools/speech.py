@@ -15,7 +15,7 @@ from pydantic import Field
 from medagent.tools.config import Settings, cache_root
 from medagent.tools.contracts import AttachmentKind, EvidenceDraft
 from medagent.tools.errors import CaseError, UnavailableError
-from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
+from medagent.tools.registry import AttachmentArgs, Build, Tool, ToolContext
 
 QUOTE_WORDS = 60  # the summary quotes about this many words; the payload keeps everything
 
@@ -226,3 +226,25 @@ TOOLS = [
         doctor=doctor,
     )
 ]
+
+
+# -- one-time build (agent/setup.py runs it) ----------------------------------------------------------------
+
+def _speech_wanted(settings: Settings) -> bool:
+    tool = next(t for t in TOOLS if t.name == "speech.transcribe")
+    return settings.speech.runtime == "faster-whisper" and settings.speech.ct2_dir is None and tool.check(settings) is None
+
+
+def _speech_ready(settings: Settings) -> bool:
+    from medagent.specialists.speech.load import packaged_model_dir
+
+    return (packaged_model_dir(cache_root(settings)) / "model.bin").is_file()
+
+
+def _speech_build(settings: Settings) -> str:
+    from medagent.specialists.speech.load import assemble_packaged_base
+
+    return f"Whisper base at {assemble_packaged_base(cache_root(settings))}"
+
+
+BUILDS = [Build("Whisper base speech model", ("speech.transcribe",), _speech_wanted, _speech_ready, _speech_build)]
