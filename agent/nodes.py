@@ -140,6 +140,7 @@ async def act(state: CaseState, config: RunnableConfig) -> dict[str, Any]:
     tool_seconds = []
     for (call, _), (drafts, t0, t1) in zip(accepted, outcomes):
         ids = []
+        drafts = [run.registry.tools[call.tool].checked(d) for d in drafts]  # payloads match the tool's model
         for draft in drafts:
             item = Evidence(id=f"E{next_id}", tool=call.tool, call_id=call.call_id, **draft.model_dump())
             next_id += 1

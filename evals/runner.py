@@ -29,6 +29,7 @@ from medagent.tools.config import Settings, load_settings
 from medagent.tools.contracts import Evidence, EvidenceDraft, Result, ToolCall
 from medagent.tools.errors import CaseError, ConfigError, MedagentError
 from medagent.tools.intake import LoadedCase, load_case, resolve_attachments
+from medagent.tools.payloads import field_value, payload_models, payload_of
 from medagent.tools.registry import Registry, ToolContext
 from medagent.tools.trace import (
     ErrorEvent,
@@ -57,13 +58,21 @@ def _load_item_case(item: SuiteItem, suite: Suite, settings: Settings) -> Loaded
     return load_case((suite.base_dir / item.case_path).resolve(), settings.agent.allow_outside_paths)
 
 
+def prev_value(previous: Evidence, key: str) -> Any:
+    """A field of the previous step's payload, read with its tool's model (None for an error item)."""
+    model = payload_models().get(previous.tool)
+    if previous.error or model is None:
+        return None
+    return field_value(payload_of(previous, model), key)
+
+
 def _substitute(arguments: dict[str, Any], previous: Evidence | None) -> dict[str, Any]:
     resolved = {}
     for key, value in arguments.items():
         if isinstance(value, str) and value.startswith("$prev."):
             if previous is None:
                 raise MedagentError(f"argument {key}={value}: there is no previous step")
-            resolved[key] = previous.payload.get(value[len("$prev."):])
+            resolved[key] = prev_value(previous, value[len("$prev."):])
         else:
             resolved[key] = value
     return resolved
@@ -93,6 +102,7 @@ async def _run_steps(item: SuiteItem, loaded: LoadedCase, settings: Settings, ru
         except MedagentError as exc:
             drafts = [EvidenceDraft(summary=f"{call.tool} could not examine the input: {exc}", error=True)]
         t1 = trace.now()
+        drafts = [registry.tools[call.tool].checked(d) for d in drafts]  # payloads match the tool's model
         ids = []
         for draft in drafts:
             item_evidence = Evidence(id=f"E{len(evidence) + 1}", tool=call.tool, call_id=call.call_id, **draft.model_dump())
