@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from medagent.tools.config import Settings, cache_root
 from medagent.tools.contracts import Case, Evidence, EvidenceDraft, ToolCall
 from medagent.tools.errors import ToolError, UnavailableError
-from medagent.tools.payloads import LinkPayload, LookupPayload, RankPayload, field_value, payload_of
+from medagent.tools.payloads import LinkPayload, LookupPayload, RankPayload, field_value, payload_models, payload_of
 from medagent.tools.registry import Tool, ToolContext
 
 
@@ -507,7 +507,7 @@ def link_to_rank(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence]
 def words_to_link(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]):  # noqa: ANN201
     if not _has(tools, "knowledge.link"):
         return []
-    models = {t.name: t.payload for t in tools}
+    models = {**payload_models(), **{t.name: t.payload for t in tools}}
     proposals = []
     for item in evidence:
         if item.error or item.tool.startswith("knowledge.") or item.tool not in models:

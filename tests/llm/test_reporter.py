@@ -19,9 +19,10 @@ EVIDENCE = [
     Evidence(
         id="E3", tool="knowledge.rank", call_id="C3", summary="Ranked diagnoses: 1. Chronic myeloid leukaemia (ORPHA:521), 2. Lymphoma.",
         payload={"differential": [
-            {"name": "Chronic myeloid leukaemia", "codes": [{"system": "ORPHA", "id": "ORPHA:521"}], "score": 0.8},
-            {"name": "Lymphoma", "codes": [], "score": 0.4},
-        ]},
+            {"name": "Chronic myeloid leukaemia", "codes": [{"system": "ORPHA", "id": "ORPHA:521"}], "score": 0.8,
+             "rationale": "", "evidence": [], "phenotypes": []},
+            {"name": "Lymphoma", "codes": [], "score": 0.4, "rationale": "", "evidence": [], "phenotypes": []},
+        ], "present": ["HP:0001744"], "excluded": [], "conflicts": []},
     ),
 ]
 
