@@ -74,8 +74,7 @@ def field_value(payload: BaseModel, key: str) -> object:
     name = next((n for n, f in type(shape).model_fields.items() if (f.alias or n) == key), None)
     if name is None or name not in shape.model_fields_set:
         return None
-    value = getattr(shape, name)
-    return dump(value) if isinstance(value, BaseModel) else _jsonable(value)
+    return _jsonable(getattr(shape, name))
 
 
 def _jsonable(value: object) -> object:
@@ -96,14 +95,17 @@ def payload_models() -> dict[str, type[BaseModel]]:
     return {tool.name: tool.payload for tool in all_tools()}
 
 
-class Payload(BaseModel):
+class Readable:
+    @classmethod
+    def of(cls: type[M], item: EvidenceDraft) -> M:
+        """The item's payload parsed as this model (a PayloadError when it does not match)."""
+        return payload_of(item, cls)
+
+
+class Payload(Readable, BaseModel):
     """Base of the payload models: unknown keys are an error."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    @classmethod
-    def of(cls: type[M], item: EvidenceDraft) -> M:
-        return payload_of(item, cls)
 
 
 class Part(BaseModel):
@@ -156,12 +158,11 @@ class ImageDescription(Part):
     intensity: Intensity
 
 
-class DescribePayload(RootModel[Annotated[VolumeDescription | ImageDescription, Field(discriminator="kind")]]):
-    """imaging.describe: what a volume or a 2D image is."""
+Description = Annotated[VolumeDescription | ImageDescription, Field(discriminator="kind")]
 
-    @classmethod
-    def of(cls, item: EvidenceDraft) -> DescribePayload:
-        return payload_of(item, cls)
+
+class DescribePayload(Readable, RootModel[Description]):
+    """imaging.describe: what a volume or a 2D image is."""
 
 
 # ------------------------------------------------------------------ imaging.ct_quant
@@ -204,12 +205,8 @@ class CTLungDensity(Part):
     scanned_extent_mm: Number
 
 
-class CTQuantPayload(RootModel[CTVolumes | CTLungDensity]):
+class CTQuantPayload(Readable, RootModel[CTVolumes | CTLungDensity]):
     """imaging.ct_quant: two items per call, the volumes and the lung density."""
-
-    @classmethod
-    def of(cls, item: EvidenceDraft) -> CTQuantPayload:
-        return payload_of(item, cls)
 
 
 # ------------------------------------------------------------------ imaging.segment
@@ -445,9 +442,5 @@ class UserConceptLookup(Part):
     source: str
 
 
-class LookupPayload(RootModel[DiseaseLookup | ICDLookup | TermLookup | UserConceptLookup]):
+class LookupPayload(Readable, RootModel[DiseaseLookup | ICDLookup | TermLookup | UserConceptLookup]):
     """knowledge.lookup: a disease, an ICD-10-CM code, an HPO term, or a concept of the user's ontologies."""
-
-    @classmethod
-    def of(cls, item: EvidenceDraft) -> LookupPayload:
-        return payload_of(item, cls)
