@@ -5,13 +5,14 @@ and records the model's JSON dump, so result.json keeps exactly the keys the too
 reads a payload typed: `RankPayload.of(item).differential`, never `item.payload["differential"]`.
 
 Error evidence (error=True) carries an empty payload; `of` refuses it, so readers skip error items first.
+A Tool that declares no model gets `NoPayload` (an empty payload only).
 Numbers the tool rounds or counts are `Number` (int or float, kept as written: a float field would turn 1 into 1.0).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
@@ -57,8 +58,6 @@ def fields_of(model: type[BaseModel]) -> list[str]:
 
 
 def _members(annotation) -> list[type[BaseModel]]:  # noqa: ANN001 - a union or Annotated union of models
-    from typing import get_args
-
     found = []
     for arg in get_args(annotation) or (annotation,):
         if isinstance(arg, type) and issubclass(arg, BaseModel):
