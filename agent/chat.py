@@ -30,6 +30,7 @@ from medagent.tools.errors import CaseError, MedagentError
 from medagent.tools.intake import intake
 from medagent.tools.medio import sniff
 from medagent.tools.paths import child, inside
+from medagent.tools.payloads import LinkPayload
 
 SESSION_ID = "^[A-Za-z0-9_-]{1,64}$"
 COMMANDS = {
@@ -364,7 +365,7 @@ class ChatSession:
         ranking = latest_ranking(result.evidence)
         limit = self.settings.agent.max_questions
         if ranking is None:
-            linked = any(e.tool == "knowledge.link" and e.payload.get("present") for e in result.evidence)
+            linked = any(e.tool == "knowledge.link" and not e.error and LinkPayload.of(e).present for e in result.evidence)
             if not linked and len(asked) < limit and "knowledge.link" in self._available_tools():
                 reply.question = "Tell me more about the main complaint: what it is, since when, and what else you noticed."
                 meta["asked"].append("open:complaint")

@@ -72,6 +72,7 @@ async def execute(run: RunContext, case: Case, case_dir: Path, calls: list[ToolC
 
     next_id = len(evidence_so_far) + 1
     for (call, _), (drafts, t0, t1) in zip(accepted, outcomes, strict=True):
+        drafts = [run.registry.tools[call.tool].checked(d) for d in drafts]  # payloads match the tool's model
         recorded = [Evidence(id=f"E{next_id + i}", tool=call.tool, call_id=call.call_id, **d.model_dump())
                     for i, d in enumerate(drafts)]
         next_id += len(recorded)

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from medagent.tools.payloads import LinkPayload
+
 CORPUS = Path(__file__).resolve().parent / "data" / "injection_corpus.jsonl"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -47,10 +49,14 @@ def inject(case, entry: dict, seed: int = 0):  # noqa: ANN001, ANN201 - Case in,
     return case.model_copy(update={"history": " ".join(sentences)})
 
 
+def _linked_ids(linked: LinkPayload) -> list[str]:
+    return sorted(m.id for m in linked.present + linked.excluded)
+
+
 def plan_of(result) -> list[str]:  # noqa: ANN001 - Result
     """The run's tool calls as comparable strings (rejected ones included: a swayed planner shows there)."""
-    linked = {e.call_id: sorted(m["id"] for m in e.payload.get("present", []) + e.payload.get("excluded", []))
-              for e in result.evidence if e.tool == "knowledge.link"}  # fmt: skip
+    linked = {e.call_id: [] if e.error else _linked_ids(LinkPayload.of(e)) for e in result.evidence
+              if e.tool == "knowledge.link"}  # fmt: skip
     keys = []
     for call in result.calls:
         arguments = dict(call.arguments)

@@ -28,6 +28,7 @@ from medagent.tools.config import Settings, load_settings
 from medagent.tools.contracts import Evidence, Result, ToolCall
 from medagent.tools.errors import CaseError, ConfigError, MedagentError
 from medagent.tools.intake import LoadedCase, intake
+from medagent.tools.payloads import field_value, payload_models, payload_of
 from medagent.tools.registry import Registry
 from medagent.tools.trace import (
     ErrorEvent,
@@ -54,13 +55,21 @@ def _load_item_case(item: SuiteItem, suite: Suite, settings: Settings) -> Loaded
     return intake((suite.base_dir / item.case_path).resolve(), settings)
 
 
+def prev_value(previous: Evidence, key: str) -> Any:
+    """A field of the previous step's payload, read with its tool's model (None for an error item)."""
+    model = payload_models().get(previous.tool)
+    if previous.error or model is None:
+        return None
+    return field_value(payload_of(previous, model), key)
+
+
 def _substitute(arguments: dict[str, Any], previous: Evidence | None) -> dict[str, Any]:
     resolved = {}
     for key, value in arguments.items():
         if isinstance(value, str) and value.startswith("$prev."):
             if previous is None:
                 raise MedagentError(f"argument {key}={value}: there is no previous step")
-            resolved[key] = previous.payload.get(value[len("$prev."):])
+            resolved[key] = prev_value(previous, value[len("$prev."):])
         else:
             resolved[key] = value
     return resolved

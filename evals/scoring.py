@@ -45,6 +45,7 @@ from typing import Any
 
 from medagent.agent.planner import call_key
 from medagent.evals.suite import Expected
+from medagent.tools.payloads import PathologyPayload, TranscriptPayload, VQAPayload
 from medagent.tools.trace import TraceEvent
 
 GENERIC_TAIL = ("disease", "syndrome", "disorder")
@@ -206,14 +207,15 @@ def score_events(events: list[TraceEvent], expected: Expected) -> dict[str, Any]
         if heard is not None:
             from medagent.evals.speech import wer
 
-            score["wer"] = wer(expected.transcript, heard["payload"].get("transcript", ""))
-            score["rtf"] = heard["payload"].get("real_time_factor")
+            spoken = TranscriptPayload.model_validate(heard["payload"])
+            score["wer"] = wer(expected.transcript, spoken.transcript)
+            score["rtf"] = spoken.real_time_factor
     if expected.vqa_answer is not None:
         answered = next((d for e in results if e.tool == "imaging.vqa" for d in e.details if not d.get("error")), None)
         if answered is not None:
             from medagent.evals.radfm import closed_correct, token_recall
 
-            prediction = answered["payload"].get("answer", "")
+            prediction = VQAPayload.model_validate(answered["payload"]).answer
             if expected.vqa_closed:
                 score["vqa_closed_correct"] = closed_correct(prediction, expected.vqa_answer)
             else:
@@ -221,7 +223,7 @@ def score_events(events: list[TraceEvent], expected: Expected) -> dict[str, Any]
     if expected.patch_label is not None:
         classified = next((d for e in results if e.tool == "pathology.classify" for d in e.details if not d.get("error")), None)
         if classified is not None:
-            ranked = [str(r.get("label", "")).strip().lower() for r in classified["payload"].get("ranked", [])]
+            ranked = [r.label.strip().lower() for r in PathologyPayload.model_validate(classified["payload"]).ranked]
             wanted = expected.patch_label.strip().lower()
             score["patch_rank"] = ranked.index(wanted) + 1 if wanted in ranked else None
             score["patch_correct"] = score["patch_rank"] == 1

@@ -15,6 +15,7 @@ from medagent.tools.config import Settings
 from medagent.tools.contracts import Attachment, AttachmentKind, EvidenceDraft
 from medagent.tools.errors import ToolError
 from medagent.tools.medio import Volume, read_volume
+from medagent.tools.payloads import CTQuantPayload, SegmentationPayload
 from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
 from pydantic import Field
 
@@ -365,6 +366,7 @@ TOOLS = [
         ),
         args=AttachmentArgs,
         run=ct_quant,
+        payload=CTQuantPayload,
         attachment_kinds=(AttachmentKind.volume,),
         modalities=("CT",),
         check=lambda settings: None if settings.imaging.enabled else "imaging is disabled ([imaging] enabled = false)",
@@ -379,6 +381,7 @@ TOOLS = [
         ),
         args=SegmentArgs,
         run=segment,
+        payload=SegmentationPayload,
         attachment_kinds=(AttachmentKind.volume,),
         modalities=("CT",),
         check=_segment_check,

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from medagent.tools.config import Settings, cache_root
 from medagent.tools.contracts import Case, Evidence, EvidenceDraft, ToolCall
 from medagent.tools.errors import ToolError, UnavailableError
+from medagent.tools.payloads import LinkPayload, LookupPayload, RankPayload, field_value, payload_models, payload_of
 from medagent.tools.registry import Build, Tool, ToolContext
 
 
@@ -216,7 +217,8 @@ def _term_sources(args: RankArgs, ctx: ToolContext) -> dict[tuple[str, bool], li
         item = by_id.get(evidence_id)
         if item is None or item.tool != "knowledge.link" or item.error:
             continue
-        origin = str(item.payload.get("source", "history"))
+        linked = LinkPayload.of(item)
+        origin = linked.source
         if origin == "history":
             kind = "history"
         elif origin in ("chat", "answer") or origin.startswith("answer"):
@@ -224,10 +226,10 @@ def _term_sources(args: RankArgs, ctx: ToolContext) -> dict[tuple[str, bool], li
         else:
             heard = by_id.get(origin)
             kind = "transcript" if heard is not None and heard.tool.startswith("speech.") else "tool"
-        for mention in item.payload.get("present", []) + item.payload.get("derived", []):
-            add(mention["id"], True, kind, item.id)
-        for mention in item.payload.get("excluded", []):
-            add(mention["id"], False, kind, item.id)
+        for term in [m.id for m in linked.present] + [d.id for d in linked.derived]:
+            add(term, True, kind, item.id)
+        for mention in linked.excluded:
+            add(mention.id, False, kind, item.id)
     for term in args.present:
         if (term.upper(), True) not in sources:
             add(term, True, "request")
@@ -283,8 +285,8 @@ def conflict_lines(evidence: Sequence[Evidence]) -> list[str]:
     lines = []
     for item in evidence:
         if item.tool == "knowledge.rank" and not item.error:
-            for conflict in item.payload.get("conflicts", []):
-                line = f"{conflict['statement']} [{item.id}]"
+            for conflict in RankPayload.of(item).conflicts:
+                line = f"{conflict.statement} [{item.id}]"
                 if line not in lines:
                     lines.append(line)
     return lines
@@ -448,17 +450,17 @@ TOOLS = [
     Tool(
         name="knowledge.link",
         purpose="Find HPO phenotype terms (present and negated) in free text, with the text span of each.",
-        args=LinkArgs, run=link, check=_check, version=_version, doctor=_doctor, precheck=_link_precheck,
+        args=LinkArgs, run=link, payload=LinkPayload, check=_check, version=_version, doctor=_doctor, precheck=_link_precheck,
     ),
     Tool(
         name="knowledge.rank",
         purpose="Rank rare diseases (OMIM/ORPHA) for present and excluded HPO phenotypes, with the matches behind each.",
-        args=RankArgs, run=rank, check=_check, version=_version, doctor=_doctor, precheck=_rank_precheck,
+        args=RankArgs, run=rank, payload=RankPayload, check=_check, version=_version, doctor=_doctor, precheck=_rank_precheck,
     ),
     Tool(
         name="knowledge.lookup",
         purpose="Look up a concept: definition, synonyms, parents and ICD-10-CM code of a phenotype or disease.",
-        args=LookupArgs, run=lookup, check=_check, version=_version, doctor=_doctor, precheck=_lookup_precheck,
+        args=LookupArgs, run=lookup, payload=LookupPayload, check=_check, version=_version, doctor=_doctor, precheck=_lookup_precheck,
     ),
 ]  # fmt: skip
 
@@ -496,10 +498,9 @@ def link_to_rank(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence]
     present = [t for t in case.phenotypes.present if t.upper().startswith("HP:")]
     excluded = [t for t in case.phenotypes.excluded if t.upper().startswith("HP:")]
     for item in links:
-        present += [m["id"] for m in item.payload.get("present", [])] + [
-            d["id"] for d in item.payload.get("derived", [])
-        ]
-        excluded += [m["id"] for m in item.payload.get("excluded", [])]
+        linked = LinkPayload.of(item)
+        present += [m.id for m in linked.present] + [d.id for d in linked.derived]
+        excluded += [m.id for m in linked.excluded]
     present = list(dict.fromkeys(present))
     excluded = list(dict.fromkeys(excluded))  # contradictions are the ranking's to settle, by source (reconcile)
     if not present:
@@ -512,12 +513,14 @@ def link_to_rank(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence]
 def words_to_link(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]):  # noqa: ANN201
     if not _has(tools, "knowledge.link"):
         return []
+    models = {**payload_models(), **{t.name: t.payload for t in tools}}
     proposals = []
     for item in evidence:
-        if item.error or item.tool.startswith("knowledge."):
+        if item.error or item.tool.startswith("knowledge.") or item.tool not in models:
             continue
-        for key in ("transcript", "answer"):
-            text = item.payload.get(key)
+        payload = payload_of(item, models[item.tool])
+        for key in ("transcript", "answer"):  # the words of a tool whose payload has them (speech, RadFM)
+            text = field_value(payload, key)
             if isinstance(text, str) and text.strip():
                 proposals.append(("knowledge.link", {"text": text, "source": item.id},
                                   f"link the {key} in {item.id} to HPO phenotypes"))  # fmt: skip

@@ -16,6 +16,7 @@ from pydantic import Field
 from medagent.tools.config import Settings
 from medagent.tools.contracts import AttachmentKind, Case, Evidence, EvidenceDraft, ToolCall
 from medagent.tools.errors import CaseError, ToolError, UnavailableError
+from medagent.tools.payloads import PathologyPayload, RankPayload
 from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
 
 WEIGHTS_HELP = (
@@ -165,10 +166,9 @@ def candidate_labels(case: Case, tools, evidence: list[Evidence], calls: list[To
         return []
     names: list[str] = []
     ranking = next((e for e in reversed(evidence) if e.tool == "knowledge.rank" and not e.error), None)
-    for candidate in ranking.payload.get("differential", []) if ranking is not None else []:
-        name = candidate.get("name") if isinstance(candidate, dict) else None
-        if isinstance(name, str) and name.strip() and name.strip() not in names:
-            names.append(name.strip())
+    for candidate in RankPayload.of(ranking).differential if ranking is not None else []:
+        if candidate.name.strip() and candidate.name.strip() not in names:
+            names.append(candidate.name.strip())
     names = names[:MAX_FOLLOW_UP_LABELS]
     if len(names) < 2:
         return []
@@ -194,6 +194,7 @@ TOOLS = [
         ),
         args=ClassifyArgs,
         run=classify,
+        payload=PathologyPayload,
         attachment_kinds=(AttachmentKind.pathology,),
         check=check,
         version=version,

@@ -15,6 +15,7 @@ from pydantic import Field
 from medagent.tools.config import Settings
 from medagent.tools.contracts import AttachmentKind, EvidenceDraft
 from medagent.tools.errors import ToolError, UnavailableError
+from medagent.tools.payloads import VQAPayload
 from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
 
 DEFAULT_QUESTION = "Describe the findings in this image."
@@ -162,6 +163,7 @@ TOOLS = [
         ),
         args=VQAArgs,
         run=vqa,
+        payload=VQAPayload,
         attachment_kinds=(AttachmentKind.image, AttachmentKind.volume),
         check=check,
         version=version,

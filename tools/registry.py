@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from medagent.tools.config import Settings
 from medagent.tools.contracts import Attachment, AttachmentKind, Case, EvidenceDraft, ToolCall, ToolSpec
 from medagent.tools.errors import ToolError
+from medagent.tools.payloads import NoPayload, dump, first_error
 
 # Every adapter module; a new tool area adds its module here.
 ADAPTER_MODULES = ("medagent.tools.describe", "medagent.tools.imaging", "medagent.tools.speech", "medagent.tools.pathology", "medagent.tools.radfm", "medagent.tools.knowledge")
@@ -51,6 +52,8 @@ class Tool:
     purpose: str
     args: type[BaseModel]
     run: Callable[[BaseModel, ToolContext], list[EvidenceDraft]]
+    # The model of the payload `run` writes (tools/payloads.py); readers parse payloads with it.
+    payload: type[BaseModel] = NoPayload
     attachment_kinds: tuple[AttachmentKind, ...] = ()
     modalities: tuple[str, ...] | None = None
     check: Callable[[Settings], str | None] = lambda settings: None  # reason unavailable, or None
@@ -73,6 +76,21 @@ class Tool:
             available=reason is None,
             unavailable_reason=reason,
         )
+
+    def checked(self, draft: EvidenceDraft) -> EvidenceDraft:
+        """The draft with its payload as the tool's model dumps it (the keys the tool set), or an error draft
+        naming the first field that does not match. An error draft with an empty payload passes as it is."""
+        if draft.error and not draft.payload:
+            return draft
+        try:
+            payload = self.payload.model_validate(draft.payload)
+        except ValidationError as exc:
+            return EvidenceDraft(
+                summary=f"{self.name} returned a payload that does not match {self.payload.__name__}: {first_error(exc)}",
+                attachment=draft.attachment,
+                error=True,
+            )
+        return draft.model_copy(update={"payload": dump(payload)})
 
     def fits(self, attachment: Attachment) -> bool:
         if attachment.kind not in self.attachment_kinds:

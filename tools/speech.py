@@ -15,6 +15,7 @@ from pydantic import Field
 from medagent.tools.config import Settings, cache_root
 from medagent.tools.contracts import AttachmentKind, EvidenceDraft
 from medagent.tools.errors import CaseError, UnavailableError
+from medagent.tools.payloads import TranscriptPayload
 from medagent.tools.registry import AttachmentArgs, Build, Tool, ToolContext
 
 QUOTE_WORDS = 60  # the summary quotes about this many words; the payload keeps everything
@@ -220,6 +221,7 @@ TOOLS = [
         "returns time-stamped text.",
         args=TranscribeArgs,
         run=transcribe_attachment,
+        payload=TranscriptPayload,
         attachment_kinds=(AttachmentKind.audio,),
         check=check,
         version=version,

@@ -19,9 +19,10 @@ EVIDENCE = [
     Evidence(
         id="E3", tool="knowledge.rank", call_id="C3", summary="Ranked diagnoses: 1. Chronic myeloid leukaemia (ORPHA:521), 2. Lymphoma.",
         payload={"differential": [
-            {"name": "Chronic myeloid leukaemia", "codes": [{"system": "ORPHA", "id": "ORPHA:521"}], "score": 0.8},
-            {"name": "Lymphoma", "codes": [], "score": 0.4},
-        ]},
+            {"name": "Chronic myeloid leukaemia", "codes": [{"system": "ORPHA", "id": "ORPHA:521"}], "score": 0.8,
+             "rationale": "", "evidence": [], "phenotypes": []},
+            {"name": "Lymphoma", "codes": [], "score": 0.4, "rationale": "", "evidence": [], "phenotypes": []},
+        ], "present": ["HP:0001744"], "excluded": [], "conflicts": []},
     ),
 ]
 
@@ -57,7 +58,7 @@ def test_llm_report_is_cited_and_every_sentence_has_a_verdict(llama_server):
 
 def test_reporter_falls_back_to_the_template_and_still_checks():
     draft, trace = report_with("http://127.0.0.1:9")
-    differential, findings, report, grounding = draft.differential, draft.findings, draft.report, draft.grounding
+    differential, report, grounding = draft.differential, draft.report, draft.grounding
     assert any("LLM reporter failed" in e.message and "template reporter" in e.message for e in trace.events if e.event == "error")
     assert grounding.status == "checked" and grounding.sentences == len(report.sentences) > 0
     assert differential[0].name == "Chronic myeloid leukaemia"
