@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from medagent.agent.api import run_loaded, solve
-from medagent.agent.schemas import json_schema
+from medagent.cli.schemas import json_schema
 from medagent.evals.suite import load_suite_file
 from medagent.tools.config import Settings
 from medagent.tools.contracts import AttachmentKind, Case, EvidenceDraft
