@@ -446,21 +446,59 @@ def _icd_code(graph, code: str) -> str | None:  # noqa: ANN001
     return graph._icd_set.get(code.replace(".", ""))
 
 
+def _known_terms(case: Case, evidence: Sequence[Evidence]) -> list[str]:
+    """HPO ids the case codes or a link found (present or excluded), in order."""
+    terms = [*case.phenotypes.present, *case.phenotypes.excluded]
+    for item in evidence:
+        if item.tool == "knowledge.link" and not item.error:
+            link = LinkPayload.of(item)
+            terms += [*link.present_ids, *link.excluded_ids]
+    return list(dict.fromkeys(terms))
+
+
+def _grounded_rank(case: Case, evidence: Sequence[Evidence]) -> dict[str, list[str]]:
+    terms = _known_terms(case, evidence)
+    return {"present": terms, "excluded": terms, "evidence": [e.id for e in evidence]}
+
+
+def _grounded_lookup(case: Case, evidence: Sequence[Evidence]) -> dict[str, list[str]]:
+    """Concepts to look up: the known phenotypes (ids and labels) and the ranked candidates (names and codes)."""
+    concepts = _known_terms(case, evidence)
+    for item in evidence:
+        if item.error:
+            continue
+        if item.tool == "knowledge.link":
+            link = LinkPayload.of(item)
+            concepts += [m.label for m in [*link.present, *link.excluded]] + [d.label for d in link.derived]
+        elif item.tool == "knowledge.rank":
+            for candidate in RankPayload.of(item).differential[:10]:
+                concepts += [candidate.name, *(c.id for c in candidate.codes)]
+    return {"concept": list(dict.fromkeys(concepts))}
+
+
+def _grounded_link(case: Case, evidence: Sequence[Evidence]) -> dict[str, list[str]]:
+    """Texts are linked by the rules (the history first, then each transcript and answer), never by an LLM call."""
+    return {"text": []}
+
+
 TOOLS = [
     Tool(
         name="knowledge.link",
         purpose="Find HPO phenotype terms (present and negated) in free text, with the text span of each.",
         args=LinkArgs, run=link, payload=LinkPayload, check=_check, version=_version, doctor=_doctor, precheck=_link_precheck,
+        grounded=_grounded_link,
     ),
     Tool(
         name="knowledge.rank",
         purpose="Rank rare diseases (OMIM/ORPHA) for present and excluded HPO phenotypes, with the matches behind each.",
         args=RankArgs, run=rank, payload=RankPayload, check=_check, version=_version, doctor=_doctor, precheck=_rank_precheck,
+        grounded=_grounded_rank,
     ),
     Tool(
         name="knowledge.lookup",
         purpose="Look up a concept: definition, synonyms, parents and ICD-10-CM code of a phenotype or disease.",
         args=LookupArgs, run=lookup, payload=LookupPayload, check=_check, version=_version, doctor=_doctor, precheck=_lookup_precheck,
+        grounded=_grounded_lookup,
     ),
 ]  # fmt: skip
 

@@ -185,6 +185,12 @@ def candidate_labels(case: Case, tools, evidence: list[Evidence], calls: list[To
 
 FOLLOW_UP_RULES = [candidate_labels]
 
+def _grounded_classify(case: Case, evidence: list[Evidence]) -> dict[str, list[str]]:
+    """Labels an LLM may classify against: the names the latest ranking gave (a built-in set needs none)."""
+    ranking = next((e for e in reversed(evidence) if e.tool == "knowledge.rank" and not e.error), None)
+    return {"labels": [c.name.strip() for c in RankPayload.of(ranking).differential if c.name.strip()] if ranking else []}
+
+
 TOOLS = [
     Tool(
         name="pathology.classify",
@@ -195,6 +201,7 @@ TOOLS = [
         args=ClassifyArgs,
         run=classify,
         payload=PathologyPayload,
+        grounded=_grounded_classify,
         attachment_kinds=(AttachmentKind.pathology,),
         check=check,
         version=version,

@@ -154,6 +154,11 @@ def ask_case_question(case: Any, tools: Any, evidence: Any, calls: Any) -> list[
 
 FIRST_STEP_RULES = [ask_case_question]
 
+def _grounded_vqa(case: Any, evidence: Any) -> dict[str, list[str]]:
+    """The questions an LLM may ask RadFM: the case's own question or the default description request."""
+    return {"question": list(dict.fromkeys([q for q in (case.question.strip(), DEFAULT_QUESTION) if len(q) >= 3]))}
+
+
 TOOLS = [
     Tool(
         name="imaging.vqa",
@@ -164,6 +169,7 @@ TOOLS = [
         args=VQAArgs,
         run=vqa,
         payload=VQAPayload,
+        grounded=_grounded_vqa,
         attachment_kinds=(AttachmentKind.image, AttachmentKind.volume),
         check=check,
         version=version,

@@ -7,14 +7,14 @@ must stay cheap: heavy libraries (torch, models) are imported inside `run` or `c
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medagent.tools.config import Settings
-from medagent.tools.contracts import Attachment, AttachmentKind, Case, EvidenceDraft, ToolCall, ToolSpec
+from medagent.tools.contracts import Attachment, AttachmentKind, Case, Evidence, EvidenceDraft, ToolCall, ToolSpec
 from medagent.tools.errors import ToolError
 from medagent.tools.payloads import NoPayload, dump, first_error
 
@@ -64,6 +64,12 @@ class Tool:
     # A rejected call goes back to the planner with that reason; error evidence is for tools that fail
     # on valid input.
     precheck: Callable[[BaseModel, Case, Settings], str | None] | None = None
+    # The values an LLM planner may give the tool's free-text arguments: {field: allowed values} drawn only
+    # from the case's coded data and the tools' evidence, never from patient free text. The planner's
+    # grammar offers just these (a list field: just these items; no values: the LLM cannot make the call,
+    # the adapters' rules do), and an LLM call naming anything else is rejected. So an instruction hidden
+    # in a history or transcript can never become a tool argument. None: no free-text arguments.
+    grounded: Callable[[Case, Sequence[Evidence]], dict[str, list[str]]] | None = None
 
     def spec(self, settings: Settings) -> ToolSpec:
         reason = self.check(settings)
@@ -91,6 +97,19 @@ class Tool:
                 error=True,
             )
         return draft.model_copy(update={"payload": dump(payload)})
+
+    def ungrounded(self, arguments: dict, case: Case, evidence: Sequence[Evidence]) -> str | None:
+        """Why an LLM call's arguments are not grounded (see `grounded`), or None."""
+        if self.grounded is None:
+            return None
+        for name, allowed in self.grounded(case, evidence).items():
+            value = arguments.get(name)
+            values = value if isinstance(value, list) else [] if value is None else [value]
+            outside = [v for v in values if v not in allowed]
+            if outside:
+                return (f"{self.name}: {name} {outside[0]!r} is not something the case or the tools named "
+                        f"(planner arguments come from the case's codes and the evidence)")
+        return None
 
     def fits(self, attachment: Attachment) -> bool:
         if attachment.kind not in self.attachment_kinds:
