@@ -106,6 +106,28 @@ def make_reporter(settings: Settings, trace: TraceRecorder | None = None, backen
     return LLMReporter(backend or make_backend(settings), settings, trace, on_text=on_text)
 
 
+def make_run(settings: Settings, trace: TraceRecorder, artifacts_dir: Path, tools: list[Tool] | None = None,
+             on_progress: Callable[[str], None] | None = None, on_text: Callable[[str], None] | None = None,
+             planner: Planner | None = None, coverage_guard: bool = True) -> tuple[RunContext, Any]:
+    """The context of one run of the graph (a solve, a chat turn, an eval item) and the LLM backend it opened
+    (None with the rules; the caller closes it): builds done, backend or rules, registry, planner, reporter."""
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    backend, settings, registry, notes = prepare_run(settings, tools, on_progress)
+    run = RunContext(
+        settings=settings,
+        registry=registry,
+        trace=trace,
+        artifacts_dir=artifacts_dir,
+        planner=planner or make_planner(settings, trace, backend),
+        reporter=make_reporter(settings, trace, backend, on_text),
+        on_progress=on_progress,
+        notes=notes,
+        coverage_guard=coverage_guard,
+    )
+    run.models.update({name: tool.version(settings) for name, tool in registry.tools.items() if registry.unavailable_reason(name) is None})
+    return run, backend
+
+
 async def run_loaded(
     loaded: LoadedCase,
     settings: Settings,
@@ -119,24 +141,11 @@ async def run_loaded(
     """Run the case graph once. `planner` overrides the configured one (any object of the Planner protocol,
     agent/state.py); `coverage_guard` False leaves its calls alone (a scripted planner)."""
     trace = trace or TraceRecorder(loaded.case.id)
-    artifacts_dir.mkdir(parents=True, exist_ok=True)
-    backend, settings, registry, notes = prepare_run(settings, tools, on_progress)
+    run, backend = make_run(settings, trace, artifacts_dir, tools, on_progress, planner=planner, coverage_guard=coverage_guard)
     try:
-        run = RunContext(
-            settings=settings,
-            registry=registry,
-            trace=trace,
-            artifacts_dir=artifacts_dir,
-            planner=planner or make_planner(settings, trace, backend),
-            reporter=make_reporter(settings, trace, backend),
-            on_progress=on_progress,
-            notes=notes,
-            coverage_guard=coverage_guard,
-        )
-        run.models.update({name: tool.version(settings) for name, tool in run.registry.tools.items() if run.registry.unavailable_reason(name) is None})
         state = await graph().ainvoke(
             {"case": loaded.case, "case_dir": str(loaded.case_dir), "warnings": loaded.warnings},
-            config={"configurable": {"run": run}, "recursion_limit": 4 * settings.agent.max_steps + 10},
+            config={"configurable": {"run": run}, "recursion_limit": 4 * run.settings.agent.max_steps + 10},
         )
     finally:
         if backend is not None:  # HTTP backends hold a connection pool

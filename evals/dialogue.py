@@ -57,7 +57,8 @@ class SimulatedPatient:
 
 async def run_dialogue(item: SuiteItem, settings: Settings, run_dir: Path, trace_path: Path) -> tuple[Result, dict[str, Any]]:
     """Converse until medagent stops asking (or MAX_TURNS); return its last result and dialogue metrics."""
-    from medagent.agent.chat import ChatSession, delete_session
+    from medagent.agent.chat import ChatSession
+    from medagent.agent.sessions import delete_session
 
     if item.case is None:
         raise MedagentError(f"dialogue item {item.id}: needs an inline case (the simulated patient's notes)")
