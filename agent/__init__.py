@@ -1,4 +1,4 @@
-"""Orchestration: the LangGraph case graph, planner, reporter, LLM backends, sessions and the CLI.
+"""Orchestration: the LangGraph case graph, planner, reporter, LLM backends and chat sessions.
 
 `medagent.agent.solve(case)` and `medagent.agent.asolve(case)` are the Python API.
 """

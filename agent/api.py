@@ -14,10 +14,10 @@ from typing import Any
 from medagent.agent.graph import build_graph
 from medagent.agent.planner import RulePlanner
 from medagent.agent.reporter import TemplateReporter
-from medagent.agent.state import RunContext
+from medagent.agent.state import Planner, RunContext
 from medagent.tools.config import Settings, load_settings
 from medagent.tools.contracts import Case, Result
-from medagent.tools.intake import LoadedCase, load_case, resolve_attachments
+from medagent.tools.intake import LoadedCase, intake
 from medagent.tools.pool import ModelPool
 from medagent.tools.registry import Registry, Tool
 from medagent.tools.trace import ModelsEvent, TraceRecorder
@@ -42,7 +42,7 @@ def _use_llm(settings: Settings, choice: str) -> bool:
     """`auto` means the LLM exactly when `[llm] preset` (or backend) names one; `none` keeps the rules."""
     if choice == "rule":
         return False
-    configured = settings.llm.preset != "none" or settings.llm.backend is not None
+    configured = settings.llm.configured
     if choice == "llm" and not configured:
         from medagent.tools.errors import ConfigError
 
@@ -118,6 +118,32 @@ def make_reporter(settings: Settings, trace: TraceRecorder | None = None, backen
     return LLMReporter(backend or make_backend(settings, pool), settings, trace, on_text=on_text, pool=pool)
 
 
+def make_run(settings: Settings, trace: TraceRecorder, artifacts_dir: Path, tools: list[Tool] | None = None,
+             on_progress: Callable[[str], None] | None = None, on_text: Callable[[str], None] | None = None,
+             planner: Planner | None = None, coverage_guard: bool = True,
+             pool: ModelPool | None = None) -> tuple[RunContext, Any]:
+    """The context of one run of the graph (a solve, a chat turn, an eval item) and the LLM backend it opened
+    (None with the rules; the caller closes it): builds done, backend or rules, registry, planner, reporter.
+    What they load goes into `pool` (the caller owns it and closes it)."""
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    pool = pool if pool is not None else ModelPool()
+    backend, settings, registry, notes = prepare_run(settings, tools, on_progress, pool)
+    run = RunContext(
+        settings=settings,
+        registry=registry,
+        trace=trace,
+        artifacts_dir=artifacts_dir,
+        planner=planner or make_planner(settings, trace, backend, pool),
+        reporter=make_reporter(settings, trace, backend, on_text, pool),
+        on_progress=on_progress,
+        notes=notes,
+        coverage_guard=coverage_guard,
+        pool=pool,
+    )
+    run.models.update({name: tool.version(settings) for name, tool in registry.tools.items() if registry.unavailable_reason(name) is None})
+    return run, backend
+
+
 async def run_loaded(
     loaded: LoadedCase,
     settings: Settings,
@@ -125,34 +151,23 @@ async def run_loaded(
     trace: TraceRecorder | None = None,
     tools: list[Tool] | None = None,
     on_progress: Callable[[str], None] | None = None,
-    planner: Any = None,
+    planner: Planner | None = None,
+    coverage_guard: bool = True,
     pool: ModelPool | None = None,
 ) -> tuple[Result, TraceRecorder]:
-    """Run the case graph once. `planner` overrides the configured one (e.g. a custom planner object with
-    `name`, `plan(case, tools, evidence, calls)` and `reflect(...)`). Models load into `pool` (a process
-    serving many runs passes its own); without one, the run's own pool is closed when it ends."""
+    """Run the case graph once. `planner` overrides the configured one (any object of the Planner protocol,
+    agent/state.py); `coverage_guard` False leaves its calls alone (a scripted planner). Models load into
+    `pool` (a process serving many runs passes its own); without one, the run's own pool is closed when it ends."""
     trace = trace or TraceRecorder(loaded.case.id)
-    artifacts_dir.mkdir(parents=True, exist_ok=True)
     shared = pool is not None
     pool = pool if pool is not None else ModelPool()
     backend = None
     try:
-        backend, settings, registry, notes = prepare_run(settings, tools, on_progress, pool)
-        run = RunContext(
-            settings=settings,
-            registry=registry,
-            trace=trace,
-            artifacts_dir=artifacts_dir,
-            planner=planner or make_planner(settings, trace, backend, pool),
-            reporter=make_reporter(settings, trace, backend, pool=pool),
-            on_progress=on_progress,
-            notes=notes,
-            pool=pool,
-        )
-        run.models.update({name: tool.version(settings) for name, tool in run.registry.tools.items() if run.registry.unavailable_reason(name) is None})
+        run, backend = make_run(settings, trace, artifacts_dir, tools, on_progress, planner=planner,
+                                coverage_guard=coverage_guard, pool=pool)
         state = await graph().ainvoke(
             {"case": loaded.case, "case_dir": str(loaded.case_dir), "warnings": loaded.warnings},
-            config={"configurable": {"run": run}, "recursion_limit": 4 * settings.agent.max_steps + 10},
+            config={"configurable": {"run": run}, "recursion_limit": 4 * run.settings.agent.max_steps + 10},
         )
     finally:
         if backend is not None:  # HTTP backends hold a connection pool
@@ -169,29 +184,37 @@ def record_models(trace: TraceRecorder, pool: ModelPool, shared: bool) -> None:
     trace.emit(ModelsEvent, "end", loaded=loaded, total_bytes=sum(e["bytes"] or 0 for e in loaded), shared=shared)
 
 
-def _load(case: Case | Path | str, case_dir: Path | None, settings: Settings) -> LoadedCase:
-    from medagent.tools.safeio import configure
-
-    configure(settings.agent)  # the config's intake limits, as the CLI has them
-    if isinstance(case, Case):
-        return resolve_attachments(case, Path(case_dir or Path.cwd()), settings.agent.allow_outside_paths)
-    return load_case(Path(case), settings.agent.allow_outside_paths)
-
-
 async def asolve(
     case: Case | Path | str,
     case_dir: Path | None = None,
     settings: Settings | None = None,
     artifacts_dir: Path | None = None,
+    out: Path | None = None,
+    overwrite: bool = False,
     pool: ModelPool | None = None,
 ) -> Result:
     """Solve one case. `case` is a Case (attachment paths relative to `case_dir`) or a case.json path.
-    Models load into `pool`, by default the process's (`process_pool()`), and stay for the next solve."""
+    With `out`, result.json, report.md, trace.jsonl and artifacts/ are written there as `medagent solve -o`
+    writes them (refused before any work if `out` is not a folder medagent may write). Models load into `pool`,
+    by default the process's (`process_pool()`), and stay for the next solve."""
+    pool = pool if pool is not None else process_pool()
     settings = settings or load_settings()
-    loaded = _load(case, case_dir, settings)
-    if artifacts_dir is None:
-        artifacts_dir = Path(tempfile.mkdtemp(prefix=f"medagent-{loaded.case.id}-"))
-    result, _ = await run_loaded(loaded, settings, artifacts_dir, pool=pool if pool is not None else process_pool())
+    loaded = intake(case, settings, case_dir)
+    if out is None:
+        if artifacts_dir is None:
+            artifacts_dir = Path(tempfile.mkdtemp(prefix=f"medagent-{loaded.case.id}-"))
+        result, _ = await run_loaded(loaded, settings, artifacts_dir, pool=pool)
+        return result
+    from medagent.agent.outputs import output_folder, write_outputs
+
+    inputs = [loaded.case_dir / a.path for a in loaded.case.attachments] + ([Path(case)] if not isinstance(case, Case) else [])
+    with output_folder(Path(out), overwrite, inputs, "solve (Python API)") as staging:
+        trace = TraceRecorder(loaded.case.id, staging / "trace.jsonl")
+        try:
+            result, _ = await run_loaded(loaded, settings, staging / "artifacts", trace, pool=pool)
+        finally:
+            trace.close()
+        write_outputs(staging, result, loaded.case)
     return result
 
 
@@ -200,6 +223,8 @@ def solve(
     case_dir: Path | None = None,
     settings: Settings | None = None,
     artifacts_dir: Path | None = None,
+    out: Path | None = None,
+    overwrite: bool = False,
     pool: ModelPool | None = None,
 ) -> Result:
-    return asyncio.run(asolve(case, case_dir, settings, artifacts_dir, pool))
+    return asyncio.run(asolve(case, case_dir, settings, artifacts_dir, out, overwrite, pool))

@@ -1,19 +1,13 @@
-"""Chat consultations: multi-turn sessions on the same graph and tools as `solve`.
+"""Chat consultations: the conversation loop, multi-turn sessions on the same graph and tools as `solve`.
 
-A session lives in its own folder under `<cache root>/sessions/<id>/`: `state.db` (LangGraph's SQLite
-checkpointer, one thread per session), `files/` (copies of every attached file, so the session stands
-alone), `artifacts/`, `trace.jsonl`, `turns.jsonl` (what was said) and `session.json`. A lock file
-keeps a second process out. Deleting a session deletes its folder, and with it all its data.
+The session store (folders, typed session.json, lock) is agent/sessions.py; the slash commands are
+agent/chat_commands.py; history taking (which question to ask next) is agent/history_taking.py.
 """
 
 from __future__ import annotations
 
-import enum
-import fcntl
-import inspect
 import json
 import os
-import re
 import secrets
 import shutil
 from collections.abc import Callable
@@ -22,146 +16,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from medagent.tools.config import Settings, cache_root
+from medagent.agent.chat_commands import run_command
+from medagent.agent.sessions import (
+    AskedQuestion,
+    SessionLock,
+    SessionMeta,
+    checkpoint_serializer,
+    list_sessions,
+    now,
+    read_meta,
+    session_folder,
+    write_meta,
+)
+from medagent.tools.config import Settings
 from medagent.tools.contracts import Attachment, AttachmentKind, Case, Evidence, Result
 from medagent.tools.errors import CaseError, MedagentError
-from medagent.tools.intake import resolve_attachments
+from medagent.tools.intake import intake
 from medagent.tools.medio import sniff
-from medagent.tools.paths import child, inside, prepare_output, publish_output
+from medagent.tools.paths import child, inside
+from medagent.tools.payloads import LinkPayload
 from medagent.tools.pool import ModelPool
-from medagent.tools.safeio import terminal_safe
-
-SESSION_ID = "^[A-Za-z0-9_-]{1,64}$"
-COMMANDS = {
-    "/attach PATH [kind] [modality]": "attach a file or DICOM folder (kind: image, volume, audio, pathology, document)",
-    "/evidence": "list the evidence gathered so far",
-    "/report": "the current differential and report",
-    "/sessions": "list sessions",
-    "/export [DIR]": "write report.md, result.json and trace.jsonl",
-    "/help": "this list",
-    "/quit": "leave (the session is saved; resume with --session ID)",
-}
-
-
-def sessions_root(settings: Settings) -> Path:
-    return cache_root(settings) / "sessions"
-
-
-def session_folder(settings: Settings, session_id: str) -> Path:
-    """The folder of a session: `session_id` must be an id, never a path, and the folder stays in the sessions root."""
-    if not re.fullmatch(SESSION_ID, session_id):
-        raise MedagentError(f"{session_id!r} is not a session id (1-64 letters, digits, _ or -); medagent chat --list shows them")
-    return child(sessions_root(settings), session_id, "session id")
-
-
-class SessionMeta(BaseModel):
-    """What session.json holds (other keys, such as the questions asked, are kept as they are)."""
-
-    model_config = ConfigDict(extra="allow")
-    id: str = ""
-    created: str = ""
-    updated: str = ""
-    turns: int = 0
-    case_id: str = ""
-    attachments: list[str] = Field(default_factory=list)
-
-
-def read_meta(folder: Path) -> tuple[dict[str, Any], str | None]:
-    """A session's metadata, or what is wrong with its session.json (a damaged session is listed, never a crash)."""
-    path = folder / "session.json"
-    if path.is_symlink() or not path.is_file():
-        return {}, "session.json is not a regular file"
-    try:
-        return SessionMeta.model_validate(json.loads(path.read_text(encoding="utf-8"))).model_dump(), None
-    except OSError as exc:
-        return {}, f"session.json cannot be read ({exc.strerror})"
-    except UnicodeDecodeError:
-        return {}, "session.json is not UTF-8 text"
-    except json.JSONDecodeError:
-        return {}, "session.json is not valid JSON"
-    except ValidationError:
-        return {}, "session.json does not hold a session's details"
-
-
-def _serializer():
-    """Checkpoint serializer that may rebuild exactly our contract types (and nothing else of ours)."""
-    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-
-    from medagent.tools import contracts
-
-    allowed = [
-        (contracts.__name__, name)
-        for name, value in vars(contracts).items()
-        if inspect.isclass(value) and value.__module__ == contracts.__name__ and issubclass(value, (BaseModel, enum.Enum))
-    ]
-    return JsonPlusSerializer(allowed_msgpack_modules=allowed)
-
-
-def list_sessions(settings: Settings) -> list[dict[str, Any]]:
-    """The sessions in the sessions root, newest first; one whose session.json is unusable has a `damaged` reason."""
-    root = sessions_root(settings)
-    sessions = []
-    for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        if folder.is_symlink() or not folder.is_dir() or not re.fullmatch(SESSION_ID, folder.name):
-            continue  # not a folder medagent made for a session
-        if not os.path.lexists(folder / "session.json"):
-            continue
-        meta, problem = read_meta(folder)
-        sessions.append({**meta, "id": folder.name} if problem is None else {"id": folder.name, "damaged": problem})
-    return sorted(sessions, key=lambda s: s.get("updated", ""), reverse=True)
-
-
-def describe_session(session: dict[str, Any]) -> str:
-    """One line of `chat --list` and `/sessions`."""
-    if "damaged" in session:
-        return f"{session['id']}  damaged: {session['damaged']} (medagent chat --delete {session['id']} removes it)"
-    return (f"{session['id']}  {session['turns']} turns  updated {session['updated']}  case {session['case_id']}  "
-            f"attachments: {', '.join(session['attachments']) or '-'}")
-
-
-def delete_session(settings: Settings, session_id: str) -> Path:
-    folder = session_folder(settings, session_id)
-    if not folder.is_dir() or not os.path.lexists(folder / "session.json"):
-        raise MedagentError(f"no session '{session_id}' in {sessions_root(settings)}")
-    with _SessionLock(folder):
-        shutil.rmtree(folder)
-    return folder
-
-
-class _SessionLock:
-    """An exclusive, non-blocking lock on a session folder (released when the process dies)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / "lock"
-        self.handle = None
-
-    def __enter__(self) -> _SessionLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def acquire(self) -> None:
-        self.handle = self.path.open("a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            self.handle.close()
-            self.handle = None
-            raise MedagentError(f"session {self.path.parent.name} is open in another process; close it there first") from exc
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(str(os.getpid()))
-        self.handle.flush()
-
-    def release(self) -> None:
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None
 
 
 @dataclass
@@ -191,9 +65,7 @@ class ChatSession:
         self._loaded = None
         if session_id is None:
             if case_file is not None:  # a bad case is refused before the session folder exists
-                from medagent.tools.intake import load_case
-
-                self._loaded = load_case(case_file, settings.agent.allow_outside_paths)
+                self._loaded = intake(case_file, settings)
             session_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
             self.folder = session_folder(settings, session_id)
             self.folder.mkdir(parents=True)
@@ -210,7 +82,7 @@ class ChatSession:
                 raise MedagentError(f"session {session_id} is damaged: {problem}; medagent chat --delete {session_id} removes it")
             self._new = False
         self.id = session_id
-        self._lock = _SessionLock(self.folder)
+        self._lock = SessionLock(self.folder)
         self._saver_cm = None
         self.graph = None
         self.interrupted = False
@@ -226,7 +98,7 @@ class ChatSession:
             (self.folder / "files").mkdir(exist_ok=True)
             self._saver_cm = AsyncSqliteSaver.from_conn_string(str(self.folder / "state.db"))
             saver = await self._saver_cm.__aenter__()
-            saver.serde = _serializer()
+            saver.serde = checkpoint_serializer()
             self.graph = build_graph(saver)
             if self._new:
                 case = self._initial_case()
@@ -274,13 +146,10 @@ class ChatSession:
         return attachment.model_copy(update={"path": str(target.relative_to(self.folder))})
 
     def _write_meta(self, case: Case, turn: bool = False) -> None:
-        meta_path = self.folder / "session.json"
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {
-            "id": self.id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "turns": 0}
-        meta["turns"] = meta.get("turns", 0) + (1 if turn else 0)
-        meta.update(updated=datetime.now(timezone.utc).isoformat(timespec="seconds"), case_id=case.id,
-                    attachments=[a.id for a in case.attachments])
-        meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        meta = self._meta() if os.path.lexists(self.folder / "session.json") else SessionMeta(id=self.id, created=now())
+        meta.turns += 1 if turn else 0
+        meta.updated, meta.case_id, meta.attachments = now(), case.id, [a.id for a in case.attachments]
+        write_meta(self.folder, meta)
 
     # -- state ------------------------------------------------------------------------------------
     async def state(self) -> dict[str, Any]:
@@ -301,18 +170,13 @@ class ChatSession:
             handle.write(json.dumps({"role": role, "text": text, "ts": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}) + "\n")
 
     async def _run(self, update: dict[str, Any] | None) -> Result:
-        from medagent.agent.api import make_planner, make_reporter, prepare_run, record_models
-        from medagent.agent.state import RunContext
+        from medagent.agent.api import make_run, record_models
         from medagent.tools.trace import TraceRecorder
 
         case = (await self.state())["case"]
         trace = TraceRecorder(case.id, self.folder / "trace.jsonl")
-        backend, settings, registry, notes = prepare_run(self.settings, on_progress=self.on_progress, pool=self.pool)
-        run = RunContext(settings=settings, registry=registry, trace=trace,
-                         artifacts_dir=self.folder / "artifacts", planner=make_planner(settings, trace, backend, self.pool),
-                         reporter=make_reporter(settings, trace, backend, self.on_text, self.pool), on_progress=self.on_progress,
-                         notes=notes, pool=self.pool)
-        run.artifacts_dir.mkdir(exist_ok=True)
+        run, backend = make_run(self.settings, trace, self.folder / "artifacts", on_progress=self.on_progress,
+                                on_text=self.on_text, pool=self.pool)
         try:
             # Checkpoint every node before moving on, so a killed process loses at most the node it was in.
             values = await self.graph.ainvoke(update, config=self._config(run), durability="sync")
@@ -343,13 +207,12 @@ class ChatSession:
         if not text:
             return Reply(text="")
         self._log_turn("user", text)
-        meta = self._meta()
-        pending = meta.get("pending_question")
+        pending = self._meta().pending_question
         sentence = None
-        if pending:
+        if pending is not None:
             from medagent.agent.history_taking import Question, answer_to_history
 
-            sentence = answer_to_history(text, Question(**pending))
+            sentence = answer_to_history(text, Question(**pending.model_dump()))
         case = await self.case()
         addition = sentence or text
         history = f"{case.history}\n{addition}".strip() if case.history else addition
@@ -360,26 +223,26 @@ class ChatSession:
         self._log_turn("assistant", reply.text, evidence=[e.id for e in reply.new_evidence], question=reply.question)
         return reply
 
-    def _meta(self) -> dict[str, Any]:
-        return json.loads((self.folder / "session.json").read_text(encoding="utf-8"))
-
-    def _save_meta(self, meta: dict[str, Any]) -> None:
-        (self.folder / "session.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    def _meta(self) -> SessionMeta:
+        meta, problem = read_meta(self.folder)
+        if meta is None:
+            raise MedagentError(f"session {self.id} is damaged: {problem}; medagent chat --delete {self.id} removes it")
+        return meta
 
     def _take_history(self, reply: Reply, result: Result) -> None:
         """Ask the one question that best separates the leading diagnoses, or say there is enough."""
         from medagent.agent.history_taking import enough, latest_ranking, next_question
 
         meta = self._meta()
-        asked = meta.setdefault("asked", [])
-        meta["pending_question"] = None
+        asked = meta.asked
+        meta.pending_question = None
         ranking = latest_ranking(result.evidence)
         limit = self.settings.agent.max_questions
         if ranking is None:
-            linked = any(e.tool == "knowledge.link" and e.payload.get("present") for e in result.evidence)
+            linked = any(e.tool == "knowledge.link" and not e.error and LinkPayload.of(e).present for e in result.evidence)
             if not linked and len(asked) < limit and "knowledge.link" in self._available_tools():
                 reply.question = "Tell me more about the main complaint: what it is, since when, and what else you noticed."
-                meta["asked"].append("open:complaint")
+                asked.append("open:complaint")
                 self._log_turn("assistant", reply.question, kind="question", reason="no phenotype could be linked yet")
         elif (why := enough(ranking)) is not None:
             reply.text += "\n" + why
@@ -390,18 +253,17 @@ class ChatSession:
         else:
             question = None
             try:
-                from medagent.tools.knowledge import _graph
+                from medagent.tools.knowledge import knowledge_graph
 
-                graph = _graph(self.settings, self.pool)
-                question = next_question(graph, ranking, {a for a in asked if a.startswith("HP:")})
+                question = next_question(knowledge_graph(self.settings, self.pool), ranking, {a for a in asked if a.startswith("HP:")})
             except Exception as exc:  # history taking is an aid: its failure must not end the turn
                 self._log_turn("assistant", "", kind="question_error", reason=f"{exc.__class__.__name__}: {exc}")
             if question is not None:
                 reply.question = question.text
-                meta["asked"].append(question.term)
-                meta["pending_question"] = question.__dict__
+                asked.append(question.term)
+                meta.pending_question = AskedQuestion(**question.__dict__)
                 self._log_turn("assistant", question.text, kind="question", reason=question.reason, term=question.term)
-        self._save_meta(meta)
+        write_meta(self.folder, meta)
 
     def _available_tools(self) -> set[str]:
         from medagent.tools.registry import Registry
@@ -446,7 +308,7 @@ class ChatSession:
         attachment = self._copy_in(path, Attachment(id=attachment_id, kind=chosen, path=path.name, modality=modality, description=description))
         candidate = case.model_copy(update={"attachments": [*case.attachments, attachment]})
         try:
-            loaded = resolve_attachments(candidate, self.folder)
+            loaded = intake(candidate, self.settings, self.folder)
         except CaseError:
             shutil.rmtree(self.folder / "files" / attachment_id, ignore_errors=True)
             raise
@@ -458,56 +320,19 @@ class ChatSession:
         return reply
 
     async def export(self, out: Path) -> Path:
-        from medagent.agent.render import render_markdown
+        from medagent.agent.outputs import output_folder, write_outputs
 
         result = await self.result()
         if result is None:
             raise MedagentError("nothing to export yet: say something or attach a file first")
         # Exporting again replaces an earlier export; a folder medagent did not write is refused, never merged into.
-        staging = prepare_output(out, True, [self.folder])
-        try:
-            (staging / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
-            (staging / "report.md").write_text(terminal_safe(render_markdown(result, await self.case())), encoding="utf-8")
+        with output_folder(out, True, [self.folder], "chat /export") as staging:
             if (self.folder / "trace.jsonl").exists():
                 shutil.copy(self.folder / "trace.jsonl", staging / "trace.jsonl")
             if (self.folder / "artifacts").exists():
                 shutil.copytree(self.folder / "artifacts", staging / "artifacts")
-            publish_output(staging, out, True, "chat /export")
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            write_outputs(staging, result, await self.case())
         return out
 
     async def command(self, line: str) -> Reply:
-        import shlex
-
-        try:
-            words = shlex.split(line)
-        except ValueError as exc:
-            raise MedagentError(f"{line}: {exc}") from exc
-        name, args = words[0], words[1:]
-        if name == "/attach":
-            if not args:
-                raise MedagentError("/attach needs a path: /attach PATH [kind] [modality]")
-            return await self.attach(Path(args[0]), *(args[1:3]))
-        if name == "/evidence":
-            evidence = await self.evidence()
-            if not evidence:
-                return Reply(text="No evidence yet.")
-            return Reply(text="Evidence so far:\n" + "\n".join(f"[{e.id}] {e.tool} {e.attachment or ''}: {'(error) ' if e.error else ''}{e.summary}" for e in evidence))
-        if name == "/report":
-            from medagent.agent.render import render_markdown
-
-            result = await self.result()
-            return Reply(text=render_markdown(result, await self.case()) if result else "No report yet.")
-        if name == "/sessions":
-            return Reply(text="\n".join(describe_session(s) for s in list_sessions(self.settings)) or "No sessions.")
-        if name == "/export":
-            target = Path(args[0]) if args else Path("out") / f"session-{self.id}"
-            return Reply(text=f"Exported to {await self.export(target)}")
-        if name == "/help":
-            return Reply(text="\n".join(f"{k:32} {v}" for k, v in COMMANDS.items()))
-        if name in ("/quit", "/exit"):
-            return Reply(text=f"Session {self.id} saved. Resume with: medagent chat --session {self.id}", done=True)
-        raise MedagentError(f"unknown command {name}; /help lists them")
-
+        return await run_command(self, line)

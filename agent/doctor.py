@@ -21,45 +21,18 @@ PACKAGES = (
 
 
 def model_files(settings, available: set[str]) -> list[tuple[str, Path]]:  # noqa: ANN001 - Settings
-    """(what, file or folder) for each model a run under these settings would load, where it is on disk."""
+    """(what, file or folder) for each model a run under these settings would load: the LLM's GGUF, then what
+    each available tool declares (Tool.model_files), each path once."""
     from medagent.agent.setup import _gguf_path
-    from medagent.tools.config import cache_root
+    from medagent.tools.registry import all_tools
 
-    root, found = cache_root(settings), []
+    found = []
     gguf = _gguf_path(settings)
     if gguf is not None:
         found.append(("LLM (llama.cpp GGUF, memory-mapped)", gguf))
-    if available & {"knowledge.link", "knowledge.rank", "knowledge.lookup"}:
-        from medagent.specialists.knowledge.embed import default_embedder_path
-        from medagent.specialists.knowledge.load import graph_folder
-
-        folder = graph_folder(root, settings.knowledge.hpo_obo)
-        found.append(("knowledge graph (pickle)", folder / "graph.pkl"))
-        if settings.knowledge.dense:
-            from medagent.specialists.knowledge.embed import embedder_id
-
-            found.append(("phenotype embedder", Path(settings.knowledge.embedder or default_embedder_path())))
-            # The default linker's index covers every phenotype term: of the cached ones, the one with most terms.
-            stem = f"dense_{embedder_id(settings.knowledge.embedder)}_holdout{settings.knowledge.holdout_share:.2f}_"
-            indexes = sorted(folder.glob(f"{stem}*terms_hnsw"), key=lambda f: int(f.name[len(stem):].split("terms")[0]))
-            if indexes:
-                found.append(("dense phenotype index", indexes[-1]))
-    if "speech.transcribe" in available and settings.speech.runtime == "faster-whisper":
-        from medagent.specialists.speech.load import packaged_model_dir
-
-        found.append(("Whisper (CTranslate2)", Path(settings.speech.ct2_dir or packaged_model_dir(root)).expanduser()))
-    if "imaging.vqa" in available:
-        from medagent.specialists.radfm.load import checkpoint_file
-
-        checkpoint = checkpoint_file(Path(settings.radfm.path).expanduser())
-        if checkpoint is not None:
-            found.append((f"RadFM checkpoint ({settings.radfm.dtype} in memory)", checkpoint))
-    if "pathology.classify" in available:
-        from medagent.specialists.pathology.load import find_weights
-
-        found.append(("KEP/KEEP weights", find_weights(Path(settings.pathology.path))))
-    if "imaging.segment" in available:
-        found += [(f"MONAI bundle {Path(b).name}", Path(b).expanduser() / "models" / "model.pt") for b in settings.imaging.bundles]
+    for tool in all_tools():
+        if tool.name in available:
+            found += [(what, path) for what, path in tool.model_files(settings) if path not in {p for _, p in found}]
     return found
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medagent.tools.contracts import Evidence
+from medagent.tools.payloads import RankPayload
 
 TOP_CANDIDATES = 5
 ENOUGH_MARGIN = 0.35  # relative lead of the top candidate's score over the second that ends questioning
@@ -36,27 +37,28 @@ def latest_ranking(evidence: Sequence[Evidence]) -> Evidence | None:
 
 def enough(ranking: Evidence) -> str | None:
     """A sentence saying why no more questions are needed, or None."""
-    differential = ranking.payload.get("differential", [])
+    ranked = RankPayload.of(ranking)
+    differential = ranked.differential
     if len(differential) < 2:
         return None
-    first, second = differential[0].get("score") or 0.0, differential[1].get("score") or 0.0
-    if first > 0 and (first - second) / first >= ENOUGH_MARGIN and len(ranking.payload.get("present", [])) >= MIN_PRESENT:
-        return (f"I have enough to conclude for now: {differential[0]['name']} leads "
-                f"({first:.2f} vs {second:.2f} for {differential[1]['name']}) [{ranking.id}].")
+    first, second = differential[0].score or 0.0, differential[1].score or 0.0
+    if first > 0 and (first - second) / first >= ENOUGH_MARGIN and len(ranked.present) >= MIN_PRESENT:
+        return (f"I have enough to conclude for now: {differential[0].name} leads "
+                f"({first:.2f} vs {second:.2f} for {differential[1].name}) [{ranking.id}].")
     return None
 
 
 def next_question(graph, ranking: Evidence, asked: set[str]) -> Question | None:  # noqa: ANN001 - KnowledgeGraph
-    differential = ranking.payload.get("differential", [])[:TOP_CANDIDATES]
+    ranked = RankPayload.of(ranking)
     rows, names = [], []
-    for candidate in differential:
-        code = next((c["id"] for c in candidate.get("codes", []) if c["id"] in graph.disease_index), None)
+    for candidate in ranked.differential[:TOP_CANDIDATES]:
+        code = next((c.id for c in candidate.codes if c.id in graph.disease_index), None)
         if code is not None:
             rows.append(graph.disease_index[code])
-            names.append(candidate["name"])
+            names.append(candidate.name)
     if len(rows) < 2:
         return None
-    known = {graph.resolve(t) for t in [*ranking.payload.get("present", []), *ranking.payload.get("excluded", [])]}
+    known = {graph.resolve(t) for t in [*ranked.present, *ranked.excluded]}
     known.discard(None)
     terms = sorted({int(t) for r in rows for t in graph.annotations[r]} - known - {graph.resolve(t) for t in asked})
     # Skip terms that are ancestors of what is already known: they add nothing.

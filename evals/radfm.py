@@ -89,12 +89,10 @@ def baselines(items: list[dict[str, Any]], train_items: list[dict[str, Any]]) ->
 
 def predict(bundle: Any, items: list[dict[str, Any]], max_new_tokens: int = 16) -> dict[str, str]:
     """RadFM's greedy answer for each item (one image per question)."""
+    import numpy as np
     from PIL import Image
 
-    import numpy as np
-
-    from medagent.specialists.radfm.infer import answer
-    from medagent.specialists.radfm.preprocess import image_to_tensor
+    from medagent.specialists.radfm import answer, image_to_tensor
 
     size = bundle.config.vision.image_size
     predictions = {}

@@ -22,21 +22,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from medagent.agent.nodes import evidence_details
 from medagent.evals.scoring import aggregate, compare_to_baselines, score_events, with_graph_ids
 from medagent.evals.suite import Expected, Suite, SuiteItem, load_suite, shared_data_dir
 from medagent.tools.config import Settings, load_settings
-from medagent.tools.contracts import Evidence, EvidenceDraft, Result, ToolCall
+from medagent.tools.contracts import Evidence, Result, ToolCall
 from medagent.tools.errors import CaseError, ConfigError, MedagentError
-from medagent.tools.intake import LoadedCase, load_case, resolve_attachments
+from medagent.tools.intake import LoadedCase, intake
+from medagent.tools.payloads import field_value, payload_models, payload_of
 from medagent.tools.pool import ModelPool
-from medagent.tools.registry import Registry, ToolContext
+from medagent.tools.registry import Registry
 from medagent.tools.trace import (
     ErrorEvent,
     LLMTurnEvent,
     ResultEvent,
-    ToolCallEvent,
-    ToolResultEvent,
     TraceRecorder,
     read_trace,
 )
@@ -54,8 +52,16 @@ def _versions() -> dict[str, str]:
 
 def _load_item_case(item: SuiteItem, suite: Suite, settings: Settings) -> LoadedCase:
     if item.case is not None:
-        return resolve_attachments(item.case, suite.base_dir, settings.agent.allow_outside_paths)
-    return load_case((suite.base_dir / item.case_path).resolve(), settings.agent.allow_outside_paths)
+        return intake(item.case, settings, suite.base_dir)
+    return intake((suite.base_dir / item.case_path).resolve(), settings)
+
+
+def prev_value(previous: Evidence, key: str) -> Any:
+    """A field of the previous step's payload, read with its tool's model (None for an error item)."""
+    model = payload_models().get(previous.tool)
+    if previous.error or model is None:
+        return None
+    return field_value(payload_of(previous, model), key)
 
 
 def _substitute(arguments: dict[str, Any], previous: Evidence | None) -> dict[str, Any]:
@@ -64,50 +70,50 @@ def _substitute(arguments: dict[str, Any], previous: Evidence | None) -> dict[st
         if isinstance(value, str) and value.startswith("$prev."):
             if previous is None:
                 raise MedagentError(f"argument {key}={value}: there is no previous step")
-            resolved[key] = previous.payload.get(value[len("$prev."):])
+            resolved[key] = prev_value(previous, value[len("$prev."):])
         else:
             resolved[key] = value
     return resolved
 
 
+class ScriptedPlanner:
+    """An item's fixed steps as a planner, so `direct` and `pipeline` items run through the same graph and
+    executor as `solve` (validation, timeouts, crash → error evidence, numbering, trace). One step per turn,
+    so a step's `$prev.KEY` reads the evidence of the step before; a rejected step ends the script."""
+
+    name = "scripted"
+
+    def __init__(self, item: SuiteItem) -> None:
+        self.item = item
+
+    def plan(self, case, tools, evidence: list[Evidence], calls: list[ToolCall]) -> list[ToolCall]:  # noqa: ANN001
+        return self._next(evidence, calls)
+
+    reflect = plan
+
+    def _next(self, evidence: list[Evidence], calls: list[ToolCall]) -> list[ToolCall]:
+        number = len(calls) + 1
+        if number > len(self.item.steps) or (calls and not any(e.call_id == calls[-1].call_id for e in evidence)):
+            return []
+        previous = evidence[-1] if calls else None
+        step = self.item.steps[number - 1]
+        return [ToolCall(call_id=f"C{number}", tool=step.tool, arguments=_substitute(step.arguments, previous),
+                         reason=f"{self.item.mode} step {number}")]
+
+
 async def _run_steps(item: SuiteItem, loaded: LoadedCase, settings: Settings, run_dir: Path, trace: TraceRecorder,
                      pool: ModelPool) -> Result:
-    """direct / pipeline mode: fixed tool calls, no planner, the same validation and evidence ids."""
-    from medagent.agent.reporter import TemplateReporter
+    """direct / pipeline mode: the item's fixed calls, the template reporter, no LLM and no coverage guard."""
+    from medagent.agent.api import run_loaded
 
-    registry = Registry(settings, pool=pool)
-    ctx = ToolContext(loaded.case, loaded.case_dir, run_dir / "artifacts" / item.id, settings, pool=pool)
-    ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
-    evidence: list[Evidence] = []
-    calls: list[ToolCall] = []
-    previous: Evidence | None = None
-    for number, step in enumerate(item.steps, start=1):
-        call = ToolCall(call_id=f"C{number}", tool=step.tool, arguments=_substitute(step.arguments, previous), reason=f"{item.mode} step {number}")
-        args, reason = registry.validate(call, loaded.case)
-        trace.emit(ToolCallEvent, "act", call_id=call.call_id, tool=call.tool, arguments=call.arguments, origin=call.origin,
-                   reason=call.reason, rejected=reason is not None, rejection=reason)
-        calls.append(call)
-        if reason is not None:
-            raise MedagentError(f"step {number} rejected: {reason}")
-        t0 = trace.now()
-        try:
-            drafts = await asyncio.to_thread(registry.tools[call.tool].run, args, ctx)
-        except MedagentError as exc:
-            drafts = [EvidenceDraft(summary=f"{call.tool} could not examine the input: {exc}", error=True)]
-        t1 = trace.now()
-        ids = []
-        for draft in drafts:
-            item_evidence = Evidence(id=f"E{len(evidence) + 1}", tool=call.tool, call_id=call.call_id, **draft.model_dump())
-            evidence.append(item_evidence)
-            ids.append(item_evidence.id)
-        trace.emit(ToolResultEvent, "act", call_id=call.call_id, tool=call.tool, evidence=ids, error=any(d.error for d in drafts),
-                   details=evidence_details(evidence[len(evidence) - len(ids):]), started=t0, finished=t1, seconds=round(t1 - t0, 6))
-        previous = evidence[-1] if ids else None
-    differential, note, findings, report, grounding = TemplateReporter().report(loaded.case, evidence, [])
-    result = Result(case_id=loaded.case.id, question=loaded.case.question, differential=differential, differential_note=note,
-                    findings=findings, report=report, evidence=evidence, calls=calls, grounding=grounding)
-    trace.emit(ResultEvent, "report", differential=[c.model_dump() for c in differential], grounding=grounding.model_dump(),
-               evidence_count=len(evidence), timings={"total_s": trace.now()})
+    scripted = settings.model_copy(deep=True)
+    scripted.agent.planner = "rule"
+    scripted.agent.max_steps = max(scripted.agent.max_steps, len(item.steps))
+    result, _ = await run_loaded(loaded, scripted, run_dir / "artifacts" / item.id, trace,
+                                 planner=ScriptedPlanner(item), coverage_guard=False, pool=pool)
+    for number, event in enumerate((e for e in trace.events if e.event == "tool_call"), start=1):
+        if event.rejected:
+            raise MedagentError(f"step {number} rejected: {event.rejection}")
     return result
 
 

@@ -38,13 +38,14 @@ Metric definitions (per item; `aggregate` averages them over the items that have
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter, defaultdict
 from statistics import mean, median
 from typing import Any
 
+from medagent.agent.planner import call_key
 from medagent.evals.suite import Expected
+from medagent.tools.payloads import PathologyPayload, TranscriptPayload, VQAPayload
 from medagent.tools.trace import TraceEvent
 
 GENERIC_TAIL = ("disease", "syndrome", "disorder")
@@ -86,14 +87,14 @@ def graph_answer_ids(labels: list[str], settings: Any, pool: Any = None) -> list
     if not labels or not getattr(getattr(settings, "knowledge", None), "enabled", False):
         return []
     from medagent.tools.config import cache_root
-    from medagent.tools.knowledge import _graph
+    from medagent.tools.knowledge import knowledge_graph
     from medagent.tools.pool import ModelPool
 
     pool = pool if pool is not None else ModelPool()
 
     def disease_names() -> dict[str, list[str]]:
         try:
-            graph = _graph(settings, pool)
+            graph = knowledge_graph(settings, pool)
         except Exception:  # noqa: BLE001  (no graph: labels still match by name, as documented)
             return {}
         names: dict[str, list[str]] = defaultdict(list)
@@ -147,7 +148,7 @@ def score_events(events: list[TraceEvent], expected: Expected) -> dict[str, Any]
     seen: set[str] = set()
     repeated = 0
     for call in accepted:
-        key = call.tool + json.dumps(call.arguments, sort_keys=True, default=str)
+        key = call_key(call.tool, call.arguments)
         repeated += key in seen
         seen.add(key)
     score: dict[str, Any] = {
@@ -206,14 +207,15 @@ def score_events(events: list[TraceEvent], expected: Expected) -> dict[str, Any]
         if heard is not None:
             from medagent.evals.speech import wer
 
-            score["wer"] = wer(expected.transcript, heard["payload"].get("transcript", ""))
-            score["rtf"] = heard["payload"].get("real_time_factor")
+            spoken = TranscriptPayload.model_validate(heard["payload"])
+            score["wer"] = wer(expected.transcript, spoken.transcript)
+            score["rtf"] = spoken.real_time_factor
     if expected.vqa_answer is not None:
         answered = next((d for e in results if e.tool == "imaging.vqa" for d in e.details if not d.get("error")), None)
         if answered is not None:
             from medagent.evals.radfm import closed_correct, token_recall
 
-            prediction = answered["payload"].get("answer", "")
+            prediction = VQAPayload.model_validate(answered["payload"]).answer
             if expected.vqa_closed:
                 score["vqa_closed_correct"] = closed_correct(prediction, expected.vqa_answer)
             else:
@@ -221,7 +223,7 @@ def score_events(events: list[TraceEvent], expected: Expected) -> dict[str, Any]
     if expected.patch_label is not None:
         classified = next((d for e in results if e.tool == "pathology.classify" for d in e.details if not d.get("error")), None)
         if classified is not None:
-            ranked = [str(r.get("label", "")).strip().lower() for r in classified["payload"].get("ranked", [])]
+            ranked = [r.label.strip().lower() for r in PathologyPayload.model_validate(classified["payload"]).ranked]
             wanted = expected.patch_label.strip().lower()
             score["patch_rank"] = ranked.index(wanted) + 1 if wanted in ranked else None
             score["patch_correct"] = score["patch_rank"] == 1

@@ -170,7 +170,7 @@ def build_items(data_dir: Path | None, limit: int | None, audio_dir: Path) -> li
 
 def evaluate_model(name: str, runtime: Any, items: list[dict[str, Any]], options: Any) -> dict[str, Any]:
     """Transcribe every item with one loaded runtime; corpus WER and real-time factor."""
-    from medagent.specialists.speech.infer import transcribe
+    from medagent.specialists.speech import transcribe
 
     errors = words = 0
     audio_s = elapsed_s = 0.0
@@ -211,8 +211,7 @@ def report_table(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medagent.specialists.speech.load import load_runtime
-    from medagent.specialists.speech.model import DecodeOptions
+    from medagent.specialists.speech import DecodeOptions, load_runtime
     from medagent.tools.config import MEDICAL_PROMPT, cache_root
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

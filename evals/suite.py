@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 class Step(BaseModel):
     """One tool call of a `direct` or `pipeline` item. String arguments of the form
-    `$prev.<key>` are replaced by that key of the previous step's first evidence payload."""
+    `$prev.<key>` are replaced by that field of the previous step's last evidence payload; the key must
+    be a field of the previous tool's payload model (tools/payloads.py), checked when the suite loads."""
 
     model_config = ConfigDict(extra="forbid")
     tool: str
@@ -64,7 +65,29 @@ class SuiteItem(BaseModel):
             raise ValueError("a direct item has exactly one step")
         if self.mode == "pipeline" and not self.steps:
             raise ValueError("a pipeline item needs steps")
+        _check_prev(self)
         return self
+
+
+def _check_prev(item: SuiteItem) -> None:
+    """Every `$prev.<key>` names a field of the previous step's payload model."""
+    from medagent.tools.payloads import fields_of, payload_models
+
+    for number, step in enumerate(item.steps, start=1):
+        for name, value in step.arguments.items():
+            if not (isinstance(value, str) and value.startswith("$prev.")):
+                continue
+            where = f"item {item.id}, step {number} ({step.tool}), argument {name}='{value}'"
+            if number == 1:
+                raise ValueError(f"{where}: there is no previous step")
+            previous = item.steps[number - 2].tool
+            model = payload_models().get(previous)
+            if model is None:
+                continue  # an unknown tool is rejected when the step runs
+            fields = fields_of(model)
+            if value[len("$prev."):] not in fields:
+                raise ValueError(f"{where}: the payload of {previous} ({model.__name__}) has no field "
+                                 f"'{value[len('$prev.'):]}'; its fields: {', '.join(fields)}")
 
 
 class Suite(BaseModel):

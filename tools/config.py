@@ -86,6 +86,11 @@ class LLMSettings(Section):
     reporter: bool = Field(default=True, description="Let the LLM write the report (else the template reporter)")
     grounding_similarity: float = Field(default=0.55, ge=0, le=1, description="MiniLM cosine a sentence needs")
 
+    @property
+    def configured(self) -> bool:
+        """An LLM is configured: a preset or a backend names one (`none` keeps the rules)."""
+        return self.preset != "none" or self.backend is not None
+
 
 class KnowledgeSettings(Section):
     """Knowledge graph and entity linking (specialists/knowledge)."""

@@ -10,6 +10,7 @@ import numpy as np
 
 from medagent.tools.contracts import AttachmentKind, EvidenceDraft
 from medagent.tools.medio import read_image, read_volume
+from medagent.tools.payloads import DescribePayload
 from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
 
 
@@ -82,6 +83,7 @@ TOOLS = [
         purpose="Describe an image or volume: modality, size, voxel spacing, orientation, intensity range (HU for CT).",
         args=AttachmentArgs,
         run=describe,
+        payload=DescribePayload,
         attachment_kinds=(AttachmentKind.image, AttachmentKind.volume, AttachmentKind.pathology),
     )
 ]

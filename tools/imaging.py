@@ -15,6 +15,7 @@ from medagent.tools.config import Settings
 from medagent.tools.contracts import Attachment, AttachmentKind, EvidenceDraft
 from medagent.tools.errors import ToolError
 from medagent.tools.medio import Volume, read_volume
+from medagent.tools.payloads import CTQuantPayload, SegmentationPayload
 from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
 from pydantic import Field
 
@@ -338,6 +339,10 @@ def _segment_version(settings: Settings) -> str:
     return ", ".join(names) or "none"
 
 
+def _model_files(settings: Settings) -> list[tuple[str, Path]]:
+    return [(f"MONAI bundle {Path(b).name}", Path(b).expanduser() / "models" / "model.pt") for b in settings.imaging.bundles]
+
+
 def _doctor(settings: Settings) -> list[str]:
     lines = ["imaging.ct_quant: Hounsfield-unit analysis (body, lungs, bone, fat, lung density); needs no weights"]
     for folder in settings.imaging.bundles:
@@ -363,6 +368,7 @@ TOOLS = [
         ),
         args=AttachmentArgs,
         run=ct_quant,
+        payload=CTQuantPayload,
         attachment_kinds=(AttachmentKind.volume,),
         modalities=("CT",),
         check=lambda settings: None if settings.imaging.enabled else "imaging is disabled ([imaging] enabled = false)",
@@ -377,9 +383,11 @@ TOOLS = [
         ),
         args=SegmentArgs,
         run=segment,
+        payload=SegmentationPayload,
         attachment_kinds=(AttachmentKind.volume,),
         modalities=("CT",),
         check=_segment_check,
         version=_segment_version,
+        model_files=_model_files,
     ),
 ]

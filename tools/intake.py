@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from medagent.tools.config import Settings
 from medagent.tools.contracts import AttachmentKind, Case
 from medagent.tools.errors import CaseError
 from medagent.tools.medio import FileInfo, sniff, sniff_series, validate_attachment
@@ -125,3 +126,15 @@ def _sniff_series(folder: Path, series_uid: str, where: str) -> FileInfo:
 def load_case(path: Path, allow_outside: bool = False, limits: Limits | None = None) -> LoadedCase:
     case = read_case_file(path, limits)
     return resolve_attachments(case, path.parent, allow_outside)
+
+
+def intake(case: Case | Path | str, settings: Settings, case_dir: Path | None = None) -> LoadedCase:
+    """The one intake every entry point calls (CLI solve, Python API, chat, eval runner): the config's limits
+    applied, the case read and validated (a Case is taken as it is, its paths relative to `case_dir`, else the
+    current folder), each attachment resolved, checked and sniffed."""
+    from medagent.tools.safeio import configure
+
+    configure(settings.agent)
+    if isinstance(case, Case):
+        return resolve_attachments(case, Path(case_dir or Path.cwd()), settings.agent.allow_outside_paths)
+    return load_case(Path(case), settings.agent.allow_outside_paths)

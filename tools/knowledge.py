@@ -8,14 +8,16 @@ phenotypes that explain it. Heavy imports happen inside the run functions.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from medagent.tools.config import Settings, cache_root
 from medagent.tools.contracts import Case, Evidence, EvidenceDraft, ToolCall
 from medagent.tools.errors import ToolError, UnavailableError
+from medagent.tools.payloads import LinkPayload, LookupPayload, RankPayload, field_value, payload_models, payload_of
 from medagent.tools.pool import ModelPool
-from medagent.tools.registry import Tool, ToolContext
+from medagent.tools.registry import Build, Tool, ToolContext
 
 
 class LinkArgs(BaseModel):
@@ -44,6 +46,11 @@ def _graph(settings: Settings, pool: ModelPool):  # noqa: ANN202 - KnowledgeGrap
         return pool.get(("knowledge.graph", str(root), str(obo)), lambda: load_graph(root, obo))
     except KnowledgeError as exc:
         raise UnavailableError(str(exc)) from exc
+
+
+def knowledge_graph(settings: Settings, pool: ModelPool):  # noqa: ANN201 - KnowledgeGraph
+    """The graph the knowledge tools use under these settings (e.g. for chat's next history question)."""
+    return _graph(settings, pool)
 
 
 def _check(settings: Settings) -> str | None:
@@ -225,7 +232,8 @@ def _term_sources(args: RankArgs, ctx: ToolContext) -> dict[tuple[str, bool], li
         item = by_id.get(evidence_id)
         if item is None or item.tool != "knowledge.link" or item.error:
             continue
-        origin = str(item.payload.get("source", "history"))
+        linked = LinkPayload.of(item)
+        origin = linked.source
         if origin == "history":
             kind = "history"
         elif origin in ("chat", "answer") or origin.startswith("answer"):
@@ -233,10 +241,10 @@ def _term_sources(args: RankArgs, ctx: ToolContext) -> dict[tuple[str, bool], li
         else:
             heard = by_id.get(origin)
             kind = "transcript" if heard is not None and heard.tool.startswith("speech.") else "tool"
-        for mention in item.payload.get("present", []) + item.payload.get("derived", []):
-            add(mention["id"], True, kind, item.id)
-        for mention in item.payload.get("excluded", []):
-            add(mention["id"], False, kind, item.id)
+        for term in [m.id for m in linked.present] + [d.id for d in linked.derived]:
+            add(term, True, kind, item.id)
+        for mention in linked.excluded:
+            add(mention.id, False, kind, item.id)
     for term in args.present:
         if (term.upper(), True) not in sources:
             add(term, True, "request")
@@ -292,8 +300,8 @@ def conflict_lines(evidence: Sequence[Evidence]) -> list[str]:
     lines = []
     for item in evidence:
         if item.tool == "knowledge.rank" and not item.error:
-            for conflict in item.payload.get("conflicts", []):
-                line = f"{conflict['statement']} [{item.id}]"
+            for conflict in RankPayload.of(item).conflicts:
+                line = f"{conflict.statement} [{item.id}]"
                 if line not in lines:
                     lines.append(line)
     return lines
@@ -453,21 +461,75 @@ def _icd_code(graph, code: str) -> str | None:  # noqa: ANN001
     return graph._icd_set.get(code.replace(".", ""))
 
 
+def _model_files(settings: Settings) -> list[tuple[str, Path]]:
+    from medagent.specialists.knowledge.embed import default_embedder_path, embedder_id
+    from medagent.specialists.knowledge.load import graph_folder
+
+    folder = graph_folder(cache_root(settings), settings.knowledge.hpo_obo)
+    found = [("knowledge graph (pickle)", folder / "graph.pkl")]
+    if settings.knowledge.dense:
+        found.append(("phenotype embedder", Path(settings.knowledge.embedder or default_embedder_path())))
+        # The default linker's index covers every phenotype term: of the cached ones, the one with most terms.
+        stem = f"dense_{embedder_id(settings.knowledge.embedder)}_holdout{settings.knowledge.holdout_share:.2f}_"
+        indexes = sorted(folder.glob(f"{stem}*terms_hnsw"), key=lambda f: int(f.name[len(stem):].split("terms")[0]))
+        if indexes:
+            found.append(("dense phenotype index", indexes[-1]))
+    return found
+
+
+def _known_terms(case: Case, evidence: Sequence[Evidence]) -> list[str]:
+    """HPO ids the case codes or a link found (present or excluded), in order."""
+    terms = [*case.phenotypes.present, *case.phenotypes.excluded]
+    for item in evidence:
+        if item.tool == "knowledge.link" and not item.error:
+            link = LinkPayload.of(item)
+            terms += [*link.present_ids, *link.excluded_ids]
+    return list(dict.fromkeys(terms))
+
+
+def _grounded_rank(case: Case, evidence: Sequence[Evidence]) -> dict[str, list[str]]:
+    terms = _known_terms(case, evidence)
+    return {"present": terms, "excluded": terms, "evidence": [e.id for e in evidence]}
+
+
+def _grounded_lookup(case: Case, evidence: Sequence[Evidence]) -> dict[str, list[str]]:
+    """Concepts to look up: the known phenotypes (ids and labels) and the ranked candidates (names and codes)."""
+    concepts = _known_terms(case, evidence)
+    for item in evidence:
+        if item.error:
+            continue
+        if item.tool == "knowledge.link":
+            link = LinkPayload.of(item)
+            concepts += [m.label for m in [*link.present, *link.excluded]] + [d.label for d in link.derived]
+        elif item.tool == "knowledge.rank":
+            for candidate in RankPayload.of(item).differential[:10]:
+                concepts += [candidate.name, *(c.id for c in candidate.codes)]
+    return {"concept": list(dict.fromkeys(concepts))}
+
+
+def _grounded_link(case: Case, evidence: Sequence[Evidence]) -> dict[str, list[str]]:
+    """Texts are linked by the rules (the history first, then each transcript and answer), never by an LLM call."""
+    return {"text": []}
+
+
 TOOLS = [
     Tool(
         name="knowledge.link",
         purpose="Find HPO phenotype terms (present and negated) in free text, with the text span of each.",
-        args=LinkArgs, run=link, check=_check, version=_version, doctor=_doctor, precheck=_link_precheck,
+        args=LinkArgs, run=link, payload=LinkPayload, check=_check, version=_version, doctor=_doctor, model_files=_model_files, precheck=_link_precheck,
+        grounded=_grounded_link,
     ),
     Tool(
         name="knowledge.rank",
         purpose="Rank rare diseases (OMIM/ORPHA) for present and excluded HPO phenotypes, with the matches behind each.",
-        args=RankArgs, run=rank, check=_check, version=_version, doctor=_doctor, precheck=_rank_precheck,
+        args=RankArgs, run=rank, payload=RankPayload, check=_check, version=_version, doctor=_doctor, model_files=_model_files, precheck=_rank_precheck,
+        grounded=_grounded_rank,
     ),
     Tool(
         name="knowledge.lookup",
         purpose="Look up a concept: definition, synonyms, parents and ICD-10-CM code of a phenotype or disease.",
-        args=LookupArgs, run=lookup, check=_check, version=_version, doctor=_doctor, precheck=_lookup_precheck,
+        args=LookupArgs, run=lookup, payload=LookupPayload, check=_check, version=_version, doctor=_doctor, model_files=_model_files, precheck=_lookup_precheck,
+        grounded=_grounded_lookup,
     ),
 ]  # fmt: skip
 
@@ -505,10 +567,9 @@ def link_to_rank(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence]
     present = [t for t in case.phenotypes.present if t.upper().startswith("HP:")]
     excluded = [t for t in case.phenotypes.excluded if t.upper().startswith("HP:")]
     for item in links:
-        present += [m["id"] for m in item.payload.get("present", [])] + [
-            d["id"] for d in item.payload.get("derived", [])
-        ]
-        excluded += [m["id"] for m in item.payload.get("excluded", [])]
+        linked = LinkPayload.of(item)
+        present += [m.id for m in linked.present] + [d.id for d in linked.derived]
+        excluded += [m.id for m in linked.excluded]
     present = list(dict.fromkeys(present))
     excluded = list(dict.fromkeys(excluded))  # contradictions are the ranking's to settle, by source (reconcile)
     if not present:
@@ -521,12 +582,14 @@ def link_to_rank(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence]
 def words_to_link(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]):  # noqa: ANN201
     if not _has(tools, "knowledge.link"):
         return []
+    models = {**payload_models(), **{t.name: t.payload for t in tools}}
     proposals = []
     for item in evidence:
-        if item.error or item.tool.startswith("knowledge."):
+        if item.error or item.tool.startswith("knowledge.") or item.tool not in models:
             continue
-        for key in ("transcript", "answer"):
-            text = item.payload.get(key)
+        payload = payload_of(item, models[item.tool])
+        for key in ("transcript", "answer"):  # the words of a tool whose payload has them (speech, RadFM)
+            text = field_value(payload, key)
             if isinstance(text, str) and text.strip():
                 proposals.append(("knowledge.link", {"text": text, "source": item.id},
                                   f"link the {key} in {item.id} to HPO phenotypes"))  # fmt: skip
@@ -535,3 +598,60 @@ def words_to_link(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence
 
 FIRST_STEP_RULES = [history_to_link, coded_to_rank]
 FOLLOW_UP_RULES = [link_to_rank, words_to_link]
+
+
+# -- one-time builds (agent/setup.py runs them) -----------------------------------------------------------
+
+def show_build_progress(on: bool) -> None:
+    """A progress bar while the dense index is embedded (`medagent setup` on a terminal)."""
+    from medagent.specialists.knowledge import embed
+
+    embed.SHOW_PROGRESS = on
+
+
+def _knowledge_wanted(settings: Settings) -> bool:
+    return _check(settings) is None
+
+
+def _graph_ready(settings: Settings, pool: ModelPool) -> bool:
+    from medagent.specialists.knowledge.graph import find_obo
+    from medagent.specialists.knowledge.load import graph_folder
+
+    return (graph_folder(cache_root(settings), find_obo(settings.knowledge.hpo_obo)) / "graph.pkl").is_file()
+
+
+def _graph_build(settings: Settings, pool: ModelPool) -> str:
+    graph = _graph(settings, pool)
+    return f"{len(graph.term_ids)} HPO terms, {len(graph.disease_ids)} diseases"
+
+
+def _dense_folder(settings: Settings, pool: ModelPool) -> Path:
+    from medagent.specialists.knowledge.link import phenotype_terms
+    from medagent.specialists.knowledge.load import dense_folder
+
+    knowledge = settings.knowledge
+    # The terms a default linker covers, counted without building one (that takes seconds, every run).
+    return dense_folder(cache_root(settings), knowledge.hpo_obo, knowledge.embedder, knowledge.holdout_share,
+                        len(phenotype_terms(_graph(settings, pool))))  # fmt: skip
+
+
+def _dense_ready(settings: Settings, pool: ModelPool) -> bool:
+    if not settings.knowledge.dense:
+        return True
+    if not _graph_ready(settings, pool):
+        return False
+    folder = _dense_folder(settings, pool)
+    return (folder / "index.faiss").is_file() and (folder / "forms.json").is_file()
+
+
+def _dense_build(settings: Settings, pool: ModelPool) -> str:
+    linker = linker_for(settings, pool)
+    return f"{len(linker.dense.forms) if linker.dense is not None else 0} phenotype wordings embedded"
+
+
+BUILDS = [
+    Build("knowledge graph (HPO, OMIM, ORPHA, ICD-10-CM)", ("knowledge.link", "knowledge.rank", "knowledge.lookup"),
+          _knowledge_wanted, _graph_ready, _graph_build),
+    Build("dense phenotype index (MiniLM + faiss)", ("knowledge.link", "knowledge.lookup"),
+          _knowledge_wanted, _dense_ready, _dense_build),
+]  # fmt: skip

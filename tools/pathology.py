@@ -16,6 +16,7 @@ from medagent.tools.config import Settings
 from medagent.tools.contracts import AttachmentKind, Case, Evidence, EvidenceDraft, ToolCall
 from medagent.tools.errors import CaseError, ToolError, UnavailableError
 from medagent.tools.pool import ModelPool
+from medagent.tools.payloads import PathologyPayload, RankPayload
 from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
 
 WEIGHTS_HELP = (
@@ -143,6 +144,12 @@ def version(settings: Settings) -> str:
     return f"KEP/KEEP {settings.pathology.variant or 'auto'} from {path}" if path else "KEP (not configured)"
 
 
+def model_files(settings: Settings) -> list[tuple[str, Path]]:
+    from medagent.specialists.pathology.load import find_weights
+
+    return [("KEP/KEEP weights", find_weights(Path(settings.pathology.path)))] if settings.pathology.path else []
+
+
 def doctor(settings: Settings) -> list[str]:
     reason = check(settings)
     if reason is None:
@@ -158,10 +165,9 @@ def candidate_labels(case: Case, tools, evidence: list[Evidence], calls: list[To
         return []
     names: list[str] = []
     ranking = next((e for e in reversed(evidence) if e.tool == "knowledge.rank" and not e.error), None)
-    for candidate in ranking.payload.get("differential", []) if ranking is not None else []:
-        name = candidate.get("name") if isinstance(candidate, dict) else None
-        if isinstance(name, str) and name.strip() and name.strip() not in names:
-            names.append(name.strip())
+    for candidate in RankPayload.of(ranking).differential if ranking is not None else []:
+        if candidate.name.strip() and candidate.name.strip() not in names:
+            names.append(candidate.name.strip())
     names = names[:MAX_FOLLOW_UP_LABELS]
     if len(names) < 2:
         return []
@@ -178,6 +184,12 @@ def candidate_labels(case: Case, tools, evidence: list[Evidence], calls: list[To
 
 FOLLOW_UP_RULES = [candidate_labels]
 
+def _grounded_classify(case: Case, evidence: list[Evidence]) -> dict[str, list[str]]:
+    """Labels an LLM may classify against: the names the latest ranking gave (a built-in set needs none)."""
+    ranking = next((e for e in reversed(evidence) if e.tool == "knowledge.rank" and not e.error), None)
+    return {"labels": [c.name.strip() for c in RankPayload.of(ranking).differential if c.name.strip()] if ranking else []}
+
+
 TOOLS = [
     Tool(
         name="pathology.classify",
@@ -187,9 +199,12 @@ TOOLS = [
         ),
         args=ClassifyArgs,
         run=classify,
+        payload=PathologyPayload,
+        grounded=_grounded_classify,
         attachment_kinds=(AttachmentKind.pathology,),
         check=check,
         version=version,
         doctor=doctor,
+        model_files=model_files,
     )
 ]

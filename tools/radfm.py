@@ -16,6 +16,7 @@ from medagent.tools.config import Settings
 from medagent.tools.contracts import AttachmentKind, EvidenceDraft
 from medagent.tools.errors import ToolError, UnavailableError
 from medagent.tools.pool import ModelPool
+from medagent.tools.payloads import VQAPayload
 from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
 
 DEFAULT_QUESTION = "Describe the findings in this image."
@@ -56,6 +57,13 @@ def version(settings: Settings) -> str:
     checkpoint = checkpoint_file(Path(path).expanduser())
     size = checkpoint.stat().st_size if checkpoint is not None else 0
     return f"radfm {settings.radfm.dtype} {checkpoint.name if checkpoint else '?'} {size} bytes"
+
+
+def model_files(settings: Settings) -> list[tuple[str, Path]]:
+    from medagent.specialists.radfm.load import checkpoint_file
+
+    checkpoint = checkpoint_file(Path(settings.radfm.path).expanduser()) if settings.radfm.path else None
+    return [(f"RadFM checkpoint ({settings.radfm.dtype} in memory)", checkpoint)] if checkpoint is not None else []
 
 
 def doctor(settings: Settings) -> list[str]:
@@ -152,6 +160,11 @@ def ask_case_question(case: Any, tools: Any, evidence: Any, calls: Any) -> list[
 
 FIRST_STEP_RULES = [ask_case_question]
 
+def _grounded_vqa(case: Any, evidence: Any) -> dict[str, list[str]]:
+    """The questions an LLM may ask RadFM: the case's own question or the default description request."""
+    return {"question": list(dict.fromkeys([q for q in (case.question.strip(), DEFAULT_QUESTION) if len(q) >= 3]))}
+
+
 TOOLS = [
     Tool(
         name="imaging.vqa",
@@ -161,9 +174,12 @@ TOOLS = [
         ),
         args=VQAArgs,
         run=vqa,
+        payload=VQAPayload,
+        grounded=_grounded_vqa,
         attachment_kinds=(AttachmentKind.image, AttachmentKind.volume),
         check=check,
         version=version,
         doctor=doctor,
+        model_files=model_files,
     )
 ]

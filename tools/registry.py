@@ -7,16 +7,17 @@ must stay cheap: heavy libraries (torch, models) are imported inside `run` or `c
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medagent.tools.config import Settings
-from medagent.tools.contracts import Attachment, AttachmentKind, Case, EvidenceDraft, ToolCall, ToolSpec
+from medagent.tools.contracts import Attachment, AttachmentKind, Case, Evidence, EvidenceDraft, ToolCall, ToolSpec
 from medagent.tools.errors import ToolError
 from medagent.tools.pool import ModelPool
+from medagent.tools.payloads import NoPayload, dump, first_error
 
 # Every adapter module; a new tool area adds its module here.
 ADAPTER_MODULES = ("medagent.tools.describe", "medagent.tools.imaging", "medagent.tools.speech", "medagent.tools.pathology", "medagent.tools.radfm", "medagent.tools.knowledge")
@@ -53,16 +54,26 @@ class Tool:
     purpose: str
     args: type[BaseModel]
     run: Callable[[BaseModel, ToolContext], list[EvidenceDraft]]
+    # The model of the payload `run` writes (tools/payloads.py); readers parse payloads with it.
+    payload: type[BaseModel] = NoPayload
     attachment_kinds: tuple[AttachmentKind, ...] = ()
     modalities: tuple[str, ...] | None = None
     check: Callable[[Settings], str | None] = lambda settings: None  # reason unavailable, or None
     version: Callable[[Settings], str] = lambda settings: "builtin"
     # Lines for `medagent doctor`: which model files are used or looked for, and where.
     doctor: Callable[[Settings], list[str]] = lambda settings: []
+    # (what, file or folder) of each model a run would load, for doctor's memory estimate (its size on disk).
+    model_files: Callable[[Settings], list[tuple[str, Path]]] = lambda settings: []
     # What the tool would refuse, found before it runs (a term no catalogue knows): the reason, or None.
     # A rejected call goes back to the planner with that reason; error evidence is for tools that fail
     # on valid input. It gets the run's model pool to load what it needs.
     precheck: Callable[[BaseModel, Case, Settings, ModelPool], str | None] | None = None
+    # The values an LLM planner may give the tool's free-text arguments: {field: allowed values} drawn only
+    # from the case's coded data and the tools' evidence, never from patient free text. The planner's
+    # grammar offers just these (a list field: just these items; no values: the LLM cannot make the call,
+    # the adapters' rules do), and an LLM call naming anything else is rejected. So an instruction hidden
+    # in a history or transcript can never become a tool argument. None: no free-text arguments.
+    grounded: Callable[[Case, Sequence[Evidence]], dict[str, list[str]]] | None = None
 
     def spec(self, settings: Settings) -> ToolSpec:
         reason = self.check(settings)
@@ -76,10 +87,55 @@ class Tool:
             unavailable_reason=reason,
         )
 
+    def checked(self, draft: EvidenceDraft) -> EvidenceDraft:
+        """The draft with its payload as the tool's model dumps it (the keys the tool set), or an error draft
+        naming the first field that does not match. An error draft with an empty payload passes as it is."""
+        if draft.error and not draft.payload:
+            return draft
+        try:
+            payload = self.payload.model_validate(draft.payload)
+        except ValidationError as exc:
+            return EvidenceDraft(
+                summary=f"{self.name} returned a payload that does not match {self.payload.__name__}: {first_error(exc)}",
+                attachment=draft.attachment,
+                error=True,
+            )
+        return draft.model_copy(update={"payload": dump(payload)})
+
+    def ungrounded(self, arguments: dict, case: Case, evidence: Sequence[Evidence]) -> str | None:
+        """Why an LLM call's arguments are not grounded (see `grounded`), or None."""
+        if self.grounded is None:
+            return None
+        for name, allowed in self.grounded(case, evidence).items():
+            value = arguments.get(name)
+            values = value if isinstance(value, list) else [] if value is None else [value]
+            outside = [v for v in values if v not in allowed]
+            if outside:
+                return (f"{self.name}: {name} {outside[0]!r} is not something the case or the tools named "
+                        f"(planner arguments come from the case's codes and the evidence)")
+        return None
+
     def fits(self, attachment: Attachment) -> bool:
         if attachment.kind not in self.attachment_kinds:
             return False
         return self.modalities is None or (attachment.modality or "").upper() in self.modalities
+
+
+@dataclass(frozen=True)
+class Build:
+    """A one-time build an adapter's tools need (a graph, an index, an assembled model), done by
+    `medagent setup` or, bounded, before the first run that finds it missing (agent/setup.py)."""
+
+    name: str  # what the progress line says
+    tools: tuple[str, ...]  # tools that cannot run without it
+    wanted: Callable[[Settings], bool]  # whether these settings use it at all
+    ready: Callable[[Settings, ModelPool], bool]  # cheap: is it in the cache already? (the pool holds what it reads)
+    build: Callable[[Settings, ModelPool], str]  # builds it; returns a short note
+
+
+def adapter_builds() -> list[Build]:
+    """The builds adapter modules declare (`BUILDS` in tools/<area>.py), in module order."""
+    return [b for name in ADAPTER_MODULES for b in getattr(importlib.import_module(name), "BUILDS", [])]
 
 
 def all_tools(extra_modules: tuple[str, ...] = ()) -> list[Tool]:

@@ -15,8 +15,9 @@ from pydantic import Field
 from medagent.tools.config import Settings, cache_root
 from medagent.tools.contracts import AttachmentKind, EvidenceDraft
 from medagent.tools.errors import CaseError, UnavailableError
+from medagent.tools.payloads import TranscriptPayload
 from medagent.tools.pool import ModelPool
-from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
+from medagent.tools.registry import AttachmentArgs, Build, Tool, ToolContext
 
 QUOTE_WORDS = 60  # the summary quotes about this many words; the payload keeps everything
 
@@ -76,6 +77,14 @@ def version(settings: Settings) -> str:
     from medagent.specialists.speech.load import PACKAGED_MODEL
 
     return f"faster-whisper {PACKAGED_MODEL}"
+
+
+def model_files(settings: Settings) -> list[tuple[str, Path]]:
+    if settings.speech.runtime != "faster-whisper":
+        return []
+    from medagent.specialists.speech.load import packaged_model_dir
+
+    return [("Whisper (CTranslate2)", Path(settings.speech.ct2_dir or packaged_model_dir(cache_root(settings))).expanduser())]
 
 
 def doctor(settings: Settings) -> list[str]:
@@ -215,9 +224,33 @@ TOOLS = [
         "returns time-stamped text.",
         args=TranscribeArgs,
         run=transcribe_attachment,
+        payload=TranscriptPayload,
         attachment_kinds=(AttachmentKind.audio,),
         check=check,
         version=version,
         doctor=doctor,
+        model_files=model_files,
     )
 ]
+
+
+# -- one-time build (agent/setup.py runs it) ----------------------------------------------------------------
+
+def _speech_wanted(settings: Settings) -> bool:
+    tool = next(t for t in TOOLS if t.name == "speech.transcribe")
+    return settings.speech.runtime == "faster-whisper" and settings.speech.ct2_dir is None and tool.check(settings) is None
+
+
+def _speech_ready(settings: Settings, pool: ModelPool) -> bool:
+    from medagent.specialists.speech.load import packaged_model_dir
+
+    return (packaged_model_dir(cache_root(settings)) / "model.bin").is_file()
+
+
+def _speech_build(settings: Settings, pool: ModelPool) -> str:
+    from medagent.specialists.speech.load import assemble_packaged_base
+
+    return f"Whisper base at {assemble_packaged_base(cache_root(settings))}"
+
+
+BUILDS = [Build("Whisper base speech model", ("speech.transcribe",), _speech_wanted, _speech_ready, _speech_build)]

@@ -76,7 +76,7 @@ def make_backend(settings: Settings, pool: ModelPool | None = None):
     the backend owns its model. HTTP backends are made per call (each run closes its connections)."""
     pool = pool if pool is not None else ModelPool()
     llm = settings.llm
-    if llm.preset == "none" and llm.backend is None:
+    if not llm.configured:
         raise ConfigError("[llm] preset is 'none': no LLM is configured")
     values = resolved(llm)
     backend = values.get("backend")
@@ -140,7 +140,7 @@ def preflight(settings: Settings) -> None:
 def doctor_lines(settings: Settings) -> list[str]:
     """What `medagent doctor` says about the LLM: preset, model file or server, and what is missing."""
     llm = settings.llm
-    if llm.preset == "none" and llm.backend is None:
+    if not llm.configured:
         from medagent.agent.llm.assemble import packaged_installed
 
         hint = " (packaged GGUF installed: set [llm] preset = \"offline-cpu\")" if packaged_installed("qwen2.5-coder-1.5b-instruct-q4_k_m") else ""

@@ -119,6 +119,7 @@ def test_segment_tool_writes_label_map_and_picture(bundle_dir: Path, ct_crop: Pa
     assert SEGMENT.check(ctx.settings) is None
     (evidence,) = SEGMENT.run(SegmentArgs(attachment="scan", bundle="spleen_ct_segmentation"), ctx)
     assert evidence.summary.startswith("MONAI bundle spleen_ct_segmentation (v0.5.9) on scan:")
+    assert SEGMENT.checked(evidence) == evidence  # the payload matches SegmentationPayload as written
     assert "spleen" in evidence.summary
     assert evidence.payload["roi_size"] == ROI and evidence.payload["labels"] == {"0": "background", "1": "spleen"}
     png, labels = evidence.artifacts

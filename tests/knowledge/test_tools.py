@@ -82,25 +82,34 @@ def test_rules_link_history_rank_codes_and_follow_up():
     proposals = [p for rule in FIRST_STEP_RULES for p in rule(case, TOOLS, [], [])]
     assert [p[0] for p in proposals] == ["knowledge.link", "knowledge.rank"]
     assert proposals[1][1]["excluded"] == ["HP:0001945"]
-    linked = Evidence(id="E1", tool="knowledge.link", call_id="C1", summary="s",
-                      payload={"present": [{"id": "HP:0001250"}], "excluded": [{"id": "HP:0001945"}]})  # fmt: skip
-    heard = Evidence(id="E2", tool="speech.transcribe", call_id="C2", summary="s",
-                     payload={"transcript": "the patient has a fever"})  # fmt: skip
+    linked = _linked("E1", "history", ["HP:0001250"], ["HP:0001945"])
+    heard = _heard("E2", "the patient has a fever")
     follow = [p for rule in FOLLOW_UP_RULES for p in rule(case, TOOLS, [linked, heard], [])]
     assert ("knowledge.rank", {"present": ["HP:0001250"], "excluded": ["HP:0001945"], "evidence": ["E1"]}) == follow[0][:2]
     assert follow[1][0] == "knowledge.link" and follow[1][1] == {"text": "the patient has a fever", "source": "E2"}
     assert not [p for rule in FOLLOW_UP_RULES for p in rule(case, [], [linked, heard], [])]
 
 
+def _mention(term: str) -> dict:
+    return {"id": term, "label": term, "span": [0, 1], "text": term, "method": "exact", "score": 1.0}
+
+
 def _linked(eid: str, source: str, present: list[str], excluded: list[str]) -> Evidence:
     return Evidence(id=eid, tool="knowledge.link", call_id=f"C{eid}", summary="s", payload={
-        "source": source, "present": [{"id": t} for t in present], "excluded": [{"id": t} for t in excluded]})  # fmt: skip
+        "source": source, "present": [_mention(t) for t in present], "excluded": [_mention(t) for t in excluded],
+        "derived": [], "present_ids": present, "excluded_ids": excluded})  # fmt: skip
+
+
+def _heard(eid: str, text: str) -> Evidence:
+    return Evidence(id=eid, tool="speech.transcribe", call_id=f"C{eid}", summary="s", payload={
+        "transcript": text, "segments": [], "language": "en", "language_probability": None, "duration_s": 2.0,
+        "silent_s": 0.0, "runtime": "ctranslate2", "model": "whisper-base", "real_time_factor": 0.1, "notes": []})  # fmt: skip
 
 
 def test_rank_reconciles_sources_by_precedence_and_states_each_conflict(tmp_path, graph):
     """Typed 'abdominal pain' against a transcript that denies pain: ranked anyway, the history wins and
     the conflict is stated with both evidence ids; a coded exclusion beats a transcript's 'present'."""
-    heard = Evidence(id="E1", tool="speech.transcribe", call_id="C1", summary="s", payload={"transcript": "no pain"})
+    heard = _heard("E1", "no pain")
     history = _linked("E2", "history", ["HP:0002027"], [])  # Abdominal pain
     spoken = _linked("E3", "E1", ["HP:0012735"], ["HP:0012531"])  # Cough present, Pain denied
     case = Case(id="c6", history="Abdominal pain.", phenotypes=Phenotypes(excluded=["HP:0012735"]))

@@ -30,7 +30,7 @@ def _setup(tmp_path: Path, gguf: Path, planner: str) -> tuple[Path, Path]:
 
 def _solve(tmp_path: Path, case: Path, config: Path, out: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, ABORT_ENV: "1", "MEDAGENT_HOME": str(tmp_path / "home")}
-    return subprocess.run([sys.executable, "-m", "medagent.agent.cli", "solve", str(case), "-o", str(out), "--config", str(config)],
+    return subprocess.run([sys.executable, "-m", "medagent.cli", "solve", str(case), "-o", str(out), "--config", str(config)],
                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)  # fmt: skip
 
 
@@ -65,7 +65,7 @@ def test_the_probe_passes_where_llama_cpp_runs(small_gguf):
 def _solve_with(tmp_path: Path, gguf: Path) -> dict:
     case, config = _setup(tmp_path, gguf, "auto")
     env = {**os.environ, "MEDAGENT_HOME": str(tmp_path / "home")}  # a real probe: no abort
-    done = subprocess.run([sys.executable, "-m", "medagent.agent.cli", "solve", str(case), "-o", str(tmp_path / "out"),
+    done = subprocess.run([sys.executable, "-m", "medagent.cli", "solve", str(case), "-o", str(tmp_path / "out"),
                            "--config", str(config)], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     return json.loads((tmp_path / "out" / "result.json").read_text())

@@ -19,9 +19,10 @@ EVIDENCE = [
     Evidence(
         id="E3", tool="knowledge.rank", call_id="C3", summary="Ranked diagnoses: 1. Chronic myeloid leukaemia (ORPHA:521), 2. Lymphoma.",
         payload={"differential": [
-            {"name": "Chronic myeloid leukaemia", "codes": [{"system": "ORPHA", "id": "ORPHA:521"}], "score": 0.8},
-            {"name": "Lymphoma", "codes": [], "score": 0.4},
-        ]},
+            {"name": "Chronic myeloid leukaemia", "codes": [{"system": "ORPHA", "id": "ORPHA:521"}], "score": 0.8,
+             "rationale": "", "evidence": [], "phenotypes": []},
+            {"name": "Lymphoma", "codes": [], "score": 0.4, "rationale": "", "evidence": [], "phenotypes": []},
+        ], "present": ["HP:0001744"], "excluded": [], "conflicts": []},
     ),
 ]
 
@@ -39,7 +40,8 @@ def report_with(base_url: str):
 
 
 def test_llm_report_is_cited_and_every_sentence_has_a_verdict(llama_server):
-    (differential, note, findings, report, grounding), trace = report_with(llama_server)
+    draft, trace = report_with(llama_server)
+    differential, findings, report, grounding = draft.differential, draft.findings, draft.report, draft.grounding
     turn = next(e for e in trace.events if e.event == "llm_turn")
     assert turn.role == "reporter" and turn.prompt_tokens > 100 and turn.completion_tokens > 0
     assert report.sentences and grounding.status == "checked" and grounding.sentences == len(report.sentences)
@@ -55,7 +57,8 @@ def test_llm_report_is_cited_and_every_sentence_has_a_verdict(llama_server):
 
 
 def test_reporter_falls_back_to_the_template_and_still_checks():
-    (differential, note, findings, report, grounding), trace = report_with("http://127.0.0.1:9")
+    draft, trace = report_with("http://127.0.0.1:9")
+    differential, report, grounding = draft.differential, draft.report, draft.grounding
     assert any("LLM reporter failed" in e.message and "template reporter" in e.message for e in trace.events if e.event == "error")
     assert grounding.status == "checked" and grounding.sentences == len(report.sentences) > 0
     assert differential[0].name == "Chronic myeloid leukaemia"
@@ -84,7 +87,8 @@ def test_reporter_streams_its_sentences_from_a_real_server(llama_server):
             await backend.aclose()
         return out, trace
 
-    (_, _, _, report, grounding), trace = asyncio.run(go())
+    draft, trace = asyncio.run(go())
+    report, grounding = draft.report, draft.grounding
     turn = next(e for e in trace.events if e.event == "llm_turn")
     reply = ChatResult(text=turn.completion, model="small")
     written = [s["text"].strip() for s in reply.json(salvage=True)["sentences"] if s["text"].strip()]

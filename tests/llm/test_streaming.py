@@ -12,9 +12,9 @@ from pathlib import Path
 
 import jsonschema
 
-from medagent.agent.chat import sessions_root
 from medagent.agent.llm.local import LlamaCppBackend
 from medagent.agent.llm_reporter import SentenceStream, partial_sentence_texts, report_schema
+from medagent.agent.sessions import sessions_root
 from medagent.tools.config import load_settings
 
 EXE = Path(sys.executable).parent / "medagent"

@@ -61,6 +61,7 @@ def test_classify_with_user_labels_and_default_set(tmp_path, tiles_dir, kep32_di
     )
     assert reason is None
     (evidence,) = TOOL.run(args, _ctx(case, tmp_path, settings))
+    assert TOOL.checked(evidence) == evidence  # the payload matches PathologyPayload as written
     ranked = evidence.payload["ranked"]
     assert sorted(r["label"] for r in ranked) == sorted(labels)
     assert sum(r["probability"] for r in ranked) == pytest.approx(1.0, abs=1e-3)
@@ -71,6 +72,7 @@ def test_classify_with_user_labels_and_default_set(tmp_path, tiles_dir, kep32_di
         ToolCall(call_id="c2", tool="pathology.classify", arguments={"attachment": "slide"}), case
     )
     (slide,) = TOOL.run(args, _ctx(case, tmp_path, settings))
+    assert TOOL.checked(slide) == slide
     assert slide.payload["label_set"] == "general" and slide.payload["tiled"]
     assert "tiles of 200 px" in slide.summary
     assert len(slide.artifacts) == 2
@@ -101,6 +103,10 @@ def test_bad_calls_are_refused_with_reasons(tmp_path, tiles_dir, kep32_dir):
         TOOL.run(TOOL.args(attachment="he1"), _ctx(case, tmp_path, broken))
 
 
+def _candidate(name: str) -> dict:
+    return {"name": name, "codes": [], "score": 0.5, "rationale": "", "evidence": [], "phenotypes": []}
+
+
 def test_follow_up_rule_passes_ranked_diagnoses_as_labels(tmp_path, tiles_dir):
     case = _case(tmp_path, tiles_dir)
     ranked = Evidence(
@@ -108,7 +114,8 @@ def test_follow_up_rule_passes_ranked_diagnoses_as_labels(tmp_path, tiles_dir):
         tool="knowledge.rank",
         call_id="c1",
         summary="ranked",
-        payload={"differential": [{"name": "colon adenocarcinoma"}, {"name": "colonic lymphoma"}]},
+        payload={"differential": [_candidate("colon adenocarcinoma"), _candidate("colonic lymphoma")],
+                 "present": ["HP:0100834"], "excluded": [], "conflicts": []},
     )
     proposals = candidate_labels(case, TOOLS, [ranked], [])
     assert {p[1]["attachment"] for p in proposals} == {"he1", "slide", "bad", "ga"}

@@ -45,6 +45,7 @@ def test_vqa_on_a_picture_and_a_volume(tiny_folder: Path, radfm_data: Path, tmp_
     for attachment, depth in (("mri", 4), ("ct", 8)):
         (evidence,) = VQA.run(VQAArgs(attachment=attachment, question="Is there midline shift?"), context)
         assert evidence.attachment == attachment
+        assert VQA.checked(evidence) == evidence  # the payload matches VQAPayload as written
         assert evidence.payload["input_shape"] == [3, 64, 64, depth]
         assert evidence.payload["question"] == "Is there midline shift?"
         assert 1 <= len(evidence.payload["answer"].split()) <= 3

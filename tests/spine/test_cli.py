@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 from pydicom.data import get_testdata_file
 
-from medagent.agent.schemas import json_schema
+from medagent.cli.schemas import json_schema
 from medagent.tools.trace import read_trace
 
 
@@ -184,7 +184,7 @@ def test_bad_input_fails_before_torch_is_imported(tmp_path):
     path = tmp_path / "case.json"
     path.write_text('{"id": "x", "attachments": [{"id": "a", "kind": "volume", "path": "nope.nii"}]}')
     code = (
-        "import sys\nfrom medagent.agent.cli import main\nsys.argv=['medagent','solve',%r]\n"
+        "import sys\nfrom medagent.cli import main\nsys.argv=['medagent','solve',%r]\n"
         "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules, 'langgraph' in sys.modules)\n" % str(path)
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

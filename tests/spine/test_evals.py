@@ -39,7 +39,7 @@ def test_user_suite_direct_and_pipeline_modes(tmp_path, examples):
          "expected": {"required_tools": ["imaging.describe"]}},
         {"id": "p1", "mode": "pipeline", "case": case, "steps": [
             {"tool": "imaging.describe", "arguments": {"attachment": "ct"}},
-            {"tool": "imaging.describe", "arguments": {"attachment": "$prev.nothing"}}]},
+            {"tool": "imaging.describe", "arguments": {"attachment": "$prev.orientation"}}]},
     ]
     suite = tmp_path / "mine.jsonl"
     suite.write_text("\n".join(json.dumps(i) for i in items))

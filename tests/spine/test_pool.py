@@ -27,6 +27,7 @@ ALLOWED = {
                                                             "only spares its second-load warning",
     ("tools/safeio.py", "_current"): "the intake limits in force, no model",
     ("evals/suite.py", "BUILTIN"): "the registry of built-in suite builders (functions), no model",
+    ("tools/payloads.py", "payload_models"): "tool name -> payload model class (pydantic classes), no model",
 }
 CONTAINERS = {"dict", "defaultdict", "OrderedDict", "WeakValueDictionary", "ModelPool"}
 CACHE_DECORATORS = {"cache", "lru_cache"}

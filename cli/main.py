@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -50,24 +49,21 @@ def solve(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Solve one case: writes result.json, report.md and trace.jsonl."""
+    from medagent.agent.outputs import output_folder, write_outputs
     from medagent.tools.config import load_settings
-    from medagent.tools.intake import load_case
-    from medagent.tools.paths import child, prepare_output, publish_output
-    from medagent.tools.safeio import configure, terminal_safe
+    from medagent.tools.intake import intake
+    from medagent.tools.paths import child
 
     settings = load_settings(config)
     if allow_outside_paths:
         settings.agent.allow_outside_paths = True
-    configure(settings.agent)
-    loaded = load_case(case_file, settings.agent.allow_outside_paths)
+    loaded = intake(case_file, settings)
     out = out or child(Path("out"), loaded.case.id, "case id")
     inputs = [case_file, *(loaded.case_dir / a.path for a in loaded.case.attachments)]
-    staging = prepare_output(out, overwrite, inputs)  # refused here, before any model loads
-    try:
+    with output_folder(out, overwrite, inputs, "solve") as staging:  # refused here, before any model loads
         import asyncio
 
         from medagent.agent.api import run_loaded
-        from medagent.agent.render import render_markdown
         from medagent.tools.trace import TraceRecorder
 
         if settings.agent.planner == "llm":  # asked for the LLM and nothing else: if it cannot run, that is all we say
@@ -87,14 +83,7 @@ def solve(
             result, _ = asyncio.run(run_loaded(loaded, settings, staging / "artifacts", trace, on_progress=progress))
         finally:
             trace.close()
-        (staging / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
-        (staging / "report.md").write_text(terminal_safe(render_markdown(result, loaded.case)), encoding="utf-8")
-        if not any((staging / "artifacts").iterdir()):
-            (staging / "artifacts").rmdir()
-        publish_output(staging, out, overwrite, "solve")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_outputs(staging, result, loaded.case)
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
         return
@@ -124,7 +113,7 @@ def chat(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """A consultation: multi-turn, files attached along the way (/attach), sessions persist and resume."""
-    from medagent.agent.chat_cli import run_chat
+    from medagent.cli.chat import run_chat
 
     raise typer.Exit(run_chat(config, session, case_file, script, list_sessions, delete))
 
@@ -179,7 +168,7 @@ def setup(config: Optional[Path] = ConfigOpt) -> None:
 @app.command()
 def schema(name: str = typer.Argument(..., help="case | result | trace | evidence | toolspec | config | suite-item")) -> None:
     """Print a published JSON Schema."""
-    from medagent.agent.schemas import json_schema
+    from medagent.cli.schemas import json_schema
 
     typer.echo(json.dumps(json_schema(name), indent=2))
 
@@ -191,7 +180,7 @@ def train(
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides of the YAML"),
 ) -> None:
     """Run a training recipe."""
-    from medagent.agent.recipes import run_recipe
+    from medagent.cli.recipes import run_recipe
 
     output = run_recipe(name, config, overrides or [])
     typer.echo(f"wrote {output}")

@@ -21,7 +21,8 @@ ECHO_CHARS = 2_000  # a long turn is echoed shortened; the whole of it goes to t
 
 def run_chat(config: Path | None, session_id: str | None, case_file: Path | None, script: Path | None,
              list_only: bool, delete: str | None) -> int:
-    from medagent.agent.chat import ChatSession, delete_session, describe_session, list_sessions
+    from medagent.agent.chat import ChatSession
+    from medagent.agent.sessions import delete_session, describe_session, list_sessions
 
     settings = load_settings(config)
     configure(settings.agent)

@@ -1,0 +1,445 @@
+"""The payload each tool puts in its evidence: one model per tool, the contract between the tool and its readers.
+
+A tool writes its payload as a plain dict; the orchestrator checks it against the tool's model (`Tool.checked`)
+and records the model's JSON dump, so result.json keeps exactly the keys the tool wrote. Code outside the tool
+reads a payload typed: `RankPayload.of(item).differential`, never `item.payload["differential"]`.
+
+Error evidence (error=True) carries an empty payload; `of` refuses it, so readers skip error items first.
+A Tool that declares no model gets `NoPayload` (an empty payload only).
+Numbers the tool rounds or counts are `Number` (int or float, kept as written: a float field would turn 1 into 1.0).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Literal, TypeVar, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
+
+from medagent.tools.contracts import Code, EvidenceDraft
+from medagent.tools.errors import MedagentError
+
+Number = int | float
+M = TypeVar("M", bound=BaseModel)
+
+
+class PayloadError(MedagentError):
+    """An evidence payload that does not match its tool's model."""
+
+
+def first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "payload"
+    return f"{where}: {first['msg']}"
+
+
+def payload_of(item: EvidenceDraft, model: type[M]) -> M:
+    """The item's payload parsed as `model`; a PayloadError naming the first bad field when it does not match."""
+    try:
+        return model.model_validate(item.payload)
+    except ValidationError as exc:
+        tool = getattr(item, "tool", "evidence")
+        raise PayloadError(f"{tool} payload is not a {model.__name__}: {first_error(exc)}") from exc
+
+
+def dump(payload: BaseModel) -> dict:
+    """What result.json and the trace keep: the keys the tool set, as JSON values."""
+    return payload.model_dump(mode="json", exclude_unset=True, by_alias=True)
+
+
+def fields_of(model: type[BaseModel]) -> list[str]:
+    """The top-level keys a payload of `model` may have (every shape of a union)."""
+    if issubclass(model, RootModel):
+        names: list[str] = []
+        for member in _members(model.model_fields["root"].annotation):
+            names += [n for n in fields_of(member) if n not in names]
+        return names
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _members(annotation) -> list[type[BaseModel]]:  # noqa: ANN001 - a union or Annotated union of models
+    found = []
+    for arg in get_args(annotation) or (annotation,):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            found.append(arg)
+        elif get_args(arg):
+            found += _members(arg)
+    return found
+
+
+def field_value(payload: BaseModel, key: str) -> object:
+    """A top-level field of a parsed payload as a JSON value (None when this shape has no such field)."""
+    shape = payload.root if isinstance(payload, RootModel) else payload
+    name = next((n for n, f in type(shape).model_fields.items() if (f.alias or n) == key), None)
+    if name is None or name not in shape.model_fields_set:
+        return None
+    return _jsonable(getattr(shape, name))
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, BaseModel):
+        return dump(value)
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+@functools.cache
+def payload_models() -> dict[str, type[BaseModel]]:
+    """Tool name -> payload model, for every tool of the adapter modules."""
+    from medagent.tools.registry import all_tools
+
+    return {tool.name: tool.payload for tool in all_tools()}
+
+
+class Readable:
+    @classmethod
+    def of(cls: type[M], item: EvidenceDraft) -> M:
+        """The item's payload parsed as this model (a PayloadError when it does not match)."""
+        return payload_of(item, cls)
+
+
+class Payload(Readable, BaseModel):
+    """Base of the payload models: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Part(BaseModel):
+    """Base of the models nested in payloads."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class NoPayload(Payload):
+    """A tool that puts nothing in its payload."""
+
+
+# ------------------------------------------------------------------ imaging.describe
+
+
+class Intensity(Part):
+    min: Number
+    max: Number
+    mean: Number
+    p1: Number
+    median: Number
+    p99: Number
+
+
+AcquisitionValue = Number | str | list[Number | str]
+
+
+class VolumeDescription(Part):
+    kind: Literal["volume"]
+    modality: str | None
+    format: str
+    shape: list[int]
+    spacing_mm: list[Number]
+    extent_mm: list[Number]
+    orientation: str
+    units: str
+    intensity: Intensity
+    acquisition: dict[str, AcquisitionValue] = Field(
+        description="Safe DICOM acquisition tags (withheld_tags names any left out), or a NIfTI's slices and datatype"
+    )
+
+
+class ImageDescription(Part):
+    kind: Literal["image"]
+    modality: str | None
+    format: str | None
+    width: int
+    height: int
+    channels: int
+    intensity: Intensity
+
+
+Description = Annotated[VolumeDescription | ImageDescription, Field(discriminator="kind")]
+
+
+class DescribePayload(Readable, RootModel[Description]):
+    """imaging.describe: what a volume or a 2D image is."""
+
+
+# ------------------------------------------------------------------ imaging.ct_quant
+
+
+class Thresholds(Part):
+    body: int
+    lung_air: int
+    bone: int
+    fat: list[int]
+    emphysema: int
+
+
+class LungDensity(Part):
+    mean_hu: Number
+    perc15_hu: Number
+    emphysema_index_pct: Number
+    voxels: int
+
+
+class CTVolumes(Part):
+    """The first item: tissue volumes."""
+
+    volumes_ml: dict[str, Number] = Field(description="body, lungs, bone, fat, ... in mL")
+    spacing_mm: list[Number]
+    shape: list[int]
+    scanned_extent_mm: Number
+    label_map: dict[str, str] = Field(description="label value -> structure in the labels NIfTI")
+    png_slice_index_ras: int
+    thresholds_hu: Thresholds
+    limits: list[str]
+    method: str
+
+
+class CTLungDensity(Part):
+    """The second item: lung density, or None when no lung was found (then no lung_volume_ml)."""
+
+    lung_density: LungDensity | None
+    lung_volume_ml: Number | None = None
+    scanned_extent_mm: Number
+
+
+class CTQuantPayload(Readable, RootModel[CTVolumes | CTLungDensity]):
+    """imaging.ct_quant: two items per call, the volumes and the lung density."""
+
+
+# ------------------------------------------------------------------ imaging.segment
+
+
+class BoundingBox(Part):
+    voxel_min: list[int]
+    voxel_max: list[int]
+    ras_min_mm: list[Number]
+    ras_max_mm: list[Number]
+
+
+class SegmentationPayload(Payload):
+    """imaging.segment: per-structure volumes of one MONAI bundle run."""
+
+    bundle: str
+    bundle_version: str
+    volumes_ml: dict[str, Number]
+    bounding_boxes: dict[str, BoundingBox] = Field(description="structures with at least one voxel")
+    labels: dict[str, str] = Field(description="label value -> structure name")
+    roi_size: list[int]
+    sw_batch_size: int
+    device: str
+    seconds: Number
+
+
+# ------------------------------------------------------------------ speech.transcribe
+
+
+class Word(Part):
+    start: Number
+    end: Number
+    text: str
+    probability: Number
+
+
+class Segment(Part):
+    start: Number
+    end: Number
+    text: str
+    confidence: Number
+    words: list[Word] | None = Field(default=None, description="only when word timestamps were asked for")
+
+
+class TranscriptPayload(Payload):
+    """speech.transcribe: the whole transcript and its time-stamped segments."""
+
+    transcript: str
+    segments: list[Segment]
+    language: str | None
+    language_probability: Number | None
+    duration_s: Number
+    silent_s: Number
+    runtime: str
+    model: str
+    real_time_factor: Number
+    notes: list[str]
+
+
+# ------------------------------------------------------------------ pathology.classify
+
+
+class RankedLabel(Part):
+    label: str
+    probability: Number
+
+
+class Tile(Part):
+    rank: int
+    box: list[int] = Field(description="left, top, right, bottom in pixels")
+    probability: Number = Field(description="of the winning label")
+    tissue_fraction: Number
+    artifact: str
+
+
+class PathologyPayload(Payload):
+    """pathology.classify: the labels ranked by probability and the tiles behind the winner."""
+
+    model: str
+    label_set: str
+    ranked: list[RankedLabel]
+    top_label: str
+    image_size: list[int]
+    tiled: bool
+    grid_tiles: int
+    tiles_scored: int
+    top_tiles: list[Tile]
+
+
+# ------------------------------------------------------------------ imaging.vqa
+
+
+class VQAPayload(Payload):
+    """imaging.vqa: RadFM's answer to one question."""
+
+    question: str
+    answer: str
+    model: str
+    input_shape: list[int]
+    generated: str
+
+
+# ------------------------------------------------------------------ knowledge.link
+
+
+class Mention(Part):
+    id: str
+    label: str
+    span: list[int] = Field(description="start, end character offsets in the text")
+    text: str
+    method: str
+    score: Number
+
+
+class DerivedPhenotype(Part):
+    id: str
+    label: str
+    from_: str = Field(alias="from", description="the measurement it was derived from")
+    reason: str
+
+
+class LinkPayload(Payload):
+    """knowledge.link: phenotypes found in a text, and those derived from the case's measurements."""
+
+    source: str
+    present: list[Mention]
+    excluded: list[Mention]
+    derived: list[DerivedPhenotype]
+    present_ids: list[str]
+    excluded_ids: list[str]
+
+
+# ------------------------------------------------------------------ knowledge.rank
+
+
+class PhenotypeMatch(Part):
+    term: str
+    label: str
+    matched: str
+    matched_label: str
+    kind: str
+    frequency: Number
+    contribution: Number
+
+
+class RankedCandidate(Part):
+    name: str
+    codes: list[Code]
+    score: Number | None
+    rationale: str
+    evidence: list[str]
+    phenotypes: list[PhenotypeMatch]
+
+
+class Ranking(Payload):
+    """A payload with a differential: the reporter merges the differentials of every such tool."""
+
+    differential: list[RankedCandidate]
+
+
+class SourceRef(Part):
+    source: str
+    evidence: str
+
+
+class Conflict(Part):
+    term: str
+    label: str
+    present_term: str
+    present_label: str
+    present_in: list[SourceRef]
+    denied_in: list[SourceRef]
+    kept: Literal["present", "absent"]
+    statement: str
+
+
+class RankPayload(Ranking):
+    """knowledge.rank: the ranked diseases and the phenotypes they were ranked for."""
+
+    present: list[str]
+    excluded: list[str]
+    conflicts: list[Conflict]
+
+
+# ------------------------------------------------------------------ knowledge.lookup
+
+
+class NamedId(Part):
+    id: str
+    name: str
+
+
+class Parent(Part):
+    id: str
+    label: str
+
+
+class DiseaseLookup(Part):
+    id: str
+    name: str
+    phenotypes: list[str]
+    icd10cm: str | None
+
+
+class ICDLookup(Part):
+    id: str
+    system: Literal["ICD-10-CM"]
+    description: str
+    parent: str | None
+
+
+class TermLookup(Part):
+    id: str
+    label: str
+    definition: str
+    synonyms: list[str]
+    parents: list[Parent]
+    xrefs: list[str]
+    icd10cm: str | None
+    information_content: Number
+
+
+class UserConceptLookup(Part):
+    """A concept of the user's own ontologies (OBO, UMLS)."""
+
+    id: str
+    label: str
+    definition: str
+    synonyms: list[str]
+    parents: list[Parent]
+    xrefs: list[str]
+    linked: list[NamedId] = Field(description="cross-references the packaged graph knows")
+    source: str
+
+
+class LookupPayload(Readable, RootModel[DiseaseLookup | ICDLookup | TermLookup | UserConceptLookup]):
+    """knowledge.lookup: a disease, an ICD-10-CM code, an HPO term, or a concept of the user's ontologies."""
