@@ -175,7 +175,10 @@ def test_concurrent_solves_share_one_pool_and_close_frees_every_model(tmp_path):
     models = trace.events[-1]
     assert models.event == "models" and models.shared is True
     assert {entry["key"] for entry in models.loaded} == {entry.key for entry in pool.loaded()}
-    assert all(entry["bytes"] and entry["estimate"] for entry in models.loaded)
+    # Every entry is sized and says how; RSS growth can be 0 in a process that reuses memory it freed earlier.
+    assert all(entry["bytes"] is not None and entry["estimate"] for entry in models.loaded), models.loaded
+    assert all(entry["bytes"] > 0 for entry in models.loaded if entry["estimate"] != "RSS growth during the load")
+    assert any(entry["bytes"] > 0 for entry in models.loaded)
 
     refs = [weakref.ref(pool.get(key, lambda: None)) for key in pool.loads]
     del history, dictation, again, trace, models
