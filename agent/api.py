@@ -195,16 +195,19 @@ async def asolve(
 ) -> Result:
     """Solve one case. `case` is a Case (attachment paths relative to `case_dir`) or a case.json path.
     With `out`, result.json, report.md, trace.jsonl and artifacts/ are written there as `medagent solve -o`
-    writes them (refused before any work if `out` is not a folder medagent may write). Models load into `pool`,
+    writes them (refused before any work if `out` is not a folder medagent may write). Without `out`, figures
+    go to `artifacts_dir`, or to a temporary folder removed when the solve returns. Models load into `pool`,
     by default the process's (`process_pool()`), and stay for the next solve."""
     pool = pool if pool is not None else process_pool()
     settings = settings or load_settings()
     loaded = intake(case, settings, case_dir)
     if out is None:
-        if artifacts_dir is None:
-            artifacts_dir = Path(tempfile.mkdtemp(prefix=f"medagent-{loaded.case.id}-"))
-        result, _ = await run_loaded(loaded, settings, artifacts_dir, pool=pool)
-        return result
+        if artifacts_dir is not None:
+            return (await run_loaded(loaded, settings, artifacts_dir, pool=pool))[0]
+        # Nowhere to keep figures: they go to a temporary folder that is removed when the solve returns
+        # (it was left in /tmp on every call, unreachable: the result does not name it).
+        with tempfile.TemporaryDirectory(prefix=f"medagent-{loaded.case.id}-") as scratch:
+            return (await run_loaded(loaded, settings, Path(scratch), pool=pool))[0]
     from medagent.agent.outputs import output_folder, write_outputs
 
     inputs = [loaded.case_dir / a.path for a in loaded.case.attachments] + ([Path(case)] if not isinstance(case, Case) else [])

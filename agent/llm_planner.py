@@ -58,8 +58,8 @@ HISTORY_NOT_SHOWN = "History: not shown (patient text; knowledge.link reads it)"
 def render_case(case: Case, show_history: bool = True) -> tuple[str, list[str]]:
     """The case as the model sees it, and the instruction-like sentences that were screened out.
 
-    The planner sees the screened history (it plans from it); the reporter does not (`show_history`
-    False): it writes from the tools' evidence, in which the history arrives as the phenotypes
+    The planner's first turn sees the screened history (it plans from it); its follow-up turns, once the
+    history is linked, and the reporter do not (`show_history` False): they work from the tools' evidence, in which the history arrives as the phenotypes
     knowledge.link found, so an instruction hidden in a history has nothing to act on there. Attachment
     descriptions are never shown (they are free text and no tool choice depends on them)."""
     history, removed = screen_patient_text(case.history)
@@ -238,7 +238,10 @@ class LLMPlanner:
         schema = call_schema(case, tools, llm.max_calls, exclude=done, evidence=evidence)
         if schema is None:
             return []  # nothing the model could still ask for: no turn spent
-        case_text, removed = render_case(case)
+        # The history is shown to the first turn only (to choose what to examine); once it is linked, later
+        # turns reason over the evidence (its phenotypes), so patient free text cannot steer follow-up calls.
+        linked = any(e.tool == "knowledge.link" and not e.error for e in evidence)
+        case_text, removed = render_case(case, show_history=node == "plan" or not linked)
         if removed:
             self._error(node, f"warning: {len(removed)} instruction-like sentence(s) in the case text were not shown to the planner: {removed!r}"[:400])
         messages = self.messages(case_text, tools, evidence, calls)
