@@ -172,10 +172,20 @@ def parse_calls(payload: Any, origin: CallOrigin) -> list[ToolCall]:
     return calls
 
 
+# Arguments that carry free text (a history, a transcript): in the list of calls made they are shown by size,
+# so patient words reach the model only where the first turn shows the screened history.
+TEXT_ARGUMENTS = frozenset({"text"})
+
+
+def shown_arguments(call: ToolCall) -> dict[str, Any]:
+    return {k: f"({len(v)} characters of text, not shown)" if k in TEXT_ARGUMENTS and isinstance(v, str) else v
+            for k, v in call.arguments.items()}
+
+
 def planner_messages(case_text: str, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]) -> list[Message]:
     lines = []
     if calls:
-        lines.append("Calls already made: " + "; ".join(f"{c.tool}({json.dumps(c.arguments)})" for c in calls))
+        lines.append("Calls already made: " + "; ".join(f"{c.tool}({json.dumps(shown_arguments(c))})" for c in calls))
     for item in evidence:
         summary = evidence_text(item)
         lines.append(f"[{item.id}] {item.tool}{' on ' + item.attachment if item.attachment else ''}: {summary[:300]}")
