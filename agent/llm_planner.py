@@ -172,13 +172,14 @@ def parse_calls(payload: Any, origin: CallOrigin) -> list[ToolCall]:
     return calls
 
 
-# Arguments that carry free text (a history, a transcript): in the list of calls made they are shown by size,
-# so patient words reach the model only where the first turn shows the screened history.
+# Arguments that carry free text (a history, a transcript): in the list of calls made they are not shown (not
+# even their length, which alone flipped a small model's choice), so patient words reach the model only in
+# the first turn, as the screened history.
 TEXT_ARGUMENTS = frozenset({"text"})
 
 
 def shown_arguments(call: ToolCall) -> dict[str, Any]:
-    return {k: f"({len(v)} characters of text, not shown)" if k in TEXT_ARGUMENTS and isinstance(v, str) else v
+    return {k: "(text not shown)" if k in TEXT_ARGUMENTS and isinstance(v, str) else v
             for k, v in call.arguments.items()}
 
 
