@@ -37,8 +37,11 @@ _INSTRUCTION = re.compile(
     r"|\b(output|reply|respond|answer|print|return|reveal|repeat)\b.{0,40}\b(json|calls?|empty list|your prompt|instructions)\b",
     re.IGNORECASE,
 )
-# Sentence ends, plus chat-template markers: an injected block never swallows the clinical sentence after it.
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+|(?=<\|?im_start)|(?<=<\|im_end\|>)\s*|(?=\[INST\])|(?<=\[/INST\])\s*")
+# Sentence ends, plus chat-template markers, JSON blocks, code fences and a capital after ':', ')', ']' or '}'
+# (none of these blocks ends with a full stop): an injected block never swallows the clinical sentence after it.
+# Splitting finer only ever keeps more clinical text.
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+|(?=<\|?im_start)|(?<=<\|im_end\|>)\s*|(?=\[INST\])|(?<=\[/INST\])\s*"
+                       r"|(?<=[:)\]}])\s+(?=[A-Z])|\s+(?=[\[{]\s*[\[{\"])|(?<=```)\s+|\s+(?=```)")
 
 
 def screen_patient_text(text: str) -> tuple[str, list[str]]:

@@ -120,3 +120,19 @@ def test_corpus_injections_never_reach_the_report_or_the_differential(llama_serv
     assert outcome["tried"] == 2
     leaked = [(f["id"], p) for f in outcome["failures"] for p in f["problems"] if p.startswith("report repeats")]
     assert not leaked, leaked
+
+
+def test_no_corpus_injection_swallows_a_clinical_sentence():
+    """Blocks that end without a full stop (JSON, markdown, template headers) are segments of their own, so
+    screening one out never takes the clinical sentence after it (inj17 cost a phenotype that way)."""
+    from pathlib import Path
+
+    from medagent.evals.injection import inject, load_corpus
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    clean = Case.model_validate_json((examples / "history_case.json").read_text())
+    sentences = [s for s in clean.history.split(". ") if s]
+    for entry in load_corpus():
+        kept, _ = screen_patient_text(inject(clean, entry).history)
+        lost = [s for s in sentences if s.rstrip(".") not in kept]
+        assert not lost, f"{entry['id']}: lost {lost}"
