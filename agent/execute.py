@@ -64,11 +64,11 @@ async def execute(run: RunContext, case: Case, case_dir: Path, calls: list[ToolC
                            evidence_so_far=list(evidence_so_far), pool=run.pool)
     semaphore = asyncio.Semaphore(run.settings.agent.max_concurrency)
     # Our own pool, sized by max_concurrency: asyncio's default one has only cpu_count + 4 threads.
-    pool = ThreadPoolExecutor(max_workers=run.settings.agent.max_concurrency, thread_name_prefix="medagent-tool")
+    threads = ThreadPoolExecutor(max_workers=run.settings.agent.max_concurrency, thread_name_prefix="medagent-tool")
     try:
-        outcomes = await asyncio.gather(*(_run_one(run, call, args, tool_ctx, semaphore, pool) for call, args in accepted))
+        outcomes = await asyncio.gather(*(_run_one(run, call, args, tool_ctx, semaphore, threads) for call, args in accepted))
     finally:
-        pool.shutdown(wait=False)  # a timed-out tool's thread may still be running; never wait for it
+        threads.shutdown(wait=False)  # a timed-out tool's thread may still be running; never wait for it
 
     next_id = len(evidence_so_far) + 1
     for (call, _), (drafts, t0, t1) in zip(accepted, outcomes, strict=True):
@@ -101,7 +101,7 @@ def _error(run: RunContext, call: ToolCall, attachment: str | None, summary: str
 
 
 async def _run_one(run: RunContext, call: ToolCall, args: BaseModel, ctx: ToolContext, semaphore: asyncio.Semaphore,
-                   pool: ThreadPoolExecutor) -> tuple[list[EvidenceDraft], float, float]:
+                   threads: ThreadPoolExecutor) -> tuple[list[EvidenceDraft], float, float]:
     tool = run.registry.tools[call.tool]
     attachment = getattr(args, "attachment", None)
     async with semaphore:
@@ -111,7 +111,7 @@ async def _run_one(run: RunContext, call: ToolCall, args: BaseModel, ctx: ToolCo
         try:
             if left <= 0:
                 raise TimeoutError
-            work = asyncio.get_running_loop().run_in_executor(pool, functools.partial(tool.run, args, ctx))
+            work = asyncio.get_running_loop().run_in_executor(threads, functools.partial(tool.run, args, ctx))
             drafts = await asyncio.wait_for(work, timeout=min(timeout, left))
             if not drafts:
                 drafts = [EvidenceDraft(summary=f"{call.tool} returned no findings.", attachment=attachment, error=True)]
