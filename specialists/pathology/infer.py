@@ -57,7 +57,7 @@ class KEPClassifier:
         self.loaded = loaded
         self.device = device
         self.topk_pool = topk_pool
-        self.transform = kep_transform(loaded.config.image_size)
+        self.transform = kep_transform(loaded.config.image_size, loaded.config.variant)
         self._text_cache: dict[tuple, torch.Tensor] = {}
 
     @torch.inference_mode()

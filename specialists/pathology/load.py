@@ -202,7 +202,17 @@ def load_tokenizer(folder: Path, max_length: int = 256) -> Any:
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{folder}: tokenizer files present but unreadable ({exc})") from exc
     elif (folder / "vocab.txt").is_file():
-        tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+        # Not BertTokenizerFast(vocab_file=...): transformers 5 ignores that keyword and builds a 5-token
+        # tokenizer that maps every word to [UNK], silently. from_pretrained reads vocab.txt in 4.x and 5.x.
+        try:
+            tokenizer = BertTokenizerFast.from_pretrained(str(folder), local_files_only=True, do_lower_case=True)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{folder}: vocab.txt present but unreadable ({exc})") from exc
+        words = sum(1 for line in (folder / "vocab.txt").read_text(encoding="utf-8").splitlines() if line.strip())
+        if len(tokenizer) != words:
+            raise CheckpointError(
+                f"{folder}: vocab.txt has {words} tokens but the tokenizer built from it {len(tokenizer)}"
+            )
     else:
         raise CheckpointError(
             f"{folder}: no tokenizer (put PubMedBERT's vocab.txt or tokenizer.json beside the weights)"

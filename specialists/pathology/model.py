@@ -340,7 +340,11 @@ class _ImageTextModel(nn.Module):
 
 
 class KEP(_ImageTextModel):
-    """Image tower + visual head, BERT text tower, learned temperature. Features are un-normalised."""
+    """Image tower + visual head, BERT text tower, learned temperature.
+
+    As the authors' `KEP`: `encode_image` is un-normalised, `encode_text` unit-norm (their PATH_BERT.forward
+    normalises); `self.text(...)` is the un-normalised text MLP output (their `PATH_BERT.encode_text`).
+    """
 
     def __init__(self, cfg: KEPConfig) -> None:
         super().__init__()
@@ -359,14 +363,13 @@ class KEP(_ImageTextModel):
         return self.visual_head(self.visual(pixels))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.text(input_ids, attention_mask)
-
+        return F.normalize(self.text(input_ids, attention_mask), dim=-1)
 
 
 class KEEP(_ImageTextModel):
     """KEEP: timm ViT-L/16 + visual head, a BERT whose pooler output is the text feature, learned temperature.
 
-    Same interface as `KEP` (un-normalised `encode_image` / `encode_text`, `logit_scale`, `config`), so the
+    Same interface as `KEP` (`encode_image` / `encode_text`, `logit_scale`, `config`; callers normalise), so the
     classifier, tool and evals use either.
     """
 

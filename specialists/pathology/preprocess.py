@@ -1,6 +1,7 @@
 """Pathology images in: open with a size guard, make RGB, cut into tissue tiles, KEP's transform.
 
-KEP's transform is Resize(224, bicubic) + CenterCrop(224) + ImageNet mean/std. Large images are
+KEP's transform is Resize(224, bicubic) + CenterCrop(224) + mean/std: OpenAI CLIP's for KEP-32 (its CLIP ViT
+tower; the authors' eval and training transforms use them), ImageNet's for the other variants. Large images are
 cut into square tiles of `tile_size` source pixels (the magnification proxy: a larger tile is a
 lower effective magnification once resized to 224); tiles that are mostly glass are skipped, and
 at most `max_tiles` (those with the most tissue) are kept. Tiles are cropped from the decoded image
@@ -19,6 +20,12 @@ from PIL import Image, UnidentifiedImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# KEP-32's image tower is an OpenAI-CLIP-style ViT without its own image_mean, so the authors' image_transform
+# falls back to OpenAI CLIP's statistics (checked against their code: tests/pathology/test_parity.py). KEP-CTP
+# uses ImageNet's; KEP-16 (BiomedCLIP tower) and KEEP keep ImageNet's here (not checked against an oracle).
+VARIANT_STATS = {"kep32": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)}
 
 
 class PathologyInputError(ValueError):
@@ -125,9 +132,11 @@ def plan_tiles(image: Image.Image, options: TilingOptions) -> tuple[list[Tile], 
     return chosen, len(boxes)
 
 
-def kep_transform(image_size: int = 224) -> KEPTransform:
-    """KEP's (and KEEP's) evaluation transform: bicubic resize of the short side, centre crop, ImageNet norm."""
-    return KEPTransform(image_size)
+def kep_transform(image_size: int = 224, variant: str | None = None) -> KEPTransform:
+    """KEP's (and KEEP's) evaluation transform: bicubic resize of the short side, centre crop, the variant's norm
+    (OpenAI CLIP mean/std for kep32, ImageNet otherwise; no variant = ImageNet)."""
+    mean, std = VARIANT_STATS.get(variant or "", (IMAGENET_MEAN, IMAGENET_STD))
+    return KEPTransform(image_size, mean, std)
 
 
 class KEPTransform:
@@ -139,10 +148,15 @@ class KEPTransform:
     the mean is subtracted and the result divided by the std.
     """
 
-    def __init__(self, image_size: int = 224) -> None:
+    def __init__(
+        self,
+        image_size: int = 224,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+    ) -> None:
         self.image_size = image_size
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         size = self.image_size

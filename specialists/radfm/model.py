@@ -131,7 +131,9 @@ class PatchRearrange(nn.Module):
 
 
 class PositionEmbeddingLearned3d(nn.Module):
-    """Learned row/column/depth tables, concatenated; smaller inputs pick every (max // n)-th entry."""
+    """Learned row/column/depth tables, concatenated; an input with n < slots patches along an axis reads rows
+    (i + 1) * (slots // n) - 1, i = 0..n-1: the last row of each stride, as RadFM's code (a 2D image, one depth
+    patch, reads the last depth row, not the first)."""
 
     def __init__(self, dim: int, rows: int, cols: int, depths: int) -> None:
         super().__init__()
@@ -139,15 +141,19 @@ class PositionEmbeddingLearned3d(nn.Module):
         self.col_embed = nn.Embedding(cols, dim // 3)
         self.dep_embed = nn.Embedding(depths, dim // 3)
 
+    @staticmethod
+    def indices(n: int, slots: int, device: torch.device | None = None) -> torch.Tensor:
+        return (torch.arange(n, device=device) + 1) * (slots // n) - 1
+
     def forward(self, h: int, w: int, d: int) -> torch.Tensor:
         device = self.row_embed.weight.device
         tables = (self.row_embed, self.col_embed, self.dep_embed)
         for n, table, what in zip((h, w, d), tables, ("rows", "columns", "depth"), strict=True):
             if n > table.num_embeddings:
                 raise ValueError(f"image has {n} patch {what}, the model holds at most {table.num_embeddings}")
-        rows = self.row_embed(torch.arange(h, device=device) * (self.row_embed.num_embeddings // h))
-        cols = self.col_embed(torch.arange(w, device=device) * (self.col_embed.num_embeddings // w))
-        deps = self.dep_embed(torch.arange(d, device=device) * (self.dep_embed.num_embeddings // d))
+        rows, cols, deps = (
+            table(self.indices(n, table.num_embeddings, device)) for n, table in zip((h, w, d), tables, strict=True)
+        )
         grid = torch.cat(
             [
                 rows[:, None, None, :].expand(h, w, d, -1),

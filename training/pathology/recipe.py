@@ -341,7 +341,7 @@ def train(cfg: dict[str, Any]) -> Path:
     steps2 = int(s2["epochs"]) * max(1, math.ceil(len(pairs) / (int(s2["batch_size"]) * world)))
     sched2 = schedule(optimizer, steps2, int(s2.get("warmup", 0)), float(s2.get("min_lr_ratio", 0.0)))
     weights = (float(s2["loss_weights"]["image_text"]), float(s2["loss_weights"]["text_knowledge"]))
-    transform = kep_transform(kep_cfg.image_size)
+    transform = kep_transform(kep_cfg.image_size, kep_cfg.variant)
 
     def image(item: Any) -> torch.Tensor:
         picture = item if isinstance(item, Image.Image) else Image.open(item)
