@@ -52,8 +52,10 @@ lint: setup-dev
 speech-tools:
 	apt-get update && apt-get install -y espeak-ng sox
 
-# Debian packages some tests use when present: tmux (the chat screen test). Installed visibly, only if missing.
+# Debian packages the tests use: chromium and its driver (the web page test, which fails without them) and
+# tmux (the chat screen test). Installed visibly, only if missing.
 system-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update && apt-get install -y chromium chromium-driver; }
 	@command -v tmux >/dev/null || { apt-get update && apt-get install -y tmux; } || echo "tmux could not be installed: the terminal test will be skipped, saying why"
 
 clean:

@@ -8,7 +8,7 @@ import os
 
 from setuptools import setup
 
-LAYERS = ("cli", "agent", "tools", "specialists", "evals", "training")
+LAYERS = ("cli", "service", "agent", "tools", "specialists", "evals", "training")
 
 packages = []
 for layer in LAYERS:

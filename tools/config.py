@@ -247,6 +247,24 @@ class CacheSettings(Section):
     )
 
 
+class ServeSettings(Section):
+    """`medagent serve` (HTTP API and web page) and `medagent mcp`. Everything the server reads or writes on a
+    request's behalf lives under the cache root: jobs/ (case jobs) and sessions/ (the same store `medagent chat` uses)."""
+
+    host: str = Field(default="127.0.0.1", description="Address to bind; any other than loopback requires a token")
+    port: int = Field(default=8000, ge=0, le=65535)
+    token: str | None = Field(default=None, description="Bearer token every request must carry (prefer token_env)")
+    token_env: str = Field(default="MEDAGENT_API_TOKEN", description="Env var holding the bearer token")
+    max_concurrent_jobs: int = Field(default=2, ge=1, le=64, description="Case jobs run at once")
+    max_queued_jobs: int = Field(default=20, ge=0, description="Jobs waiting beyond those; more get 503 + Retry-After")
+    max_upload_mb: float = Field(default=1024.0, gt=0, description="Largest request body (all files together)")
+    max_files: int = Field(default=4000, ge=1, description="Most files in one upload, zip members included")
+    max_unzipped_mb: float = Field(default=4096.0, gt=0, description="Most bytes a zip may unpack to")
+    max_zip_ratio: float = Field(default=200.0, gt=1, description="Largest uncompressed/compressed ratio of a zip member")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed cross-origin requests; empty = CORS off")
+    keep_jobs: int = Field(default=500, ge=1, description="Finished jobs kept; the oldest beyond are deleted")
+
+
 class Settings(Section):
     """The whole config file. Specialist sections are added by the issues that build them."""
 
@@ -258,6 +276,7 @@ class Settings(Section):
     radfm: RadFMSettings = Field(default_factory=RadFMSettings)
     pathology: PathologySettings = Field(default_factory=PathologySettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     cache_dir: Path | None = Field(default=None, description="Overrides $MEDAGENT_HOME")
     source: Path | None = Field(default=None, exclude=True, description="The file these settings came from")
 

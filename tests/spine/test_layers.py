@@ -1,4 +1,4 @@
-"""Layers point down only: cli → agent → tools → specialists; evals and training beside, using agent/tools.
+"""Layers point down only: cli → service → agent → tools → specialists; evals and training beside, using agent/tools.
 
 Every import in the tree is read with `ast` (function-level imports included, which is where this
 project keeps its heavy ones) and judged against one table. A specialist's public API is its package
@@ -11,10 +11,11 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-LAYERS = ("cli", "agent", "tools", "specialists", "evals", "training")
+LAYERS = ("cli", "service", "agent", "tools", "specialists", "evals", "training")
 # layer -> the layers it may import. "specialists.public": only `medagent.specialists.<name>` itself.
 ALLOWED = {
     "cli": set(LAYERS),
+    "service": {"service", "agent", "tools"},
     "agent": {"agent", "tools"},
     "tools": {"tools", "specialists"},
     "specialists": {"specialists"},
