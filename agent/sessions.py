@@ -135,6 +135,10 @@ def delete_session(settings: Settings, session_id: str) -> Path:
     return folder
 
 
+class SessionBusy(MedagentError):
+    """Another process (or another client of the server) has the session open (HTTP 409)."""
+
+
 class SessionLock:
     """An exclusive, non-blocking lock on a session folder (released when the process dies)."""
 
@@ -156,7 +160,7 @@ class SessionLock:
         except BlockingIOError as exc:
             self.handle.close()
             self.handle = None
-            raise MedagentError(f"session {self.path.parent.name} is open in another process; close it there first") from exc
+            raise SessionBusy(f"session {self.path.parent.name} is open in another process or client; close it there first") from exc
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(str(os.getpid()))

@@ -263,6 +263,7 @@ class ServeSettings(Section):
     max_zip_ratio: float = Field(default=200.0, gt=1, description="Largest uncompressed/compressed ratio of a zip member")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed cross-origin requests; empty = CORS off")
     keep_jobs: int = Field(default=500, ge=1, description="Finished jobs kept; the oldest beyond are deleted")
+    jobs_dir: Path | None = Field(default=None, description="Where case jobs live (default <cache root>/jobs)")
 
 
 class Settings(Section):
