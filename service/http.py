@@ -516,19 +516,20 @@ class SessionTurns:
                 loop.call_soon_threadsafe(lambda: opened.done() or opened.set_exception(failure))
                 return
             loop.call_soon_threadsafe(lambda: opened.done() or opened.set_result(None))
+            ending = {"status": "done", "reason": None}
             try:
                 if chat.interrupted:
                     await chat.resume()
                 reply = await action(chat)
                 push("reply", {"text": reply.text, "question": reply.question, "done_taking_history": reply.done_taking_history,
                                "new_evidence": [e.model_dump(mode="json") for e in reply.new_evidence]})
-                push("end", {"status": "done", "reason": None})
             except MedagentError as exc:
-                push("end", {"status": "failed", "reason": one_line(str(exc))})
+                ending = {"status": "failed", "reason": one_line(str(exc))}
             except Exception as exc:
-                push("end", {"status": "failed", "reason": f"internal error ({exc.__class__.__name__})"})
+                ending = {"status": "failed", "reason": f"internal error ({exc.__class__.__name__})"}
             finally:
-                await chat.__aexit__(None, None, None)
+                await chat.__aexit__(None, None, None)  # released before 'end': the client's next request finds it free
+                push("end", ending)
 
         task = loop.create_task(offload(turn, f"medagent-turn-{session_id}"))
         self.running.add(task)

@@ -69,7 +69,7 @@ def _member_path(info: zipfile.ZipInfo) -> PurePosixPath:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise UploadError(f"zip member {raw[:80]!r} is a symbolic link; links are never unpacked")
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # no type bits: a plain file
         raise UploadError(f"zip member {raw[:80]!r} is not a regular file")
     return PurePosixPath(*parts)
 

@@ -105,21 +105,23 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 600) -> dict:
     raise AssertionError(f"job {job_id} did not finish within {timeout} s")
 
 
-def sse_events(response: httpx.Response) -> list[tuple[str, str, str]]:
-    """(id, event, data) of every event in a streamed SSE response, read to its end."""
-    events, current = [], {"id": "", "event": "message", "data": []}
+def iter_events(response: httpx.Response):
+    """(id, event, data) of each SSE event of a streamed response, as it arrives."""
+    current = {"id": "", "event": "message", "data": []}
     for line in response.iter_lines():
         if line == "":
             if current["data"]:
-                events.append((current["id"], current["event"], "\n".join(current["data"])))
+                yield current["id"], current["event"], "\n".join(current["data"])
             current = {"id": "", "event": "message", "data": []}
-        elif line.startswith(":"):
-            continue
-        else:
+        elif not line.startswith(":"):
             key, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
             if key == "data":
                 current["data"].append(value)
             elif key in ("id", "event"):
                 current[key] = value
-    return events
+
+
+def sse_events(response: httpx.Response) -> list[tuple[str, str, str]]:
+    """Every event of a streamed SSE response, read to its end."""
+    return list(iter_events(response))
