@@ -45,7 +45,7 @@ from medagent.tools.pool import ModelPool
 from medagent.tools.safeio import one_line
 
 STATIC = Path(__file__).resolve().parent / "static"
-POLL_S = 0.1
+POLL_S = 0.02  # how often a stream looks for new events (a stat and a short read)
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
@@ -295,16 +295,16 @@ def create_app(settings: Settings, bound_host: str = "127.0.0.1") -> FastAPI:
         log_path = folder / "events.jsonl"
 
         async def stream():
-            seen = after
+            seen, offset = after, 0
             while True:
-                batch = read_events(log_path, seen)
+                batch, offset = read_events(log_path, seen, offset)
                 for event in batch:
                     seen = event["id"]
                     yield {"id": str(event["id"]), "event": event["event"], "data": json.dumps(event["data"], ensure_ascii=False)}
                     if event["event"] == "end":
                         return
                 if not batch:
-                    if store.read(job_id).status in FINAL and not read_events(log_path, seen):
+                    if store.read(job_id).status in FINAL and not read_events(log_path, seen, offset)[0]:
                         return  # finished, and every event (its 'end' included) has been sent
                     await asyncio.sleep(POLL_S)
 

@@ -87,19 +87,16 @@ class EventLog:
                 handle.write(line + "\n")
 
 
-def read_events(path: Path, after: int) -> list[dict[str, Any]]:
-    """The events after number `after` (complete lines only)."""
+def read_events(path: Path, after: int, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """The complete events after number `after`, read from byte `offset` on; and the offset to read from next."""
     if not path.exists():
-        return []
-    events = []
+        return [], offset
     with path.open("rb") as handle:
-        for raw in handle:
-            if not raw.endswith(b"\n"):
-                break  # being written
-            event = json.loads(raw)
-            if event["id"] > after:
-                events.append(event)
-    return events
+        handle.seek(offset)
+        data = handle.read()
+    complete = data[: data.rfind(b"\n") + 1]  # a line still being written is left for the next read
+    events = [event for event in (json.loads(line) for line in complete.splitlines() if line.strip()) if event["id"] > after]
+    return events, offset + len(complete)
 
 
 class StreamingTrace(TraceRecorder):
