@@ -120,11 +120,11 @@ def chat(
 
 @app.command()
 def serve(
-    host: Optional[str] = typer.Option(None, "--host", help="address to bind (default [serve] host, 127.0.0.1)"),
-    port: Optional[int] = typer.Option(None, "--port", help="port (default [serve] port, 8000)"),
+    host: Optional[str] = typer.Option(None, "--host", help="address to bind (default: serve.host in the config, 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, "--port", help="port (default: serve.port in the config, 8000)"),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
-    """The HTTP API and the web consultation page (http://127.0.0.1:8000/, OpenAPI at /docs)."""
+    """The HTTP API (http://127.0.0.1:8000/api/..., OpenAPI at /docs)."""
     from medagent.service.http import run_server
     from medagent.tools.config import load_settings
 
