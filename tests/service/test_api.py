@@ -228,3 +228,13 @@ def test_beyond_the_queue_the_server_answers_503_with_retry_after(tmp_path: Path
                 assert wait_job(client, answer.json()["id"])["status"] == "done"
     finally:
         server.stop()
+
+
+def test_openapi_lists_the_routes_and_health_carries_the_notice(service_server):
+    with service_server.client() as client:
+        paths = client.get("/openapi.json").json()["paths"]
+        assert {"/api/jobs", "/api/jobs/{job_id}/events", "/api/sessions/{session_id}/messages"} <= set(paths)
+        assert client.get("/docs").status_code == 200
+        assert "Research use only" in client.get("/api/health").json()["notice"]
+        # The Host header must name this server: a page reached through DNS rebinding is turned away.
+        assert client.get("/api/health", headers={"Host": "attacker.example"}).status_code == 421
