@@ -1,0 +1,189 @@
+"""The web page in a real browser (Debian's headless chromium via Selenium) against a real `medagent serve`:
+upload a CT NIfTI and a dictation, wait for the report, and check what a user sees. No mocks: the rule planner
+runs the CT analysis and Whisper on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from .conftest import EXAMPLES
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+REPORT_TIMEOUT_S = 300  # the CT analysis and Whisper on 2 shared cores, models loaded cold
+
+
+def _case_inputs() -> tuple[Path, Path, str]:
+    """The NIfTI CT of examples/ct_nifti_case.json, the audio of examples/dictation_case.json and a word its
+    known transcript (examples/audio/transcripts.json) says."""
+    ct_case = json.loads((EXAMPLES / "ct_nifti_case.json").read_text(encoding="utf-8"))
+    dictation = json.loads((EXAMPLES / "dictation_case.json").read_text(encoding="utf-8"))
+    ct = EXAMPLES / next(a["path"] for a in ct_case["attachments"] if a["kind"] == "volume")
+    audio = EXAMPLES / next(a["path"] for a in dictation["attachments"] if a["kind"] == "audio")
+    transcripts = json.loads((EXAMPLES / "audio" / "transcripts.json").read_text(encoding="utf-8"))
+    assert "chest" in transcripts[audio.name].lower()
+    return ct, audio, "chest"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: `make system-deps` installs chromium and chromedriver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1800",
+                 "--disable-dev-shm-usage", "--no-first-run", "--disable-background-networking"):
+        options.add_argument(flag)
+    # Every request the page makes (Network.requestWillBeSent) and the JS console.
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log")),
+                              options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Network:
+    """The URLs of every request the page sent, read from Chrome's performance log as the test goes."""
+
+    def __init__(self, driver) -> None:
+        self.driver = driver
+        self.urls: list[str] = []
+
+    def read(self) -> list[str]:
+        for entry in self.driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message.get("method") == "Network.requestWillBeSent":
+                self.urls.append(message["params"]["request"]["url"])
+        return self.urls
+
+
+def _save(driver, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    driver.save_screenshot(str(path))
+    target = os.environ.get("MEDAGENT_TEST_SCREENSHOTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, Path(target) / name)
+    return path
+
+
+def _wait(driver, condition, timeout: float, what: str, poll: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition(driver)
+        if value:
+            return value
+        time.sleep(poll)
+    status = driver.execute_script("return (document.getElementById('status') || {}).textContent")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; page status: {status!r}")
+
+
+def _image_loaded(driver, element) -> bool:
+    return bool(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", element))
+
+
+def test_page_runs_a_case_and_links_its_evidence(service_server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    ct, audio, spoken = _case_inputs()
+    network = Network(browser)
+    started = time.monotonic()
+    browser.get(f"{service_server.url}/")
+
+    notice = _wait(browser, lambda d: d.find_element(By.ID, "notice"), 30, "the notice")
+    assert notice.is_displayed() and "research use only" in notice.text.lower()
+    _wait(browser, lambda d: "Server" in d.find_element(By.ID, "server").text, 30, "the health check")
+
+    browser.find_element(By.ID, "history").send_keys("Chest pain and cough in a former smoker.")
+    # One send_keys with both paths, newline-separated: how Selenium fills a <input type=file multiple>.
+    browser.find_element(By.ID, "files").send_keys(f"{ct}\n{audio}")
+    rows = _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#file-list li")) == 2, 10, "two file rows")
+    assert rows
+    # A NIfTI header has no modality: the user says it is a CT (the CT analysis runs only on CT).
+    Select(browser.find_element(By.CSS_SELECTOR, f'select[data-role="modality"][data-file="{ct.name}"]')).select_by_value("CT")
+    _save(browser, tmp_path, "after_upload.png")
+
+    browser.find_element(By.ID, "start").click()
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#calls li[data-tool]"), 60, "the first tool call")
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#evidence .card[data-evidence]"), REPORT_TIMEOUT_S, "the report")
+    report_s = time.monotonic() - started
+
+    job_id = browser.execute_script("return new URLSearchParams(location.search).get('job')")
+    assert job_id, "the page names the job it shows in its address"
+    with service_server.client() as client:
+        result = client.get(f"/api/jobs/{job_id}/result").json()
+    evidence = {e["id"]: e for e in result["evidence"]}
+
+    # The live tool list: every call the run made, each finished.
+    states = {li.get_attribute("data-call"): (li.get_attribute("data-tool"), li.get_attribute("data-state"))
+              for li in browser.find_elements(By.CSS_SELECTOR, "#calls li[data-call]")}
+    assert {c["call_id"] for c in result["calls"]} <= set(states), states
+    assert all(state in ("done", "error") for _, state in states.values()), states
+    assert {"imaging.ct_quant", "speech.transcribe"} <= {tool for tool, _ in states.values()}, states
+
+    # Evidence cards, one per evidence item; the CT overlay image has really loaded.
+    cards = browser.find_elements(By.CSS_SELECTOR, "#evidence .card[data-evidence]")
+    assert [c.get_attribute("data-evidence") for c in cards] == list(evidence)
+    overlay_id = next(e["id"] for e in result["evidence"] if e["tool"] == "imaging.ct_quant"
+                      and any(a.endswith(".png") for a in e["artifacts"]))
+    overlay = browser.find_element(By.CSS_SELECTOR, f'.card[data-evidence="{overlay_id}"] img')
+    _wait(browser, lambda d: _image_loaded(d, overlay), 30, "the CT overlay image")
+
+    # The speech card shows the transcript, and the transcript says what the dictation says.
+    speech_id = next(e["id"] for e in result["evidence"] if e["tool"] == "speech.transcribe")
+    transcript = browser.find_element(By.CSS_SELECTOR, f'.card[data-evidence="{speech_id}"] .transcript').text
+    assert transcript.strip() and spoken in transcript.lower(), transcript
+
+    # The slice scroller: a slice is shown, and the arrow key moves to the next one.
+    slider = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#volumes input[type=range]"), 30, "the slice scroller")[0]
+    slice_img = browser.find_element(By.CSS_SELECTOR, "#volumes .viewer img")
+    _wait(browser, lambda d: _image_loaded(d, slice_img), 30, "a CT slice")
+    first = slice_img.get_attribute("src")
+    slider.send_keys(Keys.ARROW_RIGHT)
+    _wait(browser, lambda d: slice_img.get_attribute("src") != first and _image_loaded(d, slice_img), 30, "the next CT slice")
+
+    # The differential is there, its evidence linked.
+    assert browser.find_elements(By.CSS_SELECTOR, "#differential tbody tr")
+    assert browser.find_elements(By.CSS_SELECTOR, "#differential a.cite")
+
+    # Clicking [E2] in the report scrolls to evidence card E2 and highlights it.
+    assert "E2" in evidence
+    browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+    link = browser.find_element(By.CSS_SELECTOR, '#report a.cite[data-cite="E2"]')
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", link)
+    link.click()
+    card = browser.find_element(By.ID, "E2")
+    _wait(browser, lambda d: "highlight" in card.get_attribute("class").split(), 5, "card E2 highlighted")
+    in_view = browser.execute_script(
+        "const r = arguments[0].getBoundingClientRect();"
+        "return r.top >= 0 && r.bottom <= window.innerHeight && r.left >= 0 && r.right <= window.innerWidth", card)
+    assert in_view, "card E2 is not in the viewport after its citation was clicked"
+    assert browser.execute_script("return document.activeElement.id") == "E2"
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".card.highlight")) == 1
+    assert browser.find_element(By.ID, "notice").is_displayed()
+    _save(browser, tmp_path, "after_report.png")
+
+    # Every request went to this server; the page logged no error.
+    urls = network.read()
+    assert any("/api/jobs" in u for u in urls) and any("/files/artifacts/" in u for u in urls), urls
+    foreign = [u for u in urls if urlsplit(u).scheme != "data" and urlsplit(u).hostname != "127.0.0.1"]
+    assert not foreign, f"the page reached beyond 127.0.0.1: {foreign}"
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+    print(f"\nbrowser test: report shown after {report_s:.1f} s, {len(urls)} requests, screenshots in {tmp_path}")
