@@ -1,6 +1,6 @@
 // The page: start a case or a consultation, watch its tools run from the event stream, read the result.
 import { ApiError, followJob, getJSON, postForm, postJSON, request, streamTurn } from "./api.js";
-import { el, renderDifferential, renderEvidence, renderReport, showEvidence, volumeViewer } from "./render.js";
+import { el, linked, renderDifferential, renderEvidence, renderReport, showEvidence, volumeViewer } from "./render.js";
 
 const $ = (id) => document.getElementById(id);
 const enc = encodeURIComponent;
@@ -294,8 +294,10 @@ async function startCase(event) {
 
 let sessionId = null;
 
+// The assistant's turns cite evidence ([E3]) like the report does; those become links to the cards.
 function turnItem(role, text) {
-  return el("li", { class: role }, el("span", { class: "who", text: role === "user" ? "You" : "medagent" }), text);
+  return el("li", { class: role }, el("span", { class: "who", text: role === "user" ? "You" : "medagent" }),
+    role === "user" ? text : linked(text));
 }
 
 async function refreshSessions() {

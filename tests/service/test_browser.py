@@ -187,3 +187,50 @@ def test_page_runs_a_case_and_links_its_evidence(service_server, browser, tmp_pa
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
     print(f"\nbrowser test: report shown after {report_s:.1f} s, {len(urls)} requests, screenshots in {tmp_path}")
+
+
+def test_page_holds_a_consultation_with_a_file_mid_conversation(service_server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    _, audio, spoken = _case_inputs()
+    network = Network(browser)
+    browser.get(f"{service_server.url}/")
+    _wait(browser, lambda d: "Server" in d.find_element(By.ID, "server").text, 30, "the health check")
+    browser.find_element(By.ID, "mode-chat").click()
+    browser.find_element(By.ID, "new-session").click()
+    session_id = _wait(browser, lambda d: d.find_element(By.ID, "session-id").text, 30, "a new consultation")
+
+    def assistant_turns(d):
+        return d.find_elements(By.CSS_SELECTOR, "#turns li.assistant")
+
+    def idle(d):
+        return d.find_element(By.ID, "send").is_enabled()
+
+    browser.find_element(By.ID, "message").send_keys("Three weeks of left upper quadrant pain and night sweats.")
+    browser.find_element(By.ID, "send").click()
+    _wait(browser, lambda d: assistant_turns(d) and idle(d), REPORT_TIMEOUT_S, "the first reply")
+    assert browser.find_elements(By.CSS_SELECTOR, "#calls li[data-state=done]"), "the turn's tools are listed"
+    first_cards = len(browser.find_elements(By.CSS_SELECTOR, "#evidence .card"))
+    assert first_cards, "the consultation's evidence so far is shown"
+
+    # A dictation attached mid-conversation is transcribed; its card shows the transcript.
+    browser.find_element(By.ID, "attach-file").send_keys(str(audio))
+    Select(browser.find_element(By.ID, "attach-kind")).select_by_value("audio")
+    browser.find_element(By.ID, "attach").click()
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#evidence .card")) > first_cards and idle(d),
+          REPORT_TIMEOUT_S, "the attachment's evidence")
+    transcript = browser.find_element(By.CSS_SELECTOR, ".card .transcript").text
+    assert spoken in transcript.lower(), transcript
+    assert not browser.find_element(By.ID, "chat-error").is_displayed()
+    _save(browser, tmp_path, "consultation.png")
+
+    # Deleting it from the page removes it on the server.
+    browser.find_element(By.CSS_SELECTOR, f'button[aria-label="delete consultation {session_id}"]').click()
+    browser.switch_to.alert.accept()
+    _wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, f'button[data-session="{session_id}"]'), 30,
+          "the consultation gone from the list")
+    with service_server.client() as client:
+        assert client.get(f"/api/sessions/{session_id}").status_code == 404
+    foreign = [u for u in network.read() if urlsplit(u).scheme != "data" and urlsplit(u).hostname != "127.0.0.1"]
+    assert not foreign, foreign
