@@ -150,6 +150,7 @@ export async function followJob(jobId, onEvent, signal) {
         // The stream closed without `end` (a finished job whose events were all sent before): ask the job.
         const job = await getJSON(`/api/jobs/${encodeURIComponent(jobId)}`);
         if (["done", "failed", "cancelled"].includes(job.status)) ended = { status: job.status, reason: job.reason };
+        else await new Promise((r) => setTimeout(r, 1000)); // closed early (a proxy, a restart): resume, gently
       }
     } catch (err) {
       if (err.name === "AbortError" || err instanceof ApiError) throw err;

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, REPO, start_server, write_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -234,3 +234,63 @@ def test_page_holds_a_consultation_with_a_file_mid_conversation(service_server, 
         assert client.get(f"/api/sessions/{session_id}").status_code == 404
     foreign = [u for u in network.read() if urlsplit(u).scheme != "data" and urlsplit(u).hostname != "127.0.0.1"]
     assert not foreign, foreign
+
+
+def test_page_asks_for_the_token_and_images_carry_it(tmp_path, browser):
+    """A server with a token: the page asks for it once, sends it on every API call (the event stream included)
+    and sets the cookie that <img> requests carry."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    ct, _, _ = _case_inputs()
+    secret = "page-test-token-0123456789"
+    server = start_server(write_config(tmp_path / "server", f'token = "{secret}"\n'), tmp_path / "server.log", token=secret)
+    try:
+        browser.get(f"{server.url}/")
+        dialog = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#token-dialog[open]"), 30, "the token dialog")
+        assert dialog.is_displayed()
+        browser.find_element(By.ID, "token").send_keys(secret, Keys.ENTER)
+        _wait(browser, lambda d: "Server" in d.find_element(By.ID, "server").text, 30, "the health check with the token")
+        assert browser.execute_script("return sessionStorage.getItem('medagent_token')") == secret
+
+        # Without a modality the NIfTI is only described: a quick job, and its slices are <img> requests.
+        browser.find_element(By.ID, "files").send_keys(str(ct))
+        browser.find_element(By.ID, "start").click()
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#evidence .card"), REPORT_TIMEOUT_S, "the report")
+        slice_img = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#volumes .viewer img"), 30, "the slice scroller")[0]
+        _wait(browser, lambda d: _image_loaded(d, slice_img), 30, "a CT slice loaded with the token cookie")
+        assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "401" not in e["message"]]
+    finally:
+        server.stop()
+
+
+def test_report_marks_flagged_sentences_and_never_renders_server_text_as_html(service_server, browser):
+    """The page's renderer (served by the real server, run by the real browser) on the golden result with one
+    sentence flagged by grounding and one carrying markup: the flag is visible, the markup stays text."""
+    from selenium.webdriver.common.by import By
+
+    result = json.loads((REPO / "tests" / "data" / "golden" / "multimodal_rule_result.json").read_text(encoding="utf-8"))
+    result["grounding"].update(status="checked", checker="test", supported=11, flagged=1)
+    result["report"]["sentences"][1].update(verdict="unsupported", reason="E2 does not state this")
+    result["report"]["sentences"][2]["text"] = '<img src="x" id="injected" onerror="window.pwned=1"> lung [E3]'
+    browser.get(f"{service_server.url}/")
+    _wait(browser, lambda d: "Server" in d.find_element(By.ID, "server").text, 30, "the health check")
+    browser.execute_async_script(
+        "const [result, done] = arguments;"
+        "import('/static/render.js').then((m) => {"
+        "  document.getElementById('report').replaceChildren(...m.renderReport(result));"
+        "  document.getElementById('evidence').replaceChildren(...m.renderEvidence(result, (p) => '/none/' + p));"
+        "  document.getElementById('result').hidden = false; done(true); });",
+        result,
+    )
+    flagged = browser.find_elements(By.CSS_SELECTOR, "#report .sentence.flagged")
+    assert len(flagged) == 1 and flagged[0].is_displayed()
+    assert "unsupported" in flagged[0].text and "E2 does not state this" in flagged[0].text
+    assert not browser.find_elements(By.ID, "injected")
+    assert not browser.execute_script("return window.pwned")
+    plain = browser.find_elements(By.CSS_SELECTOR, "#report .sentence")[2]
+    assert '<img src="x"' in plain.text
+    # The inline citation in that text and the appended ones are links to the cards.
+    assert plain.find_element(By.CSS_SELECTOR, 'a.cite[data-cite="E3"]')
+    plain.find_element(By.CSS_SELECTOR, 'a.cite[data-cite="E3"]').click()
+    assert "highlight" in browser.find_element(By.ID, "E3").get_attribute("class").split()
