@@ -73,12 +73,6 @@ def configured_token(settings: Settings) -> str | None:
     return token.strip() or None
 
 
-def mcp_tool_name(name: str) -> str:
-    """The MCP name of a medagent tool. Dots are valid MCP tool names (SEP-986), so it is the same name;
-    kept as a function so a client that needs another spelling has one place to change."""
-    return name
-
-
 # ---------------------------------------------------------------------------------------------- the tools
 
 
@@ -91,7 +85,8 @@ class McpTools:
         self.settings = settings
         self.pool = process_pool()  # models load once per server process and stay for the next call
         self.registry = Registry(settings, pool=self.pool)
-        self.tools: dict[str, Tool] = {mcp_tool_name(t.name): t for t in self.registry.available()}
+        # MCP names are the medagent names: SEP-986 allows dots, so `knowledge.link` needs no mapping.
+        self.tools: dict[str, Tool] = {t.name: t for t in self.registry.available()}
         self._limit: asyncio.Semaphore | None = None  # made on the server's loop, on first use
 
     # ---- listing
@@ -149,7 +144,7 @@ class McpTools:
         examines = (f"Examines {kinds} attachments: give `{CASE_PATH}` and the attachment id."
                     if kinds else f"Takes no attachment; `{CASE_PATH}` is optional (the case the call is about).")
         return (f"{tool.purpose} {examines} Returns JSON: the evidence items (summary, payload, artifacts, error) and "
-                f"the folder holding any artifacts. medagent tool `{tool.name}`. {RESEARCH_NOTICE}")
+                f"the folder holding the call's trace and any artifacts. {RESEARCH_NOTICE}")
 
     # ---- calling
 

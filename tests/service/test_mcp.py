@@ -28,6 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 REPO = Path(__file__).resolve().parents[2]
 HISTORY_CASE = REPO / "examples" / "history_case.json"
+CT_CASE = REPO / "examples" / "ct_nifti_case.json"  # one CT volume, attachment id "ct", beside the case in data/
 CALL_TIMEOUT = 120.0
 
 
@@ -147,6 +148,15 @@ def test_stdio_solve_case_returns_the_result_with_a_differential_and_evidence_id
     out = Path(result["output_dir"])
     assert json.loads((out / "result.json").read_text())["differential"] == result["differential"]
     assert (out / "report.md").is_file()
+
+
+def test_stdio_an_attachment_tool_examines_the_attachment_beside_the_case(stdio: StdioServer) -> None:
+    out = reply(stdio.run(stdio.session.call_tool("imaging.describe", {"attachment": "ct", "case_path": str(CT_CASE)})))
+    [evidence] = out["evidence"]
+    assert evidence["attachment"] == "ct" and not evidence["error"]
+    assert evidence["payload"]["modality"] == "CT" and evidence["payload"]["format"] == "nifti"
+    assert "CT volume" in evidence["summary"]
+    assert (Path(out["output_dir"]) / "trace.jsonl").is_file()  # the call is on record, as a solve's would be
 
 
 def test_stdio_bad_calls_are_one_error_line_and_the_server_keeps_serving(stdio: StdioServer, tmp_path: Path) -> None:
