@@ -383,11 +383,20 @@ def _serve_http(settings: Settings, host: str, port: int) -> None:
     token = configured_token(settings)
     app = http_app(settings, host, token)
     shown = f"[{host}]" if ":" in host else host
-    print(f"medagent mcp: streamable HTTP at http://{shown}:{port}{HTTP_PATH}"
-          f"{' (bearer token required)' if token else ''}. {RESEARCH_NOTICE}", file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    line = (f"medagent mcp: streamable HTTP at http://{shown}:{port}{HTTP_PATH}"
+            f"{' (bearer token required)' if token else ''}. {RESEARCH_NOTICE}")
+
+    class Announcing(uvicorn.Server):
+        """Says where it listens once the socket is bound, not before (a taken port would make that line a lie)."""
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(line, file=sys.stderr, flush=True)
+
+    server = Announcing(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
     try:
         server.run()
-    except SystemExit as exc:  # uvicorn exits when it cannot bind; say so in one line
+    except SystemExit as exc:  # uvicorn exits when it cannot bind, after logging why
         if exc.code:
-            raise MedagentError(f"cannot serve on {host}:{port} (is the port in use?)") from exc
+            raise MedagentError(f"cannot serve on {host}:{port} (the line above says why)") from exc

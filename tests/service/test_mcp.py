@@ -15,6 +15,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -197,11 +198,14 @@ class HttpServer:
     def __init__(self, config: Path, host: str, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a pipe nobody reads could fill and stall it
         self.process = subprocess.Popen(server_command(config, "--transport", "http", "--host", host, "--port", str(self.port)),
-                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                        env=env, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"the server exited: {self.process.stderr.read()}"
+            if self.process.poll() is not None:
+                self.log.seek(0)
+                raise AssertionError(f"the server exited: {self.log.read()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return
@@ -216,6 +220,7 @@ class HttpServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
+        self.log.close()
 
 
 async def http_session(url: str, headers: dict[str, str] | None, work: Any) -> Any:
