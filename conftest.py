@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-
 from pathlib import Path
 
 # One cache root for the whole test run (built graphs, indexes, assembled models are made once),
@@ -35,3 +34,18 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+import pytest  # noqa: E402 - after the environment is set
+
+
+@pytest.fixture(scope="module")
+def oracle(request) -> tuple[dict, dict]:
+    """The inputs and outputs of the authors' own code in the test module's `ORACLE` folder
+    (tests/data/oracles/<model>, see each README): the reference the parity tests reproduce."""
+    import torch
+
+    folder = request.module.ORACLE
+    inputs = torch.load(folder / "inputs.pt", weights_only=True)
+    outputs = torch.load(folder / "outputs.pt", weights_only=True)["outputs"]
+    return inputs, outputs

@@ -133,6 +133,22 @@ def serve(
 
 
 @app.command()
+def mcp(
+    transport: str = typer.Option("stdio", "--transport", help="stdio | http (streamable HTTP at /mcp)"),
+    host: Optional[str] = typer.Option(None, "--host", help="http: address to bind (default: serve.host in the config)"),
+    port: Optional[int] = typer.Option(None, "--port", help="http: port (default 8001)"),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """An MCP server: every available tool with its JSON Schema, plus solve_case."""
+    from medagent.service.mcp_server import run_mcp
+    from medagent.tools.config import load_settings
+
+    if transport not in ("stdio", "http"):
+        raise MedagentError(f"--transport {transport!r}: use stdio or http")
+    raise typer.Exit(run_mcp(load_settings(config), transport, host, port))
+
+
+@app.command()
 def tools(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
     """List tools, whether each is available, and why not."""
     from medagent.tools.config import load_settings

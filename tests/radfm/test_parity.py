@@ -20,13 +20,6 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
-def oracle() -> tuple[dict, dict]:
-    inputs = torch.load(ORACLE / "inputs.pt", weights_only=True)
-    outputs = torch.load(ORACLE / "outputs.pt", weights_only=True)["outputs"]
-    return inputs, outputs
-
-
-@pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory):
     from medagent.specialists.radfm.load import load_radfm
     from medagent.specialists.radfm.tiny import tiny_config, word_tokenizer
