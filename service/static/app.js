@@ -1,6 +1,6 @@
 // The page: start a case or a consultation, watch its tools run from the event stream, read the result.
 import { ApiError, followJob, getJSON, postForm, postJSON, request, streamTurn } from "./api.js";
-import { el, linked, renderDifferential, renderEvidence, renderReport, showEvidence, volumeViewer } from "./render.js";
+import { citeLink, el, linked, renderDifferential, renderEvidence, renderReport, showEvidence, volumeViewer } from "./render.js";
 
 const $ = (id) => document.getElementById(id);
 const enc = encodeURIComponent;
@@ -51,8 +51,10 @@ const live = {
     const item = document.querySelector(`#calls li[data-call="${CSS.escape(data.call_id)}"]`);
     if (!item) return;
     const ids = data.evidence || data.evidence_ids || [];
-    this.state(item, data.error ? "error" : "done",
-      `${ids.length ? `→ ${ids.join(", ")}` : "no evidence"}${data.seconds !== undefined ? ` in ${Number(data.seconds).toFixed(2)} s` : ""}`);
+    // The evidence ids link to their cards once the result is shown (the same links as the report's).
+    const note = ids.length ? ["→ ", ...ids.flatMap((id, i) => (i ? [", ", citeLink(id, id)] : [citeLink(id, id)]))] : ["no evidence"];
+    if (data.seconds !== undefined) note.push(` in ${Number(data.seconds).toFixed(2)} s`);
+    this.state(item, data.error ? "error" : "done", note);
   },
 
   state(item, state, note) {
@@ -65,7 +67,7 @@ const live = {
         extra = el("span", { class: "detail note" });
         item.append(extra);
       }
-      extra.textContent = note;
+      extra.replaceChildren(...(Array.isArray(note) ? note : [note]));
     }
   },
 

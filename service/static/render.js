@@ -98,8 +98,9 @@ export function renderReport(result) {
     parts.push(el("h3", { text: "Limitations" }), el("ul", {}, report.limitations.map((c) => el("li", {}, linked(c)))));
   }
   if ((result.findings || []).length) {
-    parts.push(el("h3", { text: "Findings" }),
-      el("ul", {}, result.findings.map((f) => el("li", {}, linked(f.statement), citations(f.evidence)))));
+    // Collapsed: a template report restates the same findings sentence by sentence.
+    parts.push(el("details", { class: "findings" }, el("summary", { text: `Findings (${result.findings.length})` }),
+      el("ul", {}, result.findings.map((f) => el("li", {}, linked(f.statement), citations(f.evidence))))));
   }
   if (result.notice) parts.push(el("p", { class: "notice", role: "note", text: result.notice }));
   return parts;

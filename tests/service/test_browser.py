@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -20,16 +21,26 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REPORT_TIMEOUT_S = 300  # the CT analysis and Whisper on 2 shared cores, models loaded cold
 
 
-def _case_inputs() -> tuple[Path, Path, str]:
-    """The NIfTI CT of examples/ct_nifti_case.json, the audio of examples/dictation_case.json and a word its
-    known transcript (examples/audio/transcripts.json) says."""
+def _case_inputs() -> tuple[Path, Path, set[str]]:
+    """The NIfTI CT of examples/ct_nifti_case.json, the audio of examples/dictation_case.json and the content
+    words of its known transcript (examples/audio/transcripts.json)."""
     ct_case = json.loads((EXAMPLES / "ct_nifti_case.json").read_text(encoding="utf-8"))
     dictation = json.loads((EXAMPLES / "dictation_case.json").read_text(encoding="utf-8"))
     ct = EXAMPLES / next(a["path"] for a in ct_case["attachments"] if a["kind"] == "volume")
     audio = EXAMPLES / next(a["path"] for a in dictation["attachments"] if a["kind"] == "audio")
     transcripts = json.loads((EXAMPLES / "audio" / "transcripts.json").read_text(encoding="utf-8"))
-    assert "chest" in transcripts[audio.name].lower()
-    return ct, audio, "chest"
+    return ct, audio, _words(transcripts[audio.name])
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 4}
+
+
+def _heard(transcript: str, spoken: set[str]) -> None:
+    """What Whisper hears depends on the CPU (int8 kernels), so not every word: two of the dictation's content
+    words ('chest', 'pain', 'fever', ...) must be there."""
+    assert transcript.strip(), "the speech card shows no transcript"
+    assert len(_words(transcript) & spoken) >= 2, f"the transcript {transcript!r} shares too little with {sorted(spoken)}"
 
 
 @pytest.fixture
@@ -148,7 +159,7 @@ def test_page_runs_a_case_and_links_its_evidence(service_server, browser, tmp_pa
     # The speech card shows the transcript, and the transcript says what the dictation says.
     speech_id = next(e["id"] for e in result["evidence"] if e["tool"] == "speech.transcribe")
     transcript = browser.find_element(By.CSS_SELECTOR, f'.card[data-evidence="{speech_id}"] .transcript').text
-    assert transcript.strip() and spoken in transcript.lower(), transcript
+    _heard(transcript, spoken)
 
     # The slice scroller: a slice is shown, and the arrow key moves to the next one.
     slider = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#volumes input[type=range]"), 30, "the slice scroller")[0]
@@ -161,6 +172,9 @@ def test_page_runs_a_case_and_links_its_evidence(service_server, browser, tmp_pa
     # The differential is there, its evidence linked.
     assert browser.find_elements(By.CSS_SELECTOR, "#differential tbody tr")
     assert browser.find_elements(By.CSS_SELECTOR, "#differential a.cite")
+
+    browser.execute_script("window.scrollTo(0, 0)")
+    _save(browser, tmp_path, "after_report.png")
 
     # Clicking [E2] in the report scrolls to evidence card E2 and highlights it.
     assert "E2" in evidence
@@ -176,8 +190,7 @@ def test_page_runs_a_case_and_links_its_evidence(service_server, browser, tmp_pa
     assert in_view, "card E2 is not in the viewport after its citation was clicked"
     assert browser.execute_script("return document.activeElement.id") == "E2"
     assert len(browser.find_elements(By.CSS_SELECTOR, ".card.highlight")) == 1
-    assert browser.find_element(By.ID, "notice").is_displayed()
-    _save(browser, tmp_path, "after_report.png")
+    _save(browser, tmp_path, "after_citation.png")
 
     # Every request went to this server; the page logged no error.
     urls = network.read()
@@ -221,7 +234,7 @@ def test_page_holds_a_consultation_with_a_file_mid_conversation(service_server, 
     _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#evidence .card")) > first_cards and idle(d),
           REPORT_TIMEOUT_S, "the attachment's evidence")
     transcript = browser.find_element(By.CSS_SELECTOR, ".card .transcript").text
-    assert spoken in transcript.lower(), transcript
+    _heard(transcript, spoken)
     assert not browser.find_element(By.ID, "chat-error").is_displayed()
     _save(browser, tmp_path, "consultation.png")
 
