@@ -359,6 +359,7 @@ async function turn(path, body, said) {
   const id = sessionId;
   showError($("chat-error"), null);
   for (const b of [$("send"), $("attach")]) b.disabled = true;
+  $("chat").setAttribute("aria-busy", "true"); // until the reply and the reloaded session are shown
   $("turns").append(turnItem("user", said));
   live.reset(`Tools — consultation ${id}`);
   $("cancel").hidden = true;
@@ -383,6 +384,7 @@ async function turn(path, body, said) {
       showError($("chat-error"), err);
     }
   }
+  $("chat").setAttribute("aria-busy", "false");
   refreshSessions();
 }
 

@@ -217,8 +217,8 @@ def test_page_holds_a_consultation_with_a_file_mid_conversation(service_server, 
     def assistant_turns(d):
         return d.find_elements(By.CSS_SELECTOR, "#turns li.assistant")
 
-    def idle(d):
-        return d.find_element(By.ID, "send").is_enabled()
+    def idle(d):  # the page marks the conversation busy until the turn's reply and result are shown
+        return d.find_element(By.ID, "chat").get_attribute("aria-busy") == "false"
 
     browser.find_element(By.ID, "message").send_keys("Three weeks of left upper quadrant pain and night sweats.")
     browser.find_element(By.ID, "send").click()
