@@ -223,11 +223,12 @@ function caseForm() {
 
 let following = null; // AbortController of the job stream shown
 
-async function openJob(jobId) {
+// keepHash: a link such as ?job=ID#E3 opens the job at that evidence card.
+async function openJob(jobId, keepHash = false) {
   if (following) following.abort();
   following = new AbortController();
   const signal = following.signal;
-  history.replaceState(null, "", `?job=${enc(jobId)}`);
+  history.replaceState(null, "", `?job=${enc(jobId)}${keepHash ? location.hash : ""}`);
   live.reset(`Tools — case ${jobId}`);
   clearResult();
   $("cancel").hidden = false;
@@ -243,7 +244,7 @@ async function openJob(jobId) {
     end = await followJob(jobId, (ev) => live.event(ev), signal);
   } catch (err) {
     if (err.name === "AbortError") return;
-    $("status").textContent = `Stream failed: ${err.message}`;
+    $("status").textContent = `Could not follow case ${jobId}: ${err.message}`;
     return;
   }
   $("cancel").hidden = true;
@@ -330,9 +331,9 @@ async function deleteSession(id) {
   refreshSessions();
 }
 
-async function openSession(id) {
+async function openSession(id, keepHash = false) {
   sessionId = id;
-  history.replaceState(null, "", `?session=${enc(id)}`);
+  history.replaceState(null, "", `?session=${enc(id)}${keepHash ? location.hash : ""}`);
   $("chat").hidden = false;
   $("session-id").textContent = id;
   $("export").href = `/api/sessions/${enc(id)}/export`;
@@ -454,8 +455,8 @@ const params = new URLSearchParams(location.search);
 if (params.get("session")) {
   setMode("chat");
   refreshSessions();
-  openSession(params.get("session")).catch((err) => showError($("chat-error"), err));
+  openSession(params.get("session"), true).catch((err) => showError($("chat-error"), err));
 } else {
   refreshJobs();
-  if (params.get("job")) openJob(params.get("job"));
+  if (params.get("job")) openJob(params.get("job"), true);
 }
