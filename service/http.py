@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 
 from medagent.agent.sessions import SessionBusy, list_sessions, read_meta, session_folder
+from medagent.service.access import LOOPBACK_NAMES, api_token, is_loopback
 from medagent.service.jobs import FINAL, JobRunner, JobStore, QueueFull, UnknownJob, read_events
 from medagent.service.offload import offload
 from medagent.service.uploads import Incoming, UploadError, build_case, plain_name, remove, store_files
@@ -46,20 +46,6 @@ from medagent.tools.safeio import one_line
 
 STATIC = Path(__file__).resolve().parent / "static"
 POLL_S = 0.02  # how often a stream looks for new events (a stat and a short read)
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def api_token(settings: Settings) -> str | None:
-    return settings.serve.token or os.environ.get(settings.serve.token_env) or None
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

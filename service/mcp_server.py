@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -32,6 +30,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from medagent.service.access import api_token, is_loopback
 from medagent.tools.config import Settings
 from medagent.tools.contracts import RESEARCH_NOTICE, Case, ToolCall
 from medagent.tools.errors import ConfigError, MedagentError
@@ -55,22 +54,6 @@ INSTRUCTIONS = (
 )
 
 Json = dict[str, Any]
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` reaches only this machine; anything else exposes patient data to the network."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def configured_token(settings: Settings) -> str | None:
-    """The bearer token: [serve] token, else the env var [serve] token_env names (empty counts as none)."""
-    token = settings.serve.token or os.environ.get(settings.serve.token_env, "")
-    return token.strip() or None
 
 
 # ---------------------------------------------------------------------------------------------- the tools
@@ -339,7 +322,7 @@ def http_app(settings: Settings, host: str, token: str | None) -> Any:
 
 def check_binding(settings: Settings, host: str) -> str | None:
     """Refuse to expose the tools beyond this machine without a token: the reason (exit code 2), or None."""
-    if is_loopback(host) or configured_token(settings):
+    if is_loopback(host) or api_token(settings):
         return None
     return (f"--host {host} is not a loopback address and no token is configured: set [serve] token or the env var "
             f"{settings.serve.token_env} (clients then send Authorization: Bearer <token>), or bind 127.0.0.1")
@@ -380,7 +363,7 @@ async def _serve_stdio(settings: Settings) -> None:
 def _serve_http(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
-    token = configured_token(settings)
+    token = api_token(settings)
     app = http_app(settings, host, token)
     shown = f"[{host}]" if ":" in host else host
     line = (f"medagent mcp: streamable HTTP at http://{shown}:{port}{HTTP_PATH}"
