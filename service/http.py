@@ -16,6 +16,7 @@ import asyncio
 import hmac
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import zipfile
@@ -361,7 +362,7 @@ def create_app(settings: Settings, bound_host: str = "127.0.0.1") -> FastAPI:
     async def attach(session_id: str, file: UploadFile = File(...), kind: str | None = Form(default=None),  # noqa: B008
                      modality: str | None = Form(default=None), description: str | None = Form(default=None)) -> Response:
         _session(settings, session_id)
-        upload = uploads_root / next(tempfile._get_candidate_names())  # noqa: SLF001 - a unique name, made below
+        upload = uploads_root / secrets.token_hex(8)  # store_files creates it, and refuses one that exists
         names = await asyncio.to_thread(store_files, await _incoming([file]), upload, settings)
         path = upload / names[0]
 
