@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml setup.py constraints.txt requirements-models.txt script
 	@touch $@
 
 $(DEVSTAMP): $(STAMP)
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	# The test tools, and Ray Serve for the scale-out tests (the demo's set-up does without it).
+	$(PIP) install -q -c constraints.txt -e '.[dev,scale]'
 	@touch $@
 
 setup: $(STAMP)

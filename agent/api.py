@@ -89,10 +89,21 @@ def prepare_run(settings: Settings, tools: list[Tool] | None = None, on_progress
     backend, settings, note = backend_or_rules(settings, pool)
     if note and on_progress is not None:
         on_progress(note)
-    registry = Registry(settings, tools, pool)
+    registry = Registry(settings, placed_tools(settings, tools), pool)
     registry.block(blocked)
     notes = ([note] if note else []) + [f"{tool} was not run: {reason}" for tool, reason in blocked.items()]
     return backend, settings, registry, notes
+
+
+def placed_tools(settings: Settings, tools: list[Tool] | None = None) -> list[Tool] | None:
+    """The run's tools with those `[serve] remote_tools` names running on the Ray cluster (agent/scale.py);
+    `tools` unchanged (None: the registry's own) when no tool is remote."""
+    if not settings.serve.remote_tools:
+        return tools
+    from medagent.agent.scale import place
+    from medagent.tools.registry import all_tools
+
+    return place(settings, tools if tools is not None else all_tools())
 
 
 def make_planner(settings: Settings, trace: TraceRecorder | None = None, backend: Any = None,

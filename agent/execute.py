@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from medagent.agent.planner import call_key
+from medagent.agent.scale import RemoteToolFailure
 from medagent.agent.state import RunContext
 from medagent.tools.contracts import Case, Evidence, EvidenceDraft, ToolCall
 from medagent.tools.errors import MedagentError
@@ -71,7 +72,7 @@ async def execute(run: RunContext, case: Case, case_dir: Path, calls: list[ToolC
         threads.shutdown(wait=False)  # a timed-out tool's thread may still be running; never wait for it
 
     next_id = len(evidence_so_far) + 1
-    for (call, _), (drafts, t0, t1) in zip(accepted, outcomes, strict=True):
+    for (call, _), (drafts, t0, t1, ran_on) in zip(accepted, outcomes, strict=True):
         drafts = [run.registry.tools[call.tool].checked(d) for d in drafts]  # payloads match the tool's model
         recorded = [Evidence(id=f"E{next_id + i}", tool=call.tool, call_id=call.call_id, **d.model_dump())
                     for i, d in enumerate(drafts)]
@@ -80,7 +81,8 @@ async def execute(run: RunContext, case: Case, case_dir: Path, calls: list[ToolC
         ids = [e.id for e in recorded]
         error = any(d.error for d in drafts)
         run.trace.emit(ToolResultEvent, "act", call_id=call.call_id, tool=call.tool, evidence=ids, error=error,
-                       details=evidence_details(recorded), started=t0, finished=t1, seconds=round(t1 - t0, 6))
+                       details=evidence_details(recorded), started=t0, finished=t1, seconds=round(t1 - t0, 6),
+                       ran_on=ran_on)
         batch.tool_seconds.append((call.call_id, t1 - t0))
         run.progress(f"{'✗' if error else '✓'} {call.tool}({_args_text(call)}) → {', '.join(ids)} in {t1 - t0:.2f}s")
     return batch
@@ -101,9 +103,10 @@ def _error(run: RunContext, call: ToolCall, attachment: str | None, summary: str
 
 
 async def _run_one(run: RunContext, call: ToolCall, args: BaseModel, ctx: ToolContext, semaphore: asyncio.Semaphore,
-                   threads: ThreadPoolExecutor) -> tuple[list[EvidenceDraft], float, float]:
+                   threads: ThreadPoolExecutor) -> tuple[list[EvidenceDraft], float, float, str]:
     tool = run.registry.tools[call.tool]
     attachment = getattr(args, "attachment", None)
+    ran_on = "local" if tool.remote is None else tool.remote.label
     async with semaphore:
         run.progress(f"… {call.tool}({_args_text(call)})")
         t0 = run.trace.now()
@@ -111,8 +114,14 @@ async def _run_one(run: RunContext, call: ToolCall, args: BaseModel, ctx: ToolCo
         try:
             if left <= 0:
                 raise TimeoutError
-            work = asyncio.get_running_loop().run_in_executor(threads, functools.partial(tool.run, args, ctx))
-            drafts = await asyncio.wait_for(work, timeout=min(timeout, left))
+            if tool.remote is None:
+                work = asyncio.get_running_loop().run_in_executor(threads, functools.partial(tool.run, args, ctx))
+            else:  # on the cluster (agent/scale.py): the call's own wait is bounded by the same time
+                work = asyncio.get_running_loop().run_in_executor(
+                    threads, functools.partial(tool.remote.call, call.tool, args, ctx, min(timeout, left)))
+            drafts = await asyncio.wait_for(work, timeout=min(timeout, left) + (0 if tool.remote is None else 5))
+            if tool.remote is not None:
+                drafts, ran_on = drafts
             if not drafts:
                 drafts = [EvidenceDraft(summary=f"{call.tool} returned no findings.", attachment=attachment, error=True)]
         except TimeoutError:
@@ -121,9 +130,10 @@ async def _run_one(run: RunContext, call: ToolCall, args: BaseModel, ctx: ToolCo
         except MedagentError as exc:
             drafts = _error(run, call, attachment, f"{call.tool} could not examine the input: {exc}", str(exc))
         except Exception as exc:  # a crashing model must not crash the run: it becomes error evidence
-            drafts = _error(run, call, attachment, f"{call.tool} failed: {exc.__class__.__name__}: {exc}")
+            kind = exc.kind if isinstance(exc, RemoteToolFailure) else exc.__class__.__name__  # a replica's: its own class
+            drafts = _error(run, call, attachment, f"{call.tool} failed: {kind}: {exc}")
         t1 = run.trace.now()
-    return drafts, t0, t1
+    return drafts, t0, t1, ran_on
 
 
 def budget_spent(run: RunContext, call: ToolCall, left: float) -> str:

@@ -216,6 +216,21 @@ def train(
     typer.echo(f"wrote {output}")
 
 
+RAY_FROM_CONFIG = "<config>"  # `--ray` given without an address
+OPTIONAL_VALUE = {"--ray": RAY_FROM_CONFIG}
+
+
+def optional_values(argv: list[str]) -> list[str]:
+    """`--ray [ADDRESS]`: an option whose value may be left out. Typer has no such option (its flag_value
+    works for flags only), so a bare `--ray` (last, or followed by another option) gets its stand-in value."""
+    out: list[str] = []
+    for i, token in enumerate(argv):
+        out.append(token)
+        if token in OPTIONAL_VALUE and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append(OPTIONAL_VALUE[token])
+    return out
+
+
 @eval_app.command("run")
 def eval_run(
     suite: str = typer.Argument(..., help="a built-in suite name or a suite JSONL file"),
@@ -224,12 +239,19 @@ def eval_run(
     workers: int = typer.Option(1, "--workers", min=1, help="items run concurrently"),
     data: Optional[Path] = typer.Option(None, "--data", help="data folder for built-in suites (default: ../shared/data when present)"),
     item: Optional[list[str]] = typer.Option(None, "--item", help="run only this item id (repeatable)"),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="[ADDRESS]",
+        help="run the items on a Ray cluster, --workers at a time (ADDRESS: 'auto', HOST:PORT; default [serve] ray_address, else auto)"),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Run a suite: each item in a fresh state; resumable; writes traces, scores and a report (md + html)."""
     from medagent.evals.runner import run_suite
+    from medagent.tools.config import load_settings
 
-    summary = run_suite(suite, out=out, limit=limit, workers=workers, data_dir=data, config=config, item_ids=item)
+    settings = load_settings(config)
+    address = (settings.serve.ray_address or "auto") if ray == RAY_FROM_CONFIG else ray
+    summary = run_suite(suite, out=out, limit=limit, workers=workers, data_dir=data, settings=settings, item_ids=item,
+                        ray_address=address)
     typer.echo(summary)
 
 
@@ -373,7 +395,7 @@ def main() -> None:
         os.environ.setdefault(key, value)
     _install_interrupts()
     try:
-        app()
+        app(args=optional_values(sys.argv[1:]))
     except SystemExit as exc:
         _leave(exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1)
         raise

@@ -265,10 +265,13 @@ def run_suite(
     settings: Settings | None = None,
     quiet: bool = False,
     item_ids: list[str] | None = None,
+    ray_address: str | None = None,
 ) -> str:
     """Run a suite (built-in name or JSONL), resuming a run folder; write scores and the report.
 
-    Returns the Markdown summary. `limit` None takes the suite's default limit; 0 runs every item."""
+    Returns the Markdown summary. `limit` None takes the suite's default limit; 0 runs every item.
+    With `ray_address` the items run on that Ray cluster, `workers` at a time (one actor each; evals/cluster.py),
+    into the same run folder with the same scores."""
     settings = settings or load_settings(config)
     suite = load_suite(suite_name, shared_data_dir(data_dir), limit)
     if suite.settings:
@@ -294,12 +297,14 @@ def run_suite(
     done = {s["id"] for s in read_scores(scores_path)}
     todo = [item for item in items if item.id not in done]
     pool = ModelPool()  # the suite's models, loaded once for all its items
-    registry = Registry(settings, pool=pool)
+    from medagent.agent.api import placed_tools
+
+    registry = Registry(settings, placed_tools(settings), pool=pool)
     available = {name for name in registry.tools if registry.unavailable_reason(name) is None}
     (run_dir / "run.json").write_text(json.dumps({
         "suite": suite.name, "suite_source": str(Path(suite_name).resolve()) if Path(suite_name).exists() else suite_name,
         "description": suite.description, "items": len(items), "limit": limit,
-        "default_limit": suite.default_limit, "suite_size": len(suite.items), "workers": workers,
+        "default_limit": suite.default_limit, "suite_size": len(suite.items), "workers": workers, "ray": ray_address,
         "settings": settings.model_dump(mode="json"), "versions": _versions(), "started": stamp,
         "tools_available": sorted(available),
         "tools_unavailable": {name: registry.unavailable_reason(name) for name in sorted(set(registry.tools) - available)},
@@ -313,23 +318,32 @@ def run_suite(
     if limit and limit < len(suite.items):
         console.print(f"{suite.name}: running {len(items)} of {len(suite.items)} items (--limit {limit}; --limit 0 runs all)")
 
-    async def run_all() -> None:
+    def record(progress: Progress, task: Any, item: SuiteItem, line: dict[str, Any]) -> None:
+        with lock, scores_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line, default=str) + "\n")
+        progress.console.print(f"{item.id}: {line['wall_s']:.1f} s  {_status(line)}")
+        progress.update(task, advance=1, description=f"{suite.name} (last {line['wall_s']:.1f} s/item)")
+
+    async def run_all(progress: Progress, task: Any) -> None:
         semaphore = asyncio.Semaphore(workers)
-        with Progress(transient=False, console=console) as progress:
-            task = progress.add_task(f"{suite.name}", total=len(items), completed=len(items) - len(todo))
 
-            async def one(item: SuiteItem) -> None:
-                async with semaphore:
-                    line = await run_item(item, suite, settings, run_dir, available, pool)
-                with lock, scores_path.open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(line, default=str) + "\n")
-                progress.console.print(f"{item.id}: {line['wall_s']:.1f} s  {_status(line)}")
-                progress.update(task, advance=1, description=f"{suite.name} (last {line['wall_s']:.1f} s/item)")
+        async def one(item: SuiteItem) -> None:
+            async with semaphore:
+                line = await run_item(item, suite, settings, run_dir, available, pool)
+            record(progress, task, item, line)
 
-            await asyncio.gather(*(one(item) for item in todo))
+        await asyncio.gather(*(one(item) for item in todo))
 
     try:
-        asyncio.run(run_all())
+        with Progress(transient=False, console=console) as progress:
+            task = progress.add_task(f"{suite.name}", total=len(items), completed=len(items) - len(todo))
+            if ray_address:
+                from medagent.evals.cluster import run_on_cluster
+
+                run_on_cluster(ray_address, todo, suite, settings, run_dir, available, workers,
+                               lambda item, line: record(progress, task, item, line))
+            else:
+                asyncio.run(run_all(progress, task))
     finally:
         pool.close()
     wanted = {item.id for item in items}

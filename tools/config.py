@@ -247,6 +247,39 @@ class CacheSettings(Section):
     )
 
 
+class DeploymentSettings(Section):
+    """One Ray Serve deployment of model-backed tools (agent/scale.py): which tools it serves and what each
+    replica needs. Memory figures for the reference deployments come from `medagent doctor`."""
+
+    tools: list[str] = Field(min_length=1, description="Tool names this deployment serves, e.g. ['speech.transcribe']")
+    num_cpus: float = Field(default=1.0, ge=0, description="CPUs each replica reserves (fractions allowed)")
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs each replica reserves (0.5 = half a GPU)")
+    memory_gib: float | None = Field(default=None, gt=0, description="Memory each replica reserves (Ray schedules on it)")
+    replicas: int = Field(default=1, ge=1, description="Replicas when not autoscaling")
+    min_replicas: int | None = Field(default=None, ge=0, description="Set with max_replicas to autoscale")
+    max_replicas: int | None = Field(default=None, ge=1)
+    target_ongoing_requests: float = Field(default=2.0, gt=0, description="Autoscaling target per replica")
+    max_ongoing_requests: int = Field(default=4, ge=1, description="Calls one replica takes at once")
+    threads: int | None = Field(
+        default=None, ge=1,
+        description="Threads of each replica's native code (OMP_NUM_THREADS); unset = Ray's choice, the replica's "
+        "num_cpus (at least 1). Some models' numbers depend on it (Whisper's int8 decoding): to compute exactly what a "
+        "local run computes, give the thread count of the local process (its cores, unless OMP_NUM_THREADS says)",
+    )
+
+
+def default_deployments() -> dict[str, DeploymentSettings]:
+    """One deployment per model family; each replica holds that family's models."""
+    groups = {
+        "knowledge": ["knowledge.link", "knowledge.rank", "knowledge.lookup"],
+        "speech": ["speech.transcribe"],
+        "imaging": ["imaging.ct_quant", "imaging.segment"],
+        "radfm": ["imaging.vqa"],
+        "pathology": ["pathology.classify"],
+    }
+    return {name: DeploymentSettings(tools=tools) for name, tools in groups.items()}
+
+
 class ServeSettings(Section):
     """`medagent serve` (HTTP API and web page) and `medagent mcp`. Everything the server reads or writes on a
     request's behalf lives under the cache root: jobs/ (case jobs) and sessions/ (the same store `medagent chat` uses)."""
@@ -264,6 +297,24 @@ class ServeSettings(Section):
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed cross-origin requests; empty = CORS off")
     keep_jobs: int = Field(default=500, ge=1, description="Finished jobs kept; the oldest beyond are deleted")
     jobs_dir: Path | None = Field(default=None, description="Where case jobs live (default <cache root>/jobs)")
+    # Scale-out on Ray Serve (agent/scale.py, service/ray_app.py; `medagent scale deploy`).
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster: 'auto' (the one `ray start --head` started on this machine), 'HOST:PORT' (its GCS "
+        "address) or 'ray://HOST:10001' (Ray Client); unset = no Ray",
+    )
+    ray_app: str = Field(default="medagent-tools", description="Name of the Ray Serve application of the tools")
+    remote_tools: list[str] = Field(
+        default_factory=list,
+        description="Tools called on the cluster ('speech.transcribe', 'knowledge.*'); the others run in this process",
+    )
+    deployments: dict[str, DeploymentSettings] = Field(
+        default_factory=default_deployments,
+        description="Deployments of the tools application (naming any replaces the default set)",
+    )
+    service_replicas: int = Field(default=2, ge=1, description="Replicas of the HTTP service on Ray Serve")
+    service_num_cpus: float = Field(default=0.5, ge=0, description="CPUs each service replica reserves")
+    eval_num_cpus: float = Field(default=1.0, ge=0, description="CPUs each `eval run --ray` worker reserves")
 
 
 class Settings(Section):

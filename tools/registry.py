@@ -10,14 +10,15 @@ import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medagent.tools.config import Settings
 from medagent.tools.contracts import Attachment, AttachmentKind, Case, Evidence, EvidenceDraft, ToolCall, ToolSpec
 from medagent.tools.errors import ToolError
-from medagent.tools.pool import ModelPool
 from medagent.tools.payloads import NoPayload, dump, first_error
+from medagent.tools.pool import ModelPool
 
 # Every adapter module; a new tool area adds its module here.
 ADAPTER_MODULES = ("medagent.tools.describe", "medagent.tools.imaging", "medagent.tools.speech", "medagent.tools.pathology", "medagent.tools.radfm", "medagent.tools.knowledge")
@@ -74,6 +75,9 @@ class Tool:
     # the adapters' rules do), and an LLM call naming anything else is rejected. So an instruction hidden
     # in a history or transcript can never become a tool argument. None: no free-text arguments.
     grounded: Callable[[Case, Sequence[Evidence]], dict[str, list[str]]] | None = None
+    # Where calls run when not in this process: an object with `label` and `call(name, args, ctx, timeout_s)
+    # -> (drafts, where)` (agent/scale.py's RemoteTool, set by `[serve] remote_tools`); None runs `run` here.
+    remote: Any = None
 
     def spec(self, settings: Settings) -> ToolSpec:
         reason = self.check(settings)

@@ -71,6 +71,7 @@ class ToolResultEvent(TraceEvent):
     started: float
     finished: float
     seconds: float
+    ran_on: str = Field(default="local", description="'local' (this process) or the Ray Serve deployment and replica")
 
 
 class LLMTurnEvent(TraceEvent):
