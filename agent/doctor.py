@@ -98,11 +98,18 @@ def run_doctor(config: Path | None, pool: ModelPool | None = None) -> bool:
     for line in build_lines(settings):
         console.print(f"  {escape(line)}", highlight=False)
     console.print("\n[bold]tools[/bold]")
-    registry = Registry(settings)
+    from medagent.agent.api import placed_tools
+
+    try:  # tools on the Ray cluster ([serve] remote_tools) are as their deployments answer
+        registry = Registry(settings, placed_tools(settings))
+    except MedagentError as exc:
+        console.print(f"  [red]✗ {escape(str(exc))}[/red]")
+        registry, ok = Registry(settings), False
     for name, tool in registry.tools.items():
         reason = registry.unavailable_reason(name)
         mark = "✓" if reason is None else "[yellow]–[/yellow]"
-        console.print(f"  {mark} {name}: {'available' if reason is None else 'unavailable: ' + escape(reason)}")
+        where = f" (on {tool.remote.label})" if tool.remote is not None else ""
+        console.print(f"  {mark} {name}{escape(where)}: {'available' if reason is None else 'unavailable: ' + escape(reason)}")
         for line in tool.doctor(settings):
             console.print(f"      {escape(line)}", highlight=False)
     console.print("\n[bold]model memory[/bold]")

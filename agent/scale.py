@@ -319,6 +319,8 @@ class RemoteTool:
                     raise ToolError(f"the replica of {deployment_name(self.group)} died during the call twice "
                                     f"({deaths[-1]})") from exc
         where = f"{self.label}#{answer.get('replica', '?')}"
+        if deaths:  # the trace says so: the first replica died during the call
+            where += f" (retried: the first replica died: {deaths[0][:120]})"
         if "error" in answer:
             error = answer["error"]
             if error["medagent"]:

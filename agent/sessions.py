@@ -140,7 +140,7 @@ class SessionBusy(MedagentError):
 
 
 class SessionLock:
-    """An exclusive, non-blocking lock on a session folder (released when the process dies)."""
+    """An exclusive, non-blocking lock on a session (or job) folder, released when the process dies."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / "lock"
@@ -154,17 +154,23 @@ class SessionLock:
         self.release()
 
     def acquire(self) -> None:
+        if not self.try_acquire():
+            raise SessionBusy(f"session {self.path.parent.name} is open in another process or client; close it there first")
+
+    def try_acquire(self) -> bool:
+        """Take the lock if no process holds it (the service's job folders use the same lock)."""
         self.handle = self.path.open("a+")
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
+        except BlockingIOError:
             self.handle.close()
             self.handle = None
-            raise SessionBusy(f"session {self.path.parent.name} is open in another process or client; close it there first") from exc
+            return False
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(str(os.getpid()))
         self.handle.flush()
+        return True
 
     def release(self) -> None:
         if self.handle is not None:

@@ -16,7 +16,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="medagent —
 eval_app = typer.Typer(no_args_is_help=True, help="Run evaluation suites and score traces.")
 convert_app = typer.Typer(no_args_is_help=True, help="Convert other formats into case.json.")
 app.add_typer(eval_app, name="eval")
+scale_app = typer.Typer(no_args_is_help=True, help="Tools and the service on a Ray cluster (Ray Serve); needs the [scale] extra.")
 app.add_typer(convert_app, name="convert")
+app.add_typer(scale_app, name="scale")
 
 ConfigOpt = typer.Option(None, "--config", help="medagent.toml (default: $MEDAGENT_CONFIG, then ~/.config/medagent/)")
 
@@ -74,6 +76,10 @@ def solve(
             except MedagentError as exc:
                 exc.exit_code = 1
                 raise
+        if settings.serve.remote_tools:  # an unreachable cluster is said before anything starts
+            from medagent.agent.api import placed_tools
+
+            placed_tools(settings)
         console = _console()
         trace = TraceRecorder(loaded.case.id, staging / "trace.jsonl")
         progress = None if as_json else (lambda message: console.print(f"  {_say(message)}", highlight=False))
@@ -214,6 +220,46 @@ def train(
 
     output = run_recipe(name, config, overrides or [])
     typer.echo(f"wrote {output}")
+
+
+def _ray_app():  # noqa: ANN202 - the module, once Ray is known to be installed
+    try:
+        import ray  # noqa: F401
+    except ImportError as exc:
+        raise MedagentError("Ray is not installed: pip install -e '.[scale]' (make test installs it)") from exc
+    from medagent.service import ray_app
+
+    return ray_app
+
+
+@scale_app.command("deploy")
+def scale_deploy(
+    service: bool = typer.Option(False, "--service", help="also run the HTTP service on Ray Serve ([serve] host:port)"),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Deploy the tools ([serve.deployments]) on the cluster at [serve] ray_address, then print their health."""
+    from medagent.tools.config import load_settings
+
+    for line in _ray_app().deploy(load_settings(config), service, say=typer.echo):
+        typer.echo(line)
+
+
+@scale_app.command("status")
+def scale_status(config: Optional[Path] = ConfigOpt) -> None:
+    """Each deployed tool: available, or why not; the applications' states and replicas."""
+    from medagent.tools.config import load_settings
+
+    for line in _ray_app().health_lines(load_settings(config)):
+        typer.echo(line)
+
+
+@scale_app.command("down")
+def scale_down(config: Optional[Path] = ConfigOpt) -> None:
+    """Delete medagent's applications from the cluster (the cluster itself stays up)."""
+    from medagent.tools.config import load_settings
+
+    for line in _ray_app().down(load_settings(config)):
+        typer.echo(line)
 
 
 RAY_FROM_CONFIG = "<config>"  # `--ray` given without an address

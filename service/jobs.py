@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from medagent.agent.sessions import SessionLock
 from medagent.service.offload import offload
 from medagent.tools.config import Settings, cache_root
 from medagent.tools.errors import MedagentError
@@ -38,6 +39,7 @@ from medagent.tools.trace import TraceEvent, TraceRecorder
 
 JOB_ID = re.compile(r"^[0-9a-f]{16}$")
 FINAL = ("done", "failed", "cancelled")
+CANCEL_FILE = "cancel-requested"  # a cancel asked of a replica that does not run the job
 Status = Literal["queued", "running", "done", "failed", "cancelled"]
 
 
@@ -165,6 +167,9 @@ class JobRunner:
         self.tasks: dict[str, asyncio.Task] = {}
         self.logs: dict[str, EventLog] = {}
         self._slots = asyncio.Semaphore(settings.serve.max_concurrent_jobs)
+        # Each job this process runs or queues holds its folder's lock: replicas of the service on Ray Serve
+        # share the job store, and a replica starting up takes over only the jobs no live process holds.
+        self.locks: dict[str, SessionLock] = {}
         self.stopping = False  # set at shutdown: jobs cut off then stay resumable, never 'cancelled'
 
     def log(self, job_id: str) -> EventLog:
@@ -192,10 +197,21 @@ class JobRunner:
         if self.active() >= limit:
             raise QueueFull(f"the server is busy: {self.active()} jobs running or queued (limit {limit}); retry later")
         meta = JobMeta(id=job_id, case_id=case_id, created=now())
+        self.claim(job_id)
         self.store.write(folder, meta)
         self.log(job_id).add("status", {"status": "queued", "reason": None})
         self.start(meta)
         return meta
+
+    def claim(self, job_id: str) -> bool:
+        """Hold the job's folder lock for this process; False when another live process holds it."""
+        if job_id in self.locks:
+            return True
+        lock = SessionLock(self.store.root / job_id)
+        if not lock.try_acquire():
+            return False
+        self.locks[job_id] = lock
+        return True
 
     def start(self, meta: JobMeta) -> None:
         self.tasks[meta.id] = asyncio.get_running_loop().create_task(self._run(meta), name=f"medagent-job-{meta.id}")
@@ -204,7 +220,7 @@ class JobRunner:
         """Pick up the jobs a dead server left queued or running (called once at start-up)."""
         picked = []
         for meta in reversed(self.store.all()):  # oldest first
-            if meta.status in ("queued", "running"):
+            if meta.status in ("queued", "running") and self.claim(meta.id):  # not another live replica's
                 meta.resumed += 1
                 self.store.write(self.store.root / meta.id, meta)
                 self.log(meta.id).add("progress", {"text": "the server restarted; the job resumes from its last completed step"})
@@ -220,10 +236,20 @@ class JobRunner:
             return meta
         if task is not None and not task.done():
             task.cancel()
+        elif meta.status not in FINAL:  # running in another replica: it watches for this file
+            (self.store.folder(job_id) / CANCEL_FILE).touch()
         return meta
+
+    async def _watch_cancel(self, folder: Path, task: asyncio.Task) -> None:
+        while not task.done():
+            if (folder / CANCEL_FILE).exists():
+                task.cancel()
+                return
+            await asyncio.sleep(0.5)
 
     async def _run(self, meta: JobMeta) -> None:
         folder = self.store.root / meta.id
+        watcher = asyncio.get_running_loop().create_task(self._watch_cancel(folder, asyncio.current_task()))
         try:
             async with self._slots:
                 self._set(folder, meta, "running")
@@ -242,7 +268,11 @@ class JobRunner:
         except Exception as exc:  # a bug: the job fails with a reason, the server goes on
             self._set(folder, meta, "failed", f"internal error ({exc.__class__.__name__}: {exc})")
         finally:
+            watcher.cancel()
             self.tasks.pop(meta.id, None)
+            lock = self.locks.pop(meta.id, None)
+            if lock is not None:
+                lock.release()
 
     async def shutdown(self) -> None:
         self.stopping = True
