@@ -68,7 +68,10 @@ class LLMSettings(Section):
     model: str | None = Field(default=None, description="Model id the server serves (http)")
     base_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:8000 (http)")
     base_urls: list[str] = Field(
-        default_factory=list, description="several servers of the same model, used round-robin (http; overrides base_url)"
+        default_factory=list, description=(
+            "failover list of servers of the same model: the first reachable one answers (http; overrides base_url). "
+            "For load spreading serve one URL with vLLM --data-parallel-size or Ray Serve LLM"
+        ),
     )
     dialect: Literal["llamacpp", "vllm", "openai"] | None = Field(default=None, description="How JSON constraints are sent")
     template: Literal["chat", "alpaca"] | None = Field(default=None, description="Prompt template; alpaca for PMC-LLaMA/MMed")

@@ -25,6 +25,11 @@ class LLMError(UnavailableError):
     """The LLM could not answer: server down, timed out, refused the request, or returned no usable text."""
 
 
+class LLMUnreachable(LLMError):
+    """The server could not be reached: connection failed, no answer in time, or it stayed overloaded
+    (HTTP 408/429/502/503/504) through every retry. The one failure a failover list moves on from."""
+
+
 @dataclass
 class ChatResult:
     text: str

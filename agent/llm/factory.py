@@ -109,9 +109,9 @@ def make_backend(settings: Settings, pool: ModelPool | None = None):
         ]
         if len(backends) == 1:
             return backends[0]
-        from medagent.agent.llm.http import RoundRobinBackend
+        from medagent.agent.llm.http import FailoverBackend
 
-        return RoundRobinBackend(backends)
+        return FailoverBackend(backends)
     if backend == "transformers":
         from medagent.agent.llm.local import TransformersBackend
 

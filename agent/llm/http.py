@@ -11,7 +11,6 @@ prompt rendered here, because they ship no chat template.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from medagent.agent.llm.base import ChatResult, LLMError, Message, render_alpaca
+from medagent.agent.llm.base import ChatResult, LLMError, LLMUnreachable, Message, render_alpaca
 
 RETRY_STATUS = {408, 429, 502, 503, 504}
 
@@ -98,7 +97,7 @@ class HTTPBackend:
                 return response.json()
             except json.JSONDecodeError as exc:
                 raise LLMError(f"LLM server {self.base_url}{path} answered with non-JSON: {response.text[:120]!r}") from exc
-        raise LLMError(f"LLM server {self.base_url}{path}: {last} (after {self.retries + 1} tries)")
+        raise LLMUnreachable(f"LLM server {self.base_url}{path}: {last} (after {self.retries + 1} tries)")
 
     async def chat(self, messages: list[Message], *, schema: dict[str, Any] | None = None, max_tokens: int = 256, temperature: float = 0.0) -> ChatResult:
         path, body = self._request(messages, schema, max_tokens, temperature, stream=False)
@@ -138,9 +137,9 @@ class HTTPBackend:
                     if piece:
                         yield piece
         except httpx.ConnectError as exc:
-            raise LLMError(f"LLM server {self.base_url}: cannot connect ({exc.__class__.__name__}); is the server running?") from exc
+            raise LLMUnreachable(f"LLM server {self.base_url}: cannot connect ({exc.__class__.__name__}); is the server running?") from exc
         except httpx.TimeoutException as exc:
-            raise LLMError(f"LLM server {self.base_url}: no answer within {self.timeout_s:g} s") from exc
+            raise LLMUnreachable(f"LLM server {self.base_url}: no answer within {self.timeout_s:g} s") from exc
 
     async def models(self) -> list[str]:
         """The model ids the server offers (`GET /v1/models`): a cheap readiness probe."""
@@ -155,39 +154,41 @@ class HTTPBackend:
         await self._client.aclose()
 
 
-class RoundRobinBackend:
-    """Several servers of one model (e.g. one vLLM per GPU). Each request goes to the next server; the
-    turn counter is shared by every backend built for the same servers in this process, so concurrent
-    eval items spread across them. A server that cannot be reached is skipped for that request; a server
-    that refuses the request (HTTP 4xx/5xx other than overload) is an error, as with one server."""
-
-    _turns: dict[tuple[str, ...], itertools.count] = {}
+class FailoverBackend:
+    """Several servers of one model, in order: each request goes to the first one that can be reached
+    (LLMUnreachable moves on to the next; any other error is the answer, as with one server). No load
+    spreading: that is the serving engine's job (vLLM --data-parallel-size, Ray Serve LLM) behind one URL."""
 
     def __init__(self, backends: list[HTTPBackend]) -> None:
         if not backends:
-            raise LLMError("round-robin needs at least one server")
+            raise LLMError("a failover list needs at least one server")
         self.backends = backends
-        self._counter = RoundRobinBackend._turns.setdefault(tuple(b.base_url for b in backends), itertools.count())
         self.template = backends[0].template
-        self.name = "round-robin(" + ", ".join(b.name for b in backends) + ")"
-
-    def _order(self) -> list[HTTPBackend]:
-        start = next(self._counter) % len(self.backends)
-        return self.backends[start:] + self.backends[:start]
+        self.name = "failover(" + ", ".join(b.name for b in backends) + ")"
 
     async def chat(self, messages: list[Message], **options: Any) -> ChatResult:
         failures = []
-        for backend in self._order():
+        for backend in self.backends:
             try:
                 return await backend.chat(messages, **options)
-            except LLMError as exc:
-                if "refused the request" in str(exc):
+            except LLMUnreachable as exc:
+                failures.append(str(exc))
+        raise LLMUnreachable("no LLM server could be reached: " + "; ".join(failures))
+
+    async def stream(self, messages: list[Message], **options: Any) -> AsyncIterator[str]:
+        failures = []
+        for backend in self.backends:
+            started = False
+            try:
+                async for piece in backend.stream(messages, **options):
+                    started = True
+                    yield piece
+                return
+            except LLMUnreachable as exc:
+                if started:  # cut off mid-answer: moving on would repeat what was already shown
                     raise
                 failures.append(str(exc))
-        raise LLMError("every LLM server failed: " + "; ".join(failures))
-
-    def stream(self, messages: list[Message], **options: Any) -> AsyncIterator[str]:
-        return self._order()[0].stream(messages, **options)
+        raise LLMUnreachable("no LLM server could be reached: " + "; ".join(failures))
 
     async def aclose(self) -> None:
         for backend in self.backends:

@@ -83,5 +83,5 @@ def llama_server(small_gguf: Path, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def second_llama_server(small_gguf: Path, tmp_path_factory):
-    """A second server of the same model under another alias (round-robin tests)."""
+    """A second server of the same model under another alias (failover tests)."""
     yield from start_server(small_gguf, "small-b", tmp_path_factory.mktemp("llama-server-b"))
