@@ -266,9 +266,10 @@ class ChatSession:
         write_meta(self.folder, meta)
 
     def _available_tools(self) -> set[str]:
+        from medagent.agent.api import placed_tools
         from medagent.tools.registry import Registry
 
-        return {tool.name for tool in Registry(self.settings, pool=self.pool).available()}
+        return {tool.name for tool in Registry(self.settings, placed_tools(self.settings), pool=self.pool).available()}
 
     def _reply(self, result: Result, before: int, lead: str = "") -> Reply:
         new = result.evidence[before:]

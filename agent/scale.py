@@ -138,6 +138,9 @@ class ToolCatalogue:
     def __init__(self, **handles: Any) -> None:
         self.handles = handles
 
+    async def __call__(self, request: Any) -> dict[str, Any]:  # noqa: ARG002 - GET <route_prefix>: the health, as JSON
+        return await self.health()
+
     async def health(self) -> dict[str, Any]:
         answers = await asyncio.gather(*(h.health.remote() for h in self.handles.values()), return_exceptions=True)
         return {group: (a if not isinstance(a, BaseException) else {"error": f"{a.__class__.__name__}: {a}"})

@@ -160,7 +160,10 @@ def tools(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False
     from medagent.tools.config import load_settings
     from medagent.tools.registry import Registry
 
-    specs = Registry(load_settings(config)).specs()
+    from medagent.agent.api import placed_tools
+
+    settings = load_settings(config)
+    specs = Registry(settings, placed_tools(settings)).specs()
     if as_json:
         typer.echo(json.dumps([s.model_dump(mode="json") for s in specs], indent=2))
         return

@@ -197,9 +197,11 @@ def create_app(settings: Settings, bound_host: str = "127.0.0.1") -> FastAPI:
 
     @app.get("/api/tools")
     async def tools() -> list[dict[str, Any]]:
+        from medagent.agent.api import placed_tools
         from medagent.tools.registry import Registry
 
-        return [s.model_dump(mode="json") for s in Registry(settings, pool=pool).specs()]
+        placed = await asyncio.to_thread(placed_tools, settings)  # remote tools: as their deployments answer
+        return [s.model_dump(mode="json") for s in Registry(settings, placed, pool=pool).specs()]
 
     # -- case jobs ------------------------------------------------------------------------------------
     @app.post("/api/jobs", status_code=202)

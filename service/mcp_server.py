@@ -63,11 +63,11 @@ class McpTools:
     """The server's tool table and the calls behind it; knows nothing of the transport."""
 
     def __init__(self, settings: Settings) -> None:
-        from medagent.agent.api import process_pool
+        from medagent.agent.api import placed_tools, process_pool
 
         self.settings = settings
         self.pool = process_pool()  # models load once per server process and stay for the next call
-        self.registry = Registry(settings, pool=self.pool)
+        self.registry = Registry(settings, placed_tools(settings), pool=self.pool)  # [serve] remote_tools on Ray
         # MCP names are the medagent names: SEP-986 allows dots, so `knowledge.link` needs no mapping.
         self.tools: dict[str, Tool] = {t.name: t for t in self.registry.available()}
         self._limit: asyncio.Semaphore | None = None  # made on the server's loop, on first use

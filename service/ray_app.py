@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from medagent.tools.config import Settings, cache_root, load_settings
+from medagent.tools.errors import MedagentError
 
 SETTINGS_ENV = "MEDAGENT_SERVICE_SETTINGS"
 APP_NAME = "medagent-service"
@@ -36,8 +37,16 @@ def service_application(settings: Settings):  # noqa: ANN201 - ray.serve.Applica
     class ServiceReplica:
         """One replica of the HTTP service; its routes are service/http.py's."""
 
+    from medagent.service.access import api_token, is_loopback
+
+    host = settings.serve.host
+    if not is_loopback(host) and not api_token(settings):  # as `medagent serve` refuses it
+        raise MedagentError(f"[serve] host {host} is not a loopback address: set an API token first "
+                            f"([serve] token or ${settings.serve.token_env}), every request must then carry it")
     ingress = serve.ingress(build_asgi)(ServiceReplica)
     env = {SETTINGS_ENV: settings.model_dump_json(), "MEDAGENT_HOME": str(cache_root(settings))}
+    if os.environ.get(settings.serve.token_env):  # the replicas check requests against the same token
+        env[settings.serve.token_env] = os.environ[settings.serve.token_env]
     deployment = serve.deployment(ingress).options(
         name="service", num_replicas=settings.serve.service_replicas,
         ray_actor_options={"num_cpus": settings.serve.service_num_cpus, "runtime_env": {"env_vars": env}},

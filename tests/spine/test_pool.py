@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 ALLOWED = {
     ("agent/api.py", "_GRAPH"): "the compiled LangGraph topology: nodes and edges, no model",
     ("agent/api.py", "_PROCESS_POOL"): "the Python API's pool: the one owner of its solves' models (process_pool())",
+    ("agent/scale.py", "_REMOTES"): "Ray Serve deployment handles and their last health answer, no model (the "
+                                    "models live in the replicas' own pools)",
     ("agent/llm/probe.py", "_VERDICTS"): "llama.cpp probe verdicts (a crash must not repeat in a process), no model",
     ("agent/llm/probe.py", "build_record"): "the llama-cpp-python build record, a small JSON file",
     ("agent/llm/probe.py", "cpu_flags"): "the CPU flags from /proc/cpuinfo",
