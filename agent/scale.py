@@ -122,6 +122,7 @@ class ToolServer:
             ctx = ToolContext(case=case, case_dir=case_dir, artifacts_dir=artifacts,
                               settings=self.settings, pool=self.pool,
                               evidence_so_far=[Evidence.model_validate(e) for e in request["evidence"]])
+            started = time.perf_counter()
             try:
                 drafts = tool.run(tool.args.model_validate(request["arguments"]), ctx)
             except MedagentError as exc:
@@ -129,7 +130,8 @@ class ToolServer:
             except Exception as exc:  # noqa: BLE001 - reported to the caller, which turns it into error evidence
                 return {**answer, "error": {"kind": exc.__class__.__name__, "medagent": False, "message": str(exc)}}
             written = {p.name: p.read_bytes() for p in sorted(artifacts.iterdir()) if p.is_file()} if artifacts.is_dir() else {}
-        return {**answer, "drafts": [d.model_dump(mode="json") for d in drafts], "artifacts": written}
+        return {**answer, "drafts": [d.model_dump(mode="json") for d in drafts], "artifacts": written,
+                "compute_s": time.perf_counter() - started}
 
 
 class ToolCatalogue:
@@ -297,6 +299,11 @@ class RemoteTool:
         return self._reasons
 
     def call(self, tool: str, args: BaseModel, ctx: ToolContext, timeout_s: float) -> tuple[list[EvidenceDraft], str]:
+        """The call's evidence drafts (its artifacts written into `ctx.artifacts_dir`) and where it ran."""
+        return self.answer(tool, args, ctx, timeout_s)[:2]
+
+    def answer(self, tool: str, args: BaseModel, ctx: ToolContext, timeout_s: float) -> tuple[list[EvidenceDraft], str, float]:
+        """`call`, plus the seconds the tool itself ran on the replica (the rest of the wall time is transport)."""
         from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
         request = {
@@ -334,7 +341,7 @@ class RemoteTool:
             if Path(name).name != name or name.startswith("."):
                 raise ToolError(f"{deployment_name(self.group)} returned an artifact with a path in its name: {name!r}")
             (ctx.artifacts_dir / name).write_bytes(data)
-        return [EvidenceDraft.model_validate(d) for d in answer["drafts"]], where
+        return [EvidenceDraft.model_validate(d) for d in answer["drafts"]], where, answer["compute_s"]
 
 
 def shipped_files(args: BaseModel, ctx: ToolContext) -> tuple[dict[str, bytes], dict[str, str]]:

@@ -12,8 +12,8 @@ speech tools with `medagent scale deploy`, and stops it at the end. Prints, with
 - eval throughput with 1 and 2 Ray workers on the same suite (`--items` items of tests/data/scale/suite.jsonl,
   repeated), items/s and their ratio: the items are CPU-bound (MiniLM, Whisper, CT statistics), so on 2 cores
   the ideal is well under 2x;
-- the capacity model: from per-call costs (measured here on CPU from the local run's traces, or `--costs`, a
-  JSON {tool: seconds per call} measured on the GPUs you run), how many replicas of each deployment a load of
+- the capacity model: from per-call costs (measured here on CPU from warm local solves of the demo case, which
+  has every modality, or `--costs`, a JSON {tool: seconds per call} measured on the GPUs you run), how many replicas of each deployment a load of
   `--cases-per-day` cases (at a peak of 3x the mean rate) and `--consultations` concurrent consultations needs,
   at 70 % utilisation. It says which figures are measured here and which are projected.
 """
@@ -84,8 +84,14 @@ def overhead(config: Path, calls: int) -> dict[str, dict[str, float]]:
             remote = RemoteTool(settings, group)
             tool.run(args, ctx), remote.call(name, args, ctx, 600)  # warm: models loaded on both sides
             here = statistics.median(timed(lambda: tool.run(args, ctx), n)) * 1000  # noqa: B023
-            there = statistics.median(timed(lambda: remote.call(name, args, ctx, 600), n)) * 1000  # noqa: B023
-            out[name] = {"local_ms": here, "remote_ms": there, "overhead_ms": there - here, "calls": n}
+            walls, computes = [], []
+            for _ in range(n):
+                started = time.perf_counter()
+                computes.append(remote.answer(name, args, ctx, 600)[2])
+                walls.append(time.perf_counter() - started)
+            there, compute = statistics.median(walls) * 1000, statistics.median(computes) * 1000
+            transport = statistics.median(w - c for w, c in zip(walls, computes, strict=True)) * 1000
+            out[name] = {"local_ms": here, "remote_ms": there, "replica_ms": compute, "transport_ms": transport, "calls": n}
     pool.close()
     return out
 
@@ -114,24 +120,29 @@ def eval_rate(config: Path, suite: Path, workers: int, folder: Path) -> float:
     return len(lines) / (time.perf_counter() - started)
 
 
-def per_call_costs(config: Path, suite: Path, folder: Path) -> tuple[dict[str, float], dict[str, float]]:
-    """(median seconds per call, calls per case) of each tool, from a local run of the suite's traces."""
-    from medagent.evals.runner import run_suite
+def per_call_costs(config: Path, folder: Path, runs: int = 3) -> tuple[dict[str, float], dict[str, float]]:
+    """(median seconds per call, calls per case) of each tool, from warm local solves of the demo case (a history,
+    a CT series, a CT and an MR volume, a recorded interview: every modality the offline defaults read)."""
+    from medagent.agent.api import solve
     from medagent.tools.config import load_settings
+    from medagent.tools.pool import ModelPool
 
     settings = load_settings(config)
     settings.serve.remote_tools = []
-    run_suite(str(suite), out=folder, settings=settings, quiet=True)
     seconds: dict[str, list[float]] = {}
-    cases = 0
-    for trace in (folder / "traces").glob("*.jsonl"):
-        cases += 1
-        for line in trace.read_text(encoding="utf-8").splitlines():
-            event = json.loads(line)
-            if event["event"] == "tool_result":
-                seconds.setdefault(event["tool"], []).append(event["seconds"])
+    calls: dict[str, int] = {}
+    with ModelPool() as pool:
+        for run in range(runs + 1):  # the first one loads the models: not counted
+            solve(REPO / "examples/multimodal_case.json", settings=settings, out=folder / f"demo{run}", pool=pool)
+            if run == 0:
+                continue
+            for line in (folder / f"demo{run}" / "trace.jsonl").read_text(encoding="utf-8").splitlines():
+                event = json.loads(line)
+                if event["event"] == "tool_result":
+                    seconds.setdefault(event["tool"], []).append(event["seconds"])
+                    calls[event["tool"]] = calls.get(event["tool"], 0) + 1
     return ({tool: statistics.median(s) for tool, s in seconds.items()},
-            {tool: len(s) / max(cases, 1) for tool, s in seconds.items()})
+            {tool: n / runs for tool, n in calls.items()})
 
 
 def capacity(costs: dict[str, float], per_case: dict[str, float], cases_per_day: float, consultations: int,
@@ -178,15 +189,16 @@ def main() -> int:
         connect(address)
         print("\nremote-call overhead (loopback, warm):")
         for name, row in overhead(config, options.calls).items():
-            print(f"  {name:18s} local {row['local_ms']:8.1f} ms   remote {row['remote_ms']:8.1f} ms   "
-                  f"overhead {row['overhead_ms']:6.1f} ms (target <= 20)   ratio {row['remote_ms'] / row['local_ms']:.2f}"
-                  f"   ({row['calls']} calls)")
+            print(f"  {name:18s} local {row['local_ms']:8.1f} ms | remote {row['remote_ms']:8.1f} ms = on the replica "
+                  f"{row['replica_ms']:8.1f} ms + call overhead {row['transport_ms']:5.1f} ms (target <= 20) | "
+                  f"remote/local {row['remote_ms'] / max(row['local_ms'], 1e-3):.2f}, replica/local "
+                  f"{row['replica_ms'] / max(row['local_ms'], 1e-3):.2f} ({row['calls']} calls)")
         suite = repeated_suite(folder, options.items)
         one = eval_rate(config, suite, 1, folder / "w1")
         two = eval_rate(config, suite, 2, folder / "w2")
         print(f"\neval throughput on the cluster ({options.items} items; CPU-bound): 1 worker {one:.2f} items/s, "
               f"2 workers {two:.2f} items/s, ratio {two / one:.2f} (2 cores: ideal < 2 for CPU-bound items)")
-        costs, per_case = per_call_costs(config, suite, folder / "local")
+        costs, per_case = per_call_costs(config, folder / "costs")
         source = "measured here (CPU)"
         if options.costs:
             costs.update(json.loads(options.costs.read_text()))
@@ -195,7 +207,7 @@ def main() -> int:
 
         deployments = {g: s.tools for g, s in load_settings(config).serve.deployments.items()}
         turn_s = sum(costs.get(t, 0) * n for t, n in per_case.items())  # a consultation turn runs about a case's calls
-        print(f"\ncapacity model: {options.cases_per_day:,.0f} cases/day (peak {PEAK:g}x the mean rate), "
+        print(f"\ncapacity model (each case like examples/multimodal_case.json): {options.cases_per_day:,.0f} cases/day (peak {PEAK:g}x the mean rate), "
               f"{options.consultations} concurrent consultations, {UTILISATION:.0%} utilisation; per-call costs {source}")
         for tool in sorted(costs):
             print(f"  {tool:18s} {costs[tool] * 1000:9.1f} ms/call   {per_case.get(tool, 0):.2f} calls/case")
