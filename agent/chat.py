@@ -36,6 +36,7 @@ from medagent.tools.medio import sniff
 from medagent.tools.paths import child, inside
 from medagent.tools.payloads import LinkPayload
 from medagent.tools.pool import ModelPool
+from medagent.tools.trace import TraceEvent
 
 
 @dataclass
@@ -56,12 +57,13 @@ class ChatSession:
 
     def __init__(self, settings: Settings, session_id: str | None = None, case_file: Path | None = None,
                  on_progress: Callable[[str], None] | None = None, on_text: Callable[[str], None] | None = None,
-                 pool: ModelPool | None = None) -> None:
+                 pool: ModelPool | None = None, on_event: Callable[[TraceEvent], None] | None = None) -> None:
         self.settings = settings
         self._own_pool = pool is None
         self.pool = pool if pool is not None else ModelPool()
         self.on_progress = on_progress
         self.on_text = on_text  # the LLM reporter's sentences, streamed as they are written
+        self.on_event = on_event  # every trace event of a turn, as it is recorded
         self._loaded = None
         if session_id is None:
             if case_file is not None:  # a bad case is refused before the session folder exists
@@ -174,7 +176,7 @@ class ChatSession:
         from medagent.tools.trace import TraceRecorder
 
         case = (await self.state())["case"]
-        trace = TraceRecorder(case.id, self.folder / "trace.jsonl")
+        trace = TraceRecorder(case.id, self.folder / "trace.jsonl", on_event=self.on_event)
         run, backend = make_run(self.settings, trace, self.folder / "artifacts", on_progress=self.on_progress,
                                 on_text=self.on_text, pool=self.pool)
         try:

@@ -492,9 +492,8 @@ class SessionTurns:
             loop.call_soon_threadsafe(queue.put_nowait, (event, data))
 
         chat = ChatSession(self.settings, session_id, pool=self.pool,
-                           on_progress=lambda text: push("progress", {"text": text}), on_text=lambda text: push("text", {"text": text}))
-        trace_path = chat.folder / "trace.jsonl"
-        offset = trace_path.stat().st_size if trace_path.exists() else 0
+                           on_progress=lambda text: push("progress", {"text": text}), on_text=lambda text: push("text", {"text": text}),
+                           on_event=lambda event: push(event.event, event.model_dump(mode="json")))
         opened: asyncio.Future = loop.create_future()
 
         async def turn() -> None:  # on a loop of its own (service/offload.py)
@@ -525,34 +524,15 @@ class SessionTurns:
         task.add_done_callback(self.running.discard)
         await opened  # SessionBusy (409) is raised here, before any stream starts
         async def events():
-            nonlocal offset
             number = 0
             while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), POLL_S)
-                except TimeoutError:
-                    item = None
-                offset, traced = _new_trace_lines(trace_path, offset)
-                for data in traced:
-                    number += 1
-                    yield {"id": str(number), "event": data.get("event", "trace"), "data": json.dumps(data, ensure_ascii=False)}
-                if item is not None:
-                    number += 1
-                    yield {"id": str(number), "event": item[0], "data": json.dumps(item[1], ensure_ascii=False, default=str)}
-                    if item[0] == "end":
-                        return
+                event, data = await queue.get()
+                number += 1
+                yield {"id": str(number), "event": event, "data": json.dumps(data, ensure_ascii=False, default=str)}
+                if event == "end":
+                    return
 
         return EventSourceResponse(events(), ping=15)
-
-
-def _new_trace_lines(path: Path, offset: int) -> tuple[int, list[dict[str, Any]]]:
-    if not path.exists():
-        return offset, []
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        data = handle.read()
-    complete = data[: data.rfind(b"\n") + 1] if b"\n" in data else b""
-    return offset + len(complete), [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 class VolumeCache:

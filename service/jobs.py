@@ -101,18 +101,9 @@ def read_events(path: Path, after: int, offset: int = 0) -> tuple[list[dict[str,
     return events, offset + len(complete)
 
 
-class StreamingTrace(TraceRecorder):
-    """The run's trace (out/trace.jsonl) whose every event also goes to the job's event stream."""
-
-    def __init__(self, case_id: str, path: Path, log: EventLog) -> None:
-        super().__init__(case_id, path)
-        self.log = log
-
-    def emit(self, model: type[TraceEvent], node: str, /, **fields: Any) -> TraceEvent:
-        event = super().emit(model, node, **fields)
-        data = event.model_dump(mode="json")
-        self.log.add(data.get("event", "trace"), data)
-        return event
+def streamed(log: EventLog) -> Callable[[TraceEvent], None]:
+    """A trace sink that adds every event to the job's event stream."""
+    return lambda event: log.add(event.event, event.model_dump(mode="json"))
 
 
 class JobStore:
@@ -302,7 +293,7 @@ async def run_job(folder: Path, meta: JobMeta, settings: Settings, pool: ModelPo
     loaded = intake(case_dir / "case.json", local)
     out = folder / "out"
     out.mkdir(exist_ok=True)
-    trace = StreamingTrace(loaded.case.id, out / "trace.jsonl", log)
+    trace = TraceRecorder(loaded.case.id, out / "trace.jsonl", on_event=streamed(log))
     run, backend = make_run(local, trace, out / "artifacts", on_progress=lambda text: log.add("progress", {"text": text}),
                             on_text=lambda text: log.add("text", {"text": text}), pool=pool)
     config = {"configurable": {"thread_id": meta.id, "run": run}, "recursion_limit": 4 * run.settings.agent.max_steps + 10}

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -145,10 +146,13 @@ def trace_json_schema() -> dict[str, Any]:
 
 
 class TraceRecorder:
-    """Collects events in memory (thread-safe) and optionally streams them to a JSONL file."""
+    """Collects events in memory (thread-safe), optionally streams them to a JSONL file and hands each one to
+    `on_event` as it is recorded (a job's event stream, a consultation turn's SSE stream)."""
 
-    def __init__(self, case_id: str, path: Path | None = None) -> None:
+    def __init__(self, case_id: str, path: Path | None = None,
+                 on_event: Callable[[TraceEvent], None] | None = None) -> None:
         self.case_id = case_id
+        self.on_event = on_event
         self.start = time.monotonic()
         self.events: list[TraceEvent] = []
         self._lock = threading.Lock()
@@ -162,7 +166,7 @@ class TraceRecorder:
         event = model(
             case_id=self.case_id,
             t=self.now(),
-            ts=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            ts=datetime.now(UTC).isoformat(timespec="milliseconds"),
             node=node,
             **fields,
         )
@@ -173,6 +177,8 @@ class TraceRecorder:
                     self._file = self._path.open("a", encoding="utf-8")
                 self._file.write(event.model_dump_json() + "\n")
                 self._file.flush()
+        if self.on_event is not None:
+            self.on_event(event)
         return event
 
     def write(self, path: Path) -> None:
