@@ -170,9 +170,12 @@ def doctor_lines(settings: Settings) -> list[str]:
                 except UnavailableError as exc:
                     lines.append(f"  {exc}")
     elif values.get("backend") == "http":
-        url = values.get("base_url") or "(base_url not set)"
-        where = "local" if values.get("base_url") and is_local(url) else ("remote, allowed" if llm.allow_remote else "remote, NOT allowed (allow_remote = false)")
-        lines.append(f"  server {url} ({where}), model {values.get('model')}, dialect {values.get('dialect')}, key from ${llm.api_key_env}")
+        urls = list(llm.base_urls) or [values.get("base_url")]  # base_urls (a failover list) wins, as in make_backend
+        for rank, url in enumerate(urls):
+            where = "local" if url and is_local(url) else ("remote, allowed" if llm.allow_remote else "remote, NOT allowed (allow_remote = false)")
+            role = "" if len(urls) == 1 else (" (first choice)" if rank == 0 else f" (failover {rank})")
+            lines.append(f"  server {url or '(base_url not set)'}{role} ({where}), model {values.get('model')}, "
+                         f"dialect {values.get('dialect')}, key from ${llm.api_key_env}")
     elif values.get("backend") == "transformers":
         path = values.get("model_path")
         lines.append(f"  checkpoint folder {path}: {'found' if path and (path / 'config.json').is_file() else 'MISSING config.json'}")
