@@ -203,3 +203,31 @@ def test_a_deployment_whose_weights_are_missing_says_so_and_starts(tmp_path: Pat
     answer = server._call({"tool": "imaging.vqa", "arguments": {}, "case": {"id": "c"}, "evidence": [], "files": {},
                            "paths": {}, "artifacts_name": "artifacts"})
     assert answer["error"]["kind"] == "UnavailableError" and answer["error"]["message"] == health["tools"]["imaging.vqa"]
+
+
+def test_a_job_whose_service_replica_dies_is_finished_by_the_replica_started_in_its_place(ray_cluster):
+    import io
+    import zipfile
+
+    series = REPO / "examples/data/ct_dicom"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(series.iterdir()):
+            archive.writestr(f"ct_dicom/{path.name}", path.read_bytes())
+    jobs = ray_cluster.folder / "jobs"
+    with httpx.Client(base_url=ray_cluster.service_url, timeout=120) as client:
+        submitted = client.post("/api/jobs", files=[("files", ("ct_dicom.zip", buffer.getvalue(), "application/zip"))],
+                                data={"history": "Three weeks of left upper quadrant pain and early satiety."})
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+        owner = int(wait_until(lambda: (jobs / job_id / "lock").is_file() and (jobs / job_id / "lock").read_text(),
+                               timeout_s=30, every_s=0.02))  # the replica that holds the job
+        os.kill(owner, signal.SIGKILL)
+        job = wait_until(lambda: (j := client.get(f"/api/jobs/{job_id}").json())["status"] in ("done", "failed") and j,
+                         timeout_s=300)
+        assert job["status"] == "done", job
+        assert job["resumed"] >= 1  # picked up by the replica Ray Serve started, not run twice from scratch
+        result = client.get(f"/api/jobs/{job_id}/result").json()
+    quant = [e for e in result["evidence"] if e["tool"] == "imaging.ct_quant"]
+    assert quant and not any(e["error"] for e in quant), quant  # the CT was measured
+    assert int((jobs / job_id / "lock").read_text()) != owner
