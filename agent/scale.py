@@ -101,17 +101,21 @@ class ToolServer:
     def _call(self, request: dict[str, Any]) -> dict[str, Any]:
         name = request["tool"]
         answer: dict[str, Any] = {"replica": self.replica, "pid": os.getpid()}
+
+        def failed(kind: str, medagent: bool, message: str) -> dict[str, Any]:
+            return {**answer, "error": {"kind": kind, "medagent": medagent, "message": message}}
+
         tool = self.registry.tools.get(name)
         reason = self.registry.unavailable_reason(name) if tool is not None else f"this deployment does not serve {name}"
         if reason is not None:
-            return {**answer, "error": {"kind": "UnavailableError", "medagent": True, "message": reason}}
+            return failed("UnavailableError", True, reason)
         with tempfile.TemporaryDirectory(prefix="medagent-call-") as scratch:
             case_dir = Path(scratch) / "case"
             artifacts = Path(scratch) / request["artifacts_name"]
             for relative, data in request["files"].items():
                 target = case_dir / relative
                 if ".." in Path(relative).parts or Path(relative).is_absolute():
-                    return {**answer, "error": {"kind": "ToolError", "medagent": True, "message": f"bad file name {relative!r}"}}
+                    return failed("ToolError", True, f"bad file name {relative!r}")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
             case_dir.mkdir(exist_ok=True)
@@ -125,10 +129,8 @@ class ToolServer:
             started = time.perf_counter()
             try:
                 drafts = tool.run(tool.args.model_validate(request["arguments"]), ctx)
-            except MedagentError as exc:
-                return {**answer, "error": {"kind": exc.__class__.__name__, "medagent": True, "message": str(exc)}}
             except Exception as exc:  # noqa: BLE001 - reported to the caller, which turns it into error evidence
-                return {**answer, "error": {"kind": exc.__class__.__name__, "medagent": False, "message": str(exc)}}
+                return failed(exc.__class__.__name__, isinstance(exc, MedagentError), str(exc))
             written = {p.name: p.read_bytes() for p in sorted(artifacts.iterdir()) if p.is_file()} if artifacts.is_dir() else {}
         return {**answer, "drafts": [d.model_dump(mode="json") for d in drafts], "artifacts": written,
                 "compute_s": time.perf_counter() - started}
@@ -225,18 +227,18 @@ def connect(address: str) -> None:
         _reachable(address)
         try:
             ray.init(address=address, namespace="medagent", ignore_reinit_error=True, log_to_driver=False,
-                     logging_level="ERROR", include_dashboard=False if address == "local" else None)
+                     logging_level="ERROR")
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ConfigError(f"[serve] ray_address {address}: no Ray cluster answered ({_first_line(exc)})") from exc
+            raise ConfigError(f"[serve] ray_address {address}: no Ray cluster answered ({first_line(exc)})") from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
 
 
 def _reachable(address: str) -> None:
     """A quick TCP check of HOST:PORT (Ray's own connect retries for a minute before it gives up)."""
-    if address in ("auto", "local"):
+    if address == "auto":
         return
     target = address.removeprefix("ray://")
     host, _, port = target.rpartition(":")
@@ -293,8 +295,8 @@ class RemoteTool:
             except MedagentError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a missing deployment, a replica that cannot start
-                self._reasons = _AllUnavailable(f"{self.label} is not running on the cluster ({_first_line(exc)}); "
-                                                "`medagent scale deploy` starts it")
+                reason = f"{self.label} is not running on the cluster ({first_line(exc)}); `medagent scale deploy` starts it"
+                self._reasons = dict.fromkeys(self.settings.serve.deployments[self.group].tools, reason)
             self._asked = time.monotonic()
         return self._reasons
 
@@ -324,7 +326,7 @@ class RemoteTool:
             except GetTimeoutError as exc:
                 raise TimeoutError from exc
             except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
-                deaths.append(_first_line(exc))
+                deaths.append(first_line(exc))
                 if len(deaths) > 1:  # retried once already
                     raise ToolError(f"the replica of {deployment_name(self.group)} died during the call twice "
                                     f"({deaths[-1]})") from exc
@@ -399,12 +401,3 @@ def _remote(settings: Settings, group: str) -> RemoteTool:
     if key not in _REMOTES:
         _REMOTES[key] = RemoteTool(settings, group)
     return _REMOTES[key]
-
-
-class _AllUnavailable(dict):
-    def __init__(self, reason: str) -> None:
-        super().__init__()
-        self.reason = reason
-
-    def get(self, key: str, default: Any = None) -> str:  # noqa: ARG002 - every tool: the same reason
-        return self.reason

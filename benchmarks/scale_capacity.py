@@ -169,7 +169,7 @@ def main() -> int:
     parser.add_argument("--costs", type=Path, help="JSON {tool: seconds per call} measured where you run")
     options = parser.parse_args()
     print(f"machine: {machine()}")
-    folder = Path(tempfile.mkdtemp(prefix="/tmp/mdscale-"))
+    folder = Path(tempfile.mkdtemp(prefix="mdscale-"))  # $TMPDIR: keep it short, Ray puts sockets under it
     started_here = options.address is None
     address = options.address or f"127.0.0.1:{free_port()}"
     if started_here:

@@ -85,7 +85,7 @@ def health_lines(settings: Settings) -> list[str]:
     """One line per tool of every deployment: available, or why not; then the applications' states."""
     from ray import serve
 
-    from medagent.agent.scale import RemoteTool, connect, deployment_name
+    from medagent.agent.scale import RemoteTool, connect, deployment_name, first_line
 
     connect(settings.serve.ray_address or "auto")
     lines = []
@@ -94,7 +94,7 @@ def health_lines(settings: Settings) -> list[str]:
         try:
             answer = RemoteTool(settings, group).health(timeout_s=30)
         except Exception as exc:  # noqa: BLE001 - not deployed, or no replica could start
-            lines.append(f"✗ {label}: not answering ({(str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:160]})")
+            lines.append(f"✗ {label}: not answering ({first_line(exc)})")
             continue
         for name in spec.tools:
             reason = answer["tools"].get(name)

@@ -32,30 +32,27 @@ def dead_urls(count: int) -> list[str]:
             probe.close()
 
 
-def test_every_request_goes_to_the_first_server(llama_server, second_llama_server):
+def served_and_streamed(urls: list[str], chats: int, retries: int = 2) -> tuple[list[str], str]:
+    """The server that answered each of `chats` chats, and the text one stream gave, through a failover list."""
     async def run() -> tuple[list[str], str]:
-        backend = make_backend(settings_for([llama_server, second_llama_server]))
+        backend = make_backend(settings_for(urls, retries=retries))
         try:
-            served = [(await backend.chat(HELLO, max_tokens=3)).server for _ in range(4)]
+            served = [(await backend.chat(HELLO, max_tokens=3)).server for _ in range(chats)]
             return served, "".join([p async for p in backend.stream(HELLO, max_tokens=3)])
         finally:
             await backend.aclose()
 
-    served, streamed = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_every_request_goes_to_the_first_server(llama_server, second_llama_server):
+    served, streamed = served_and_streamed([llama_server, second_llama_server], chats=4)
     assert served == [llama_server] * 4
     assert streamed.strip()
 
 
 def test_an_unreachable_first_server_fails_over_to_the_next(llama_server):
-    async def run() -> tuple[list[str], str]:
-        backend = make_backend(settings_for([*dead_urls(1), llama_server], retries=0))
-        try:
-            served = [(await backend.chat(HELLO, max_tokens=3)).server for _ in range(3)]
-            return served, "".join([p async for p in backend.stream(HELLO, max_tokens=3)])
-        finally:
-            await backend.aclose()
-
-    served, streamed = asyncio.run(run())
+    served, streamed = served_and_streamed([*dead_urls(1), llama_server], chats=3, retries=0)
     assert served == [llama_server] * 3
     assert streamed.strip()
 

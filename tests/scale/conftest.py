@@ -118,8 +118,9 @@ num_cpus = 0.1
 def ray_cluster() -> Cluster:
     import ray
 
-    # Ray's sockets live under its temp folder, whose path must stay short (a Unix socket path has ~107 bytes).
-    folder = Path(tempfile.mkdtemp(prefix="/tmp/mdray-"))
+    # Ray's sockets live under its temp folder, whose path must stay short (a Unix socket path has ~107 bytes):
+    # a short prefix in $TMPDIR.
+    folder = Path(tempfile.mkdtemp(prefix="mdray-"))
     port = free_port()
     address = f"127.0.0.1:{port}"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
