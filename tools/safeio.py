@@ -202,7 +202,8 @@ def check_strings(value: Any, source: str, limits: Limits | None = None) -> None
         if isinstance(item, dict):
             for key, inner in item.items():
                 check_text(key, f"{source}: {where or '(top level)'}: a key", limits)
-                stack.append((f"{where}.{key}" if where else key, inner))
+                shown = key if key.isprintable() else json.dumps(key)  # a key with a newline stays one line
+                stack.append((f"{where}.{shown}" if where else shown, inner))
         elif isinstance(item, list):
             stack.extend((f"{where}.{index}" if where else str(index), inner) for index, inner in enumerate(item))
         elif isinstance(item, str):

@@ -124,7 +124,7 @@ def test_terminal_safe_keeps_text_and_defuses_control_characters():
 
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is in the dev extra")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=30)
@@ -138,6 +138,7 @@ cases = st.fixed_dictionaries({}, optional=fields) | json_values
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(case={"id": "h1", "schema_version": {"\n": "\x00"}}, junk=b"", where=0)  # a key with a newline, once failed
 @given(case=cases, junk=st.binary(max_size=8), where=st.integers(min_value=0, max_value=400))
 def test_any_json_is_a_case_or_one_case_error(tmp_path, case, junk, where):
     text = json.dumps(case, allow_nan=True).encode()
