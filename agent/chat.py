@@ -25,6 +25,7 @@ from medagent.agent.sessions import (
     list_sessions,
     now,
     read_meta,
+    run_unfinished,
     session_folder,
     write_meta,
 )
@@ -107,7 +108,7 @@ class ChatSession:
                 self._write_meta(case)
                 await self.graph.aupdate_state(self._config(), {"case": case, "case_dir": str(self.folder), "warnings": []}, as_node="report")
             snapshot = await self.graph.aget_state(self._config())
-            self.interrupted = bool(snapshot.next)
+            self.interrupted = run_unfinished(snapshot)
         except BaseException:
             await self.__aexit__(None, None, None)
             if self._new:  # a session that could not be started leaves nothing behind

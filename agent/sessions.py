@@ -104,6 +104,13 @@ def checkpoint_serializer():  # noqa: ANN201 - JsonPlusSerializer
     return JsonPlusSerializer(allowed_msgpack_modules=allowed)
 
 
+def run_unfinished(snapshot) -> bool:  # noqa: ANN001 - langgraph StateSnapshot
+    """True when a checkpointed run has more to do. `next` alone is not enough: a process killed after a
+    node's writes were saved but before the next checkpoint leaves `next` empty with that node among
+    `tasks` (its writes pending); invoking with None applies them and goes on."""
+    return bool(snapshot.next or snapshot.tasks)
+
+
 def list_sessions(settings: Settings) -> list[dict[str, Any]]:
     """The sessions in the sessions root, newest first; one whose session.json is unusable has a `damaged` reason."""
     root = sessions_root(settings)

@@ -284,7 +284,7 @@ async def run_job(folder: Path, meta: JobMeta, settings: Settings, pool: ModelPo
     from medagent.agent.api import make_run, record_models
     from medagent.agent.graph import build_graph
     from medagent.agent.outputs import write_outputs
-    from medagent.agent.sessions import checkpoint_serializer
+    from medagent.agent.sessions import checkpoint_serializer, run_unfinished
     from medagent.tools.intake import intake
 
     case_dir = folder / "case"
@@ -305,7 +305,7 @@ async def run_job(folder: Path, meta: JobMeta, settings: Settings, pool: ModelPo
                 snapshot = await graph.aget_state(config)
             except Exception as exc:
                 raise CheckpointUnreadable(f"the job's checkpoint cannot be read ({exc.__class__.__name__}: {exc})") from exc
-            if snapshot.values and not snapshot.next:
+            if snapshot.values and not run_unfinished(snapshot):
                 values = snapshot.values  # it had finished: only the outputs were missing
             else:
                 update = None if snapshot.values else {"case": loaded.case, "case_dir": str(case_dir), "warnings": loaded.warnings}
