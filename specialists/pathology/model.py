@@ -2,7 +2,7 @@
 
 Parameter names follow the published `pytorch_model.bin` files so that a strict load succeeds:
 
-- KEP-32: an OpenAI-CLIP-style ViT-B/32 under `visual.*` (`conv1`, `class_embedding`,
+- KEP-32: open_clip's VisionTransformer (ViT-B/32) under `visual.*` (`conv1`, `class_embedding`,
   `positional_embedding`, `ln_pre`, `transformer.resblocks.N`, `ln_post`, `proj`).
 - KEP-16: BiomedCLIP's open_clip timm tower: a timm ViT-B/16 under `visual.trunk.*` and a bias-free
   linear projection `visual.head.proj`.
@@ -129,66 +129,25 @@ def published_config(variant: Variant, vocab_size: int = 30522) -> KEPConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# KEP-32: OpenAI-CLIP-style vision transformer
+# KEP-32: open_clip's own VisionTransformer (the authors built KEP-32 on open_clip; its names are the published ones)
 
 
-class QuickGELU(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+def clip_vit(cfg: KEPConfig) -> nn.Module:
+    """open_clip's VisionTransformer: patchify, class token, pre-norm transformer, the class token's post-norm
+    projected to `embed_dim` (`conv1`, `class_embedding`, `positional_embedding`, `ln_pre`,
+    `transformer.resblocks.N`, `ln_post`, `proj`, exactly the released KEP-32 keys)."""
+    from open_clip.transformer import QuickGELU, VisionTransformer
 
-
-class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_ratio: float, quick_gelu: bool) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.ln_2 = nn.LayerNorm(width)
-        hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential()
-        self.mlp.add_module("c_fc", nn.Linear(width, hidden))
-        self.mlp.add_module("gelu", QuickGELU() if quick_gelu else nn.GELU())
-        self.mlp.add_module("c_proj", nn.Linear(hidden, width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.ln_1(x)
-        x = x + self.attn(y, y, y, need_weights=False)[0]
-        return x + self.mlp(self.ln_2(x))
-
-
-class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, quick_gelu: bool) -> None:
-        super().__init__()
-        self.resblocks = nn.ModuleList(
-            ResidualAttentionBlock(width, heads, mlp_ratio, quick_gelu) for _ in range(layers)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.resblocks:
-            x = block(x)
-        return x
-
-
-class CLIPVisionTransformer(nn.Module):
-    """Patchify, class token, pre-norm transformer, the class token's post-norm projected to `output_dim`."""
-
-    def __init__(self, cfg: KEPConfig) -> None:
-        super().__init__()
-        width, grid = cfg.vit_width, cfg.image_size // cfg.vit_patch
-        scale = width**-0.5
-        self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.vit_patch, stride=cfg.vit_patch, bias=False)
-        self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
-        self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, cfg.vit_layers, cfg.vit_heads, cfg.vit_mlp_ratio, cfg.quick_gelu)
-        self.ln_post = nn.LayerNorm(width)
-        self.proj = nn.Parameter(scale * torch.randn(width, cfg.embed_dim))
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(pixels).flatten(2).transpose(1, 2)  # B, grid², width
-        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        x = self.transformer(self.ln_pre(x))
-        return self.ln_post(x[:, 0]) @ self.proj
+    return VisionTransformer(
+        image_size=cfg.image_size,
+        patch_size=cfg.vit_patch,
+        width=cfg.vit_width,
+        layers=cfg.vit_layers,
+        heads=cfg.vit_heads,
+        mlp_ratio=cfg.vit_mlp_ratio,
+        output_dim=cfg.embed_dim,
+        act_layer=QuickGELU if cfg.quick_gelu else nn.GELU,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,7 +172,11 @@ def timm_vit(cfg: KEPConfig, **extra: object) -> nn.Module:
 
 
 class TimmViTTower(nn.Module):
-    """open_clip's TimmModel as BiomedCLIP configures it: timm ViT (class-token pool) + linear projection."""
+    """open_clip's TimmModel as BiomedCLIP configures it: timm ViT (class-token pool) + linear projection.
+
+    Not TimmModel itself: it builds its trunk from a timm model *name* (ViT-B/16's fixed geometry), so the tiny
+    random-weight towers the tests and smoke recipe use could not be expressed; the trunk here is the same timm
+    class with the geometry from the config, and the names (`trunk.*`, `head.proj`) are TimmModel's."""
 
     def __init__(self, cfg: KEPConfig) -> None:
         super().__init__()
@@ -349,7 +312,7 @@ class KEP(_ImageTextModel):
     def __init__(self, cfg: KEPConfig) -> None:
         super().__init__()
         self.config = cfg
-        towers = {"kep32": CLIPVisionTransformer, "kep16": TimmViTTower, "ctp": swin_tower}
+        towers = {"kep32": clip_vit, "kep16": TimmViTTower, "ctp": swin_tower}
         if cfg.variant not in towers:
             raise ValueError(f"unknown KEP variant '{cfg.variant}' (kep32, kep16, ctp; keep builds KEEP)")
         self.visual = towers[cfg.variant](cfg)

@@ -1,6 +1,6 @@
 """Pathology images in: open with a size guard, make RGB, cut into tissue tiles, KEP's transform.
 
-KEP's transform is Resize(224, bicubic) + CenterCrop(224) + mean/std: OpenAI CLIP's for KEP-32 (its CLIP ViT
+KEP's transform is open_clip's eval transform, Resize(224, bicubic) + CenterCrop(224) + mean/std: OpenAI CLIP's for KEP-32 (its CLIP ViT
 tower; the authors' eval and training transforms use them), ImageNet's for the other variants. Large images are
 cut into square tiles of `tile_size` source pixels (the magnification proxy: a larger tile is a
 lower effective magnification once resized to 224); tiles that are mostly glass are skipped, and
@@ -11,6 +11,7 @@ one batch at a time, so tensor memory stays bounded by the batch size, not the i
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +19,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+# open_clip.constants' values, written out so that opening an image does not import open_clip (~4 s); a test
+# checks they are equal.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 # KEP-32's image tower is an OpenAI-CLIP-style ViT without its own image_mean, so the authors' image_transform
 # falls back to OpenAI CLIP's statistics (checked against their code: tests/pathology/test_parity.py). KEP-CTP
 # uses ImageNet's; KEP-16 (BiomedCLIP tower) and KEEP keep ImageNet's here (not checked against an oracle).
@@ -132,43 +136,11 @@ def plan_tiles(image: Image.Image, options: TilingOptions) -> tuple[list[Tile], 
     return chosen, len(boxes)
 
 
-def kep_transform(image_size: int = 224, variant: str | None = None) -> KEPTransform:
-    """KEP's (and KEEP's) evaluation transform: bicubic resize of the short side, centre crop, the variant's norm
-    (OpenAI CLIP mean/std for kep32, ImageNet otherwise; no variant = ImageNet)."""
+def kep_transform(image_size: int = 224, variant: str | None = None) -> Callable[[Image.Image], torch.Tensor]:
+    """KEP's (and KEEP's) evaluation transform, open_clip's own `image_transform(is_train=False)` as the authors use
+    it: bicubic resize of the short side, centre crop, RGB, the variant's norm (OpenAI CLIP mean/std for kep32,
+    ImageNet otherwise; no variant = ImageNet). PIL RGB image -> 3xSxS float tensor."""
+    from open_clip.transform import image_transform
+
     mean, std = VARIANT_STATS.get(variant or "", (IMAGENET_MEAN, IMAGENET_STD))
-    return KEPTransform(image_size, mean, std)
-
-
-class KEPTransform:
-    """PIL RGB image -> normalised 3xSxS float tensor, with PIL and numpy only (no torchvision).
-
-    It reproduces torchvision's Resize(S, BICUBIC) + CenterCrop(S) + ToTensor + Normalize on PIL input
-    step for step (tests compare the two): the short side becomes S and the long side
-    int(S * long / short); the crop offsets are round((side - S) / 2); pixels are divided by 255, then
-    the mean is subtracted and the result divided by the std.
-    """
-
-    def __init__(
-        self,
-        image_size: int = 224,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-    ) -> None:
-        self.image_size = image_size
-        self.mean = torch.tensor(mean).view(3, 1, 1)
-        self.std = torch.tensor(std).view(3, 1, 1)
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        size = self.image_size
-        width, height = image.size
-        if width <= height:
-            new_size = (size, int(size * height / width))
-        else:
-            new_size = (int(size * width / height), size)
-        if new_size != image.size:
-            image = image.resize(new_size, Image.Resampling.BICUBIC)
-        width, height = image.size
-        left, top = int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
-        image = image.crop((left, top, left + size, top + size))
-        pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
-        return (pixels.float().div(255.0) - self.mean) / self.std
+    return image_transform(image_size, is_train=False, mean=mean, std=std)

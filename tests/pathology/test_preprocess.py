@@ -1,34 +1,35 @@
-"""KEP's evaluation transform without torchvision gives torchvision's numbers (checked while it is installed)."""
+"""KEP's evaluation transform is open_clip's own, with the variant's statistics (pixels against the authors' code:
+test_parity.py)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from medagent.specialists.pathology import preprocess
 from medagent.specialists.pathology.preprocess import IMAGENET_MEAN, IMAGENET_STD, kep_transform
 
 
-@pytest.mark.parametrize(
-    ("width", "height", "target"),
-    [(224, 224, 224), (640, 480, 224), (300, 901, 224), (100, 150, 224), (517, 333, 64), (64, 64, 32), (33, 97, 32)],
-)
-def test_transform_matches_torchvision(width: int, height: int, target: int) -> None:
-    transforms = pytest.importorskip("torchvision.transforms", reason="torchvision not installed: nothing to compare")
-    rng = np.random.default_rng(width * height)
-    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-    reference = transforms.Compose(
-        [
-            transforms.Resize(target, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(target),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )(image)
-    ours = kep_transform(target)(image)
-    assert ours.shape == reference.shape == (3, target, target) and ours.dtype == torch.float32
-    assert torch.equal(ours, reference), float((ours - reference).abs().max())
+def test_statistics_are_open_clips() -> None:
+    from open_clip import constants
+
+    assert (preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD) == (constants.IMAGENET_MEAN, constants.IMAGENET_STD)
+    assert (preprocess.OPENAI_CLIP_MEAN, preprocess.OPENAI_CLIP_STD) == (
+        constants.OPENAI_DATASET_MEAN,
+        constants.OPENAI_DATASET_STD,
+    )
+
+
+@pytest.mark.parametrize(("width", "height", "target"), [(640, 480, 224), (300, 901, 224), (33, 97, 32)])
+def test_short_side_is_resized_then_centre_cropped(width: int, height: int, target: int) -> None:
+    # Left half black, right half white: after a centre crop the split stays in the middle column band.
+    image = Image.new("RGB", (width, height), (0, 0, 0))
+    image.paste((255, 255, 255), (width // 2, 0, width, height))
+    pixels = kep_transform(target)(image)
+    assert pixels.shape == (3, target, target) and pixels.dtype == torch.float32
+    row = pixels[0, target // 2]  # black then white, the split in the middle (wide: centre crop; tall: full width)
+    assert row[0] < 0 < row[-1] and abs(int((row > 0).float().argmax()) - target // 2) <= 1
 
 
 def test_transform_normalises_a_flat_colour_to_imagenet_z_scores() -> None:

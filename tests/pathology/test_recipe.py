@@ -45,3 +45,25 @@ def test_smoke_run_overfits_and_the_reloaded_model_ranks_each_image_own_label_fi
 def test_overrides_reach_the_config():
     cfg = load_config(SMOKE, ["stage2.epochs=1", "model.kep.vit_layers=1"])
     assert cfg["stage2"]["epochs"] == 1 and cfg["model"]["kep"]["vit_layers"] == 1
+
+
+def test_stage2_loss_is_open_clips_with_duplicates_masked_out_of_the_negatives():
+    from open_clip.loss import ClipLoss
+
+    from medagent.training.pathology.recipe import clip_loss
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(5, 8, generator=gen), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(5, 8, generator=gen), dim=-1)
+    scale = torch.tensor(10.0)
+    loss = clip_loss()
+    assert torch.equal(loss(a, b, scale), ClipLoss()(a, b, scale))
+    groups = torch.tensor([0, 1, 0, 2, 1])  # rows 0 and 2, 1 and 4 share a label
+    logits = scale * a @ b.T
+    expected = 0.0
+    for m in (logits, logits.T):  # each row's own column, against the columns of other labels only
+        for i in range(5):
+            keep = [j for j in range(5) if j == i or groups[j] != groups[i]]
+            expected += -(m[i, i] - torch.logsumexp(m[i, keep], dim=0)) / 10
+    torch.testing.assert_close(loss(a, b, scale, groups), expected)
+    assert not torch.allclose(loss(a, b, scale, groups), loss(a, b, scale))

@@ -7,7 +7,7 @@ disease (name, synonyms, definitions, histology features) is a positive for the 
 of other diseases are negatives. KEP's default is the AdaSP loss; this recipe uses the
 multi-positive InfoNCE (supervised contrastive) form of the same pull-together / push-apart idea.
 
-Stage 2 is CLIP-style: image<->caption InfoNCE (weight 1.0) plus caption<->knowledge InfoNCE
+Stage 2 is CLIP-style (open_clip's ClipLoss): image<->caption InfoNCE (weight 1.0) plus caption<->knowledge InfoNCE
 (weight 0.3) against a *frozen* copy of the stage-1 encoder, normalised by the weight sum; pairs that
 share a label (the optional `label` field, else an identical caption) are masked out of each other's
 negatives, as KEP's masked loss does for duplicate labels. The text
@@ -182,24 +182,35 @@ def gather(features: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(features))
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE between matched rows of two normalised feature sets.
+def clip_loss() -> Any:
+    """open_clip's ClipLoss (symmetric InfoNCE, features gathered across ranks with gradients), extended with KEP's
+    duplicate mask: with `groups`, other rows of the same group are masked out of the negatives (two pictures of
+    stroma captioned "stroma" should not be pushed apart). Without `groups` it is ClipLoss unchanged."""
+    from open_clip.loss import ClipLoss
 
-    With `groups`, other rows of the same group (duplicate labels) are masked out of the negatives:
-    two pictures of stroma captioned "stroma" should not be pushed apart.
-    """
-    a, b = gather(a), gather(b)
-    logits = scale * a @ b.T
-    target = torch.arange(len(a), device=a.device)
-    if groups is not None:
-        groups = gather(groups)
-        duplicate = (groups[:, None] == groups[None, :]) & (target[:, None] != target[None, :])
-        logits = logits.masked_fill(duplicate, torch.finfo(logits.dtype).min)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+
+    class MaskedClipLoss(ClipLoss):
+        def forward(self, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
+                    groups: torch.Tensor | None = None) -> torch.Tensor:
+            if groups is None:
+                return super().forward(a, b, scale)
+            logits_ab, logits_ba = self.get_logits(a, b, scale)
+            target = self.get_ground_truth(a.device, logits_ab.shape[0])
+            groups = gather(groups)
+            duplicate = (groups[:, None] == groups[None, :]) & (target[:, None] != target[None, :])
+            low = torch.finfo(logits_ab.dtype).min
+            logits_ab, logits_ba = logits_ab.masked_fill(duplicate, low), logits_ba.masked_fill(duplicate, low)
+            return (F.cross_entropy(logits_ab, target) + F.cross_entropy(logits_ba, target)) / 2
+
+    return MaskedClipLoss(gather_with_grad=True, rank=rank, world_size=world)
 
 
 def multi_positive_nce(features: torch.Tensor, groups: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Supervised contrastive loss: texts of the same disease are positives, all others negatives."""
+    """Supervised contrastive loss: texts of the same disease are positives, all others negatives.
+
+    Written here: open_clip has no multi-positive loss (its ClipLoss has exactly one positive per row)."""
     features, groups = gather(features), gather(groups)
     logits = features @ features.T / temperature
     self_mask = torch.eye(len(features), dtype=torch.bool, device=features.device)
@@ -342,6 +353,7 @@ def train(cfg: dict[str, Any]) -> Path:
     sched2 = schedule(optimizer, steps2, int(s2.get("warmup", 0)), float(s2.get("min_lr_ratio", 0.0)))
     weights = (float(s2["loss_weights"]["image_text"]), float(s2["loss_weights"]["text_knowledge"]))
     transform = kep_transform(kep_cfg.image_size, kep_cfg.variant)
+    contrastive = clip_loss()
 
     def image(item: Any) -> torch.Tensor:
         picture = item if isinstance(item, Image.Image) else Image.open(item)
@@ -361,8 +373,8 @@ def train(cfg: dict[str, Any]) -> Path:
                 with torch.no_grad():
                     targets = F.normalize(knowledge_bert(ids, mask).float(), dim=-1)
                 scale = scale.clamp(max=100.0)
-                loss_it = info_nce(image_features.float(), text_features.float(), scale, groups)
-                loss_tk = info_nce(text_features.float(), targets, scale, groups)
+                loss_it = contrastive(image_features.float(), text_features.float(), scale, groups)
+                loss_tk = contrastive(text_features.float(), targets, scale, groups)
                 loss = (weights[0] * loss_it + weights[1] * loss_tk) / sum(weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
