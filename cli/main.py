@@ -43,31 +43,45 @@ def _console():
 
 @app.command()
 def solve(
-    case_file: Path = typer.Argument(..., help="case.json"),
+    case_file: Path = typer.Argument(..., help="case.json, or a FHIR R4 Bundle (JSON)"),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="output folder (default: out/<case id>)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an output folder medagent wrote earlier (never any other folder)"),
     allow_outside_paths: bool = typer.Option(False, "--allow-outside-paths", help="allow attachments outside the case folder"),
     as_json: bool = typer.Option(False, "--json", help="print result.json to stdout instead of a summary"),
+    fhir: bool = typer.Option(False, "--fhir", help="also write fhir.json: the result as a FHIR R4 Bundle (DiagnosticReport, Observations, provisional Conditions)"),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
-    """Solve one case: writes result.json, report.md and trace.jsonl."""
+    """Solve one case (case.json, or a FHIR R4 Bundle): writes result.json, report.md and trace.jsonl."""
     from medagent.agent.outputs import output_folder, write_outputs
     from medagent.tools.config import load_settings
+    from medagent.tools.fhir import read_bundle, result_bundle, sniff_fhir, write_case_folder
     from medagent.tools.intake import intake
     from medagent.tools.paths import child
 
     settings = load_settings(config)
     if allow_outside_paths:
         settings.agent.allow_outside_paths = True
-    loaded = intake(case_file, settings)
-    out = out or child(Path("out"), loaded.case.id, "case id")
-    inputs = [case_file, *(loaded.case_dir / a.path for a in loaded.case.attachments)]
+    converted = None
+    if sniff_fhir(case_file):  # a FHIR R4 Bundle: converted now (bad input said before anything is written)
+        from medagent.tools.intake import parse_case
+
+        converted = read_bundle(case_file)
+        case_id = parse_case(converted.case, str(case_file)).id
+        inputs = [case_file, *(p for p in converted.files.values() if isinstance(p, Path))]
+    else:
+        loaded = intake(case_file, settings)
+        case_id = loaded.case.id
+        inputs = [case_file, *(loaded.case_dir / a.path for a in loaded.case.attachments)]
+    out = out or child(Path("out"), case_id, "case id")
     with output_folder(out, overwrite, inputs, "solve") as staging:  # refused here, before any model loads
         import asyncio
 
         from medagent.agent.api import run_loaded
         from medagent.tools.trace import TraceRecorder
 
+        if converted is not None:  # the case medagent made of the bundle is kept with the outputs, under input/
+            loaded = intake(write_case_folder(converted, staging / "input"), settings)
+            loaded.warnings += converted.warnings
         if settings.agent.planner == "llm":  # asked for the LLM and nothing else: if it cannot run, that is all we say
             from medagent.agent.llm.factory import preflight
 
@@ -90,6 +104,8 @@ def solve(
         finally:
             trace.close()
         write_outputs(staging, result, loaded.case)
+        if fhir:
+            (staging / "fhir.json").write_text(json.dumps(result_bundle(result, loaded.case), indent=2) + "\n", encoding="utf-8")
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
         return
@@ -105,7 +121,7 @@ def solve(
     budget_note = next((n for n in result.report.limitations if "solve budget" in n), None)
     if budget_note:
         console.print(f"  [yellow]{_say(budget_note)}[/yellow]", highlight=False)
-    console.print(f"wrote {_say(out)}/result.json, report.md, trace.jsonl", highlight=False)
+    console.print(f"wrote {_say(out)}/result.json, report.md, trace.jsonl{', fhir.json' if fhir else ''}", highlight=False)
     console.print(f"[dim]{result.notice}[/dim]")
 
 
@@ -377,6 +393,37 @@ def convert_phenopacket(
         raise MedagentError(f"{out}: exists; pass --overwrite to replace it")
     out.write_text(text + "\n", encoding="utf-8")
     typer.echo(f"wrote {out}")
+
+
+@convert_app.command("fhir")
+def convert_fhir(
+    file: Path = typer.Argument(..., help="a FHIR R4 Bundle (JSON); files it references by relative URL lie beside it"),
+    out: Path = typer.Option(..., "-o", "--out", help="case folder to write (must not exist yet): case.json and files/"),
+) -> None:
+    """Write a case folder from a FHIR R4 Bundle: age and sex, findings, coded phenotypes, attachments."""
+    import shutil
+    import tempfile
+
+    from medagent.tools.fhir import read_bundle, write_case_folder
+    from medagent.tools.intake import load_case
+
+    if not file.is_file():
+        raise MedagentError(f"{file}: file not found")
+    if out.exists():
+        raise MedagentError(f"{out}: exists; name a folder that does not exist yet")
+    converted = read_bundle(file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        load_case(write_case_folder(converted, partial))  # the written case always passes intake
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    for warning in converted.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"wrote {out}/case.json ({len(converted.case['findings'])} findings, "
+               f"{len(converted.case['phenotypes']['present'])} phenotypes, {len(converted.case['attachments'])} attachments)")
 
 
 class Interrupted(BaseException):
