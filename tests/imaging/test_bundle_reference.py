@@ -28,6 +28,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+
 from medagent.tools.config import ImagingSettings, Settings
 from medagent.tools.contracts import Case
 from medagent.tools.imaging import TOOLS, SegmentArgs
@@ -131,9 +132,7 @@ def test_segment_matches_monai_running_the_bundle_voxel_for_voxel(
     case = Case.model_validate(
         {
             "id": "reference",
-            "attachments": [
-                {"id": "scan", "kind": "volume", "path": "ct.nii.gz", "modality": "CT", "format": "nifti"}
-            ],
+            "attachments": [{"id": "scan", "kind": "volume", "path": "ct.nii.gz", "modality": "CT", "format": "nifti"}],
         }
     )
     settings = Settings(imaging=ImagingSettings(bundles=[spleen_bundle], device="cpu"))  # the bundle's own inferer
