@@ -1,10 +1,17 @@
-"""Run any MONAI bundle: network and transforms from the bundle's own configs, weights, sliding window.
+"""Run any MONAI bundle: network, transforms and inferer from the bundle's own configs, with its weights.
 
 A bundle folder holds `configs/metadata.json`, `configs/inference.json` and `models/model.pt`
 (a bare state_dict or `{"model": state_dict}`). The config is read with `monai.bundle.ConfigParser`
-(so `_target_`, `@ref` and `$expr` mean what MONAI means by them), `network_def` and `preprocessing`
-are instantiated from it, inference uses `monai.inferers.sliding_window_inference`, and the bundle's
-postprocessing (minus writing files) brings the prediction back to the original image grid.
+(so `_target_`, `@ref` and `$expr` mean what MONAI means by them); `network_def`, `preprocessing`,
+`inferer` and `postprocessing` (minus writing files) are instantiated from it, so the bundle's own
+sliding window (ROI, batch, overlap, blending) runs and the prediction comes back on the image's grid.
+
+What is trusted in a bundle: a bundle config is code (ConfigParser imports any `_target_` and evals any
+`$` expression, and the config's `imports`), so a bundle is trusted as far as the person who listed it
+under [imaging] bundles trusts it. The runner limits what it evaluates to the four components above:
+never the workflow entries (`initialize`, `run`, `evaluator`, `dataloader`, `checkpointloader`,
+`handlers`), which read data sets, write files and unpickle checkpoints; weights are read here with
+`torch.load(weights_only=True)` instead, and file writers are dropped from postprocessing.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from typing import Any
 import numpy as np
 
 REQUIRED_KEYS = ("network_def", "preprocessing")
+# A bundle without an `inferer` gets MONAI's SlidingWindowInferer with this window and MONAI's defaults.
+DEFAULT_INFERER = {"_target_": "SlidingWindowInferer", "roi_size": [96, 96, 96]}
 
 
 class BundleError(ValueError):
@@ -34,6 +43,7 @@ class Bundle:
     labels: dict[int, str]
     modality: str | None
     image_key: str
+    inferer: Any
     roi_size: tuple[int, ...]
     sw_batch_size: int
     overlap: float
@@ -80,6 +90,7 @@ def _labels(metadata: dict[str, Any]) -> dict[int, str]:
 def load_bundle(root: Path) -> Bundle:
     """Parse a bundle folder. Raises BundleError naming the file or key that is missing."""
     from monai.bundle import ConfigParser
+    from monai.inferers import SlidingWindowInferer
 
     root = Path(root)
     if not root.is_dir():
@@ -94,12 +105,14 @@ def load_bundle(root: Path) -> Bundle:
     missing = [key for key in REQUIRED_KEYS if key not in parser]
     if missing:
         raise BundleError(f"{inference}: missing config keys {', '.join(missing)}")
-    inferer = parser.get("inferer", {}) or {}
-    roi = inferer.get("roi_size", [96, 96, 96]) if isinstance(inferer, dict) else [96, 96, 96]
+    if "inferer" not in parser:
+        parser["inferer"] = dict(DEFAULT_INFERER)
+    inferer = build_inferer(parser, str(inference))
     inputs = metadata.get("network_data_format", {}).get("inputs", {})
     image_meta = inputs.get("image") or next(iter(inputs.values()), {})
     modality = image_meta.get("modality") if isinstance(image_meta, dict) else None
     labels = _labels(metadata)
+    window = isinstance(inferer, SlidingWindowInferer)
     return Bundle(
         root=root,
         name=root.name,
@@ -108,11 +121,33 @@ def load_bundle(root: Path) -> Bundle:
         labels=labels,
         modality=str(modality).upper() if modality else None,
         image_key=str(parser.get("image_key", "image")),
-        roi_size=tuple(int(v) for v in roi),
-        sw_batch_size=int(inferer.get("sw_batch_size", 1)) if isinstance(inferer, dict) else 1,
-        overlap=float(inferer.get("overlap", 0.25)) if isinstance(inferer, dict) else 0.25,
+        inferer=inferer,
+        roi_size=tuple(int(v) for v in np.atleast_1d(inferer.roi_size)) if window else (),
+        sw_batch_size=int(inferer.sw_batch_size) if window else 1,
+        overlap=float(np.max(inferer.overlap)) if window else 0.0,
         metadata=metadata,
     )
+
+
+def build_inferer(parser: Any, where: str, **overrides: Any) -> Any:
+    """The config's `inferer`, instantiated by ConfigParser; `overrides` replace its arguments in a copy."""
+    import copy
+
+    from monai.bundle import ConfigParser
+    from monai.inferers import Inferer
+
+    if overrides:
+        # A copy, so that one call's [imaging] settings do not stay in the bundle's parsed config.
+        parser = ConfigParser(copy.deepcopy(parser.get()))
+        for key, value in overrides.items():
+            parser[f"inferer#{key}"] = value
+    try:
+        inferer = parser.get_parsed_content("inferer", instantiate=True)
+    except Exception as exc:  # a broken config can fail in many ways inside monai
+        raise BundleError(f"{where}: inferer cannot be built ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(inferer, Inferer):
+        raise BundleError(f"{where}: inferer is a {type(inferer).__name__}, not a monai.inferers.Inferer")
+    return inferer
 
 
 def read_state_dict(path: Path) -> dict[str, Any]:
@@ -211,13 +246,34 @@ def segment(
     overlap: float | None = None,
     amp: bool = True,
 ) -> Segmentation:
-    """Segment one image file (NIfTI or DICOM folder MONAI can load) and measure each label on its grid."""
+    """Segment one image file (NIfTI or DICOM folder MONAI can load) and measure each label on its grid.
+
+    The bundle's own inferer runs; `roi_size`, `sw_batch_size` and `overlap`, where given, replace those
+    arguments of its SlidingWindowInferer (everything else it says, such as the blending mode, stays).
+    """
     import time
 
     import torch
-    from monai.inferers import sliding_window_inference
+    from monai.inferers import SlidingWindowInferer
 
     start = time.perf_counter()
+    overrides = {
+        name: value
+        for name, value in (
+            ("roi_size", list(roi_size) if roi_size else None),
+            ("sw_batch_size", sw_batch_size),
+            ("overlap", overlap),
+        )
+        if value is not None
+    }
+    inferer = bundle.inferer
+    if overrides:
+        if not isinstance(inferer, SlidingWindowInferer):
+            raise BundleError(
+                f"{bundle.root}/configs/inference.json: its inferer is a {type(inferer).__name__}; [imaging] "
+                f"{', '.join(overrides)} are settings of a SlidingWindowInferer (unset them for this bundle)"
+            )
+        inferer = build_inferer(bundle.parser, f"{bundle.root}/configs/inference.json", **overrides)
     preprocessing = bundle.parser.get_parsed_content("preprocessing", instantiate=True)
     try:
         sample = preprocessing({bundle.image_key: str(image_path)})
@@ -227,14 +283,7 @@ def segment(
     inputs = image.unsqueeze(0).to(device)
     use_amp = amp and str(device).startswith("cuda")
     with torch.no_grad(), torch.autocast(device_type="cuda", enabled=use_amp):
-        logits = sliding_window_inference(
-            inputs,
-            roi_size=roi_size or bundle.roi_size,
-            sw_batch_size=sw_batch_size or bundle.sw_batch_size,
-            predictor=network,
-            overlap=bundle.overlap if overlap is None else overlap,
-            mode="gaussian",
-        )
+        logits = inferer(inputs, network)
     sample["pred"] = logits[0].float().cpu()
     sample[bundle.image_key] = image.cpu()
     sample = _postprocessing(bundle, preprocessing)(sample)

@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+
 from medagent.specialists.imaging.bundle import BundleError, build_network, load_bundle, read_state_dict, segment
 from medagent.tools.config import ImagingSettings, Settings
 from medagent.tools.contracts import Case
@@ -157,6 +158,19 @@ def test_corrupt_bundles_say_what_is_wrong(bundle_dir: Path, tmp_path: Path) -> 
     (broken / "configs" / "inference.json").write_text(json.dumps(config))
     with pytest.raises(BundleError, match="missing config keys network_def"):
         load_bundle(broken)
+    config = json.loads((bundle_dir / "configs" / "inference.json").read_text())
+    config["inferer"]["_target_"] = "SlidingWindowInfererr"
+    (broken / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match=r"inference.json: inferer cannot be built \(.*SlidingWindowInfererr") as err:
+        load_bundle(broken)
+    assert "\n" not in str(err.value)
+    config["inferer"] = {"_target_": "SimpleInferer"}  # a whole-image inferer: no window to resize
+    (broken / "configs" / "inference.json").write_text(json.dumps(config))
+    simple = load_bundle(broken)
+    with pytest.raises(
+        BundleError, match=r"inferer is a SimpleInferer; \[imaging\] roi_size are settings of a SlidingWindowInferer"
+    ):
+        segment(simple, broken / "missing.nii.gz", None, roi_size=(48, 48, 32))
     (broken / "configs" / "metadata.json").unlink()
     with pytest.raises(BundleError, match="metadata.json: missing"):
         load_bundle(broken)
