@@ -5,12 +5,9 @@ seeded random weights of its own network_def. Nothing is overridden but the data
 both sides use the bundle's own inferer (SlidingWindowInferer, ROI 96³, sw_batch_size 4, overlap 0.5,
 constant blending), preprocessing and postprocessing.
 
-The reference runs in a separate Python process. `python -m monai.bundle run` needs `fire` (the CLI) and
-the spleen config's `evaluator` and `checkpointloader` need `pytorch-ignite`, neither of which the project
-installs; so REFERENCE reads the config exactly as that command does (ConfigWorkflow with the same
-overrides) and performs, step by step, what ignite's SupervisedEvaluator does with it: one DataLoader batch,
-`inferer(image, network)` under no_grad in eval mode, decollate, then the bundle's postprocessing, whose
-SaveImaged writes the mask. The weights go in as CheckpointLoader's load_dict {"model": network} would.
+The reference is the library's own command, `python -m monai.bundle run` (fire + pytorch-ignite, installed
+with the dev tools): ignite's SupervisedEvaluator with the bundle's CheckpointLoader, inferer and postprocessing,
+whose SaveImaged writes the mask.
 
 The CT is a piece of examples/data/ct_small.nii.gz large enough for four overlapping windows (so blending
 matters) and stored L-P-S, so that both sides must turn it to RAS for the network and back again.
@@ -40,41 +37,6 @@ CT = ROOT / "examples" / "data" / "ct_small.nii.gz"
 SEGMENT = next(tool for tool in TOOLS if tool.name == "imaging.segment")
 SEED = 2  # seeded random weights whose mask is neither all background nor all spleen on this CT
 
-REFERENCE = """
-import sys
-
-import torch
-from monai.bundle import ConfigWorkflow
-from monai.data import decollate_batch
-from monai.engines.utils import engine_apply_transform
-
-dataset_dir, output_dir = sys.argv[1:]
-# What `python -m monai.bundle run --config_file ... --meta_file ... --dataset_dir ... --output_dir ...` builds.
-workflow = ConfigWorkflow(
-    config_file="configs/inference.json",
-    meta_file="configs/metadata.json",
-    workflow_type="infer",
-    dataset_dir=dataset_dir,
-    output_dir=output_dir,
-)
-config = workflow.parser
-config.get_parsed_content("initialize#0")  # set_determinism; initialize#1 is the ignite CheckpointLoader
-device = config.get_parsed_content("device")
-network = config.get_parsed_content("network")
-saved = torch.load(config.get_parsed_content("checkpointloader#load_path"), map_location=device, weights_only=True)
-network.load_state_dict(saved["model"])
-network.eval()
-inferer = config.get_parsed_content("inferer")
-postprocessing = config.get_parsed_content("postprocessing")
-amp = config.get_parsed_content("evaluator#amp") and device.type == "cuda"
-for batch in config.get_parsed_content("dataloader"):
-    inputs = batch["image"].to(device)
-    output = {"image": inputs, "label": None}
-    with torch.no_grad(), torch.autocast("cuda", enabled=amp):
-        output["pred"] = inferer(inputs, network)
-    for item, result in zip(decollate_batch(batch, detach=True), decollate_batch(output, detach=True)):
-        engine_apply_transform(item, result, postprocessing)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +81,8 @@ def test_segment_matches_monai_running_the_bundle_voxel_for_voxel(
 
     reference_dir = tmp_path / "reference"
     done = subprocess.run(
-        [sys.executable, "-c", REFERENCE, str(dataset), str(reference_dir)],
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+         "--meta_file", "configs/metadata.json", "--dataset_dir", str(dataset), "--output_dir", str(reference_dir)],
         cwd=spleen_bundle,  # the config's bundle_root is "."
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
         capture_output=True,
