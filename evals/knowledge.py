@@ -22,7 +22,7 @@ import re
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,15 +47,16 @@ def convert_phenopacket(record: dict) -> dict:
     if not isinstance(record, dict):
         raise ValueError("phenopacket: expected a JSON object")
     if "phenotypicFeatures" in record or "subject" in record:
-        features = record.get("phenotypicFeatures") or []
-        present = [f["type"]["id"] for f in features if not f.get("excluded") and f.get("type", {}).get("id")]
-        excluded = [f["type"]["id"] for f in features if f.get("excluded") and f.get("type", {}).get("id")]
-        labels = [f["type"].get("label", f["type"]["id"]) for f in features if not f.get("excluded")]
-        subject = record.get("subject") or {}
-        sex = _SEX.get(str(subject.get("sex", "UNKNOWN_SEX")).upper(), "unknown")
-        age = _iso_years(((subject.get("timeAtLastEncounter") or {}).get("age") or {}).get("iso8601duration"))
+        packet = parse_phenopacket(record)
+        features = list(packet.phenotypic_features)
+        present = [f.type.id for f in features if not f.excluded and f.type.id]
+        excluded = [f.type.id for f in features if f.excluded and f.type.id]
+        labels = [f.type.label or f.type.id for f in features if not f.excluded and f.type.id]
+        sex_name = packet.subject.DESCRIPTOR.fields_by_name["sex"].enum_type.values_by_number[packet.subject.sex].name
+        sex = _SEX.get(sex_name, "unknown")
+        age = _iso_years(packet.subject.time_at_last_encounter.age.iso8601duration or None)
         history = record.get("narrative") or (f"Presents with {', '.join(labels).lower()}." if labels else "")
-        case_id = record.get("id") or "phenopacket"
+        case_id = packet.id or "phenopacket"
     else:
         for field in ("id", "present_hpo"):
             if field not in record:
@@ -74,6 +75,19 @@ def convert_phenopacket(record: dict) -> dict:
         "question": "What is the most likely diagnosis?",
     }
     return case
+
+
+def parse_phenopacket(record: dict) -> Any:
+    """A GA4GH phenopacket v2 JSON object, parsed and checked by the official `phenopackets` schema classes
+    (unknown fields and bad enum values are refused). `narrative` is medagent's own addition and not part of the
+    schema: it is set aside before parsing."""
+    from google.protobuf.json_format import ParseDict, ParseError
+    from phenopackets import Phenopacket
+
+    try:
+        return ParseDict({k: v for k, v in record.items() if k != "narrative"}, Phenopacket())
+    except ParseError as exc:
+        raise ValueError(f"not a valid phenopacket v2: {str(exc).splitlines()[0]}") from None
 
 
 def _iso_years(duration: str | None) -> float | None:
