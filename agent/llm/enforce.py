@@ -14,7 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lmformatenforcer import CharacterLevelParserConfig, JsonSchemaParser, TokenEnforcer, TokenEnforcerTokenizerData
+from lmformatenforcer import (
+    CharacterLevelParser,
+    CharacterLevelParserConfig,
+    JsonSchemaParser,
+    TokenEnforcer,
+    TokenEnforcerTokenizerData,
+)
+from lmformatenforcer.jsonschemaparser import NumberParsingState
 from lmformatenforcer.tokenizerprefixtree import JsonFreetextTokenCache
 from transformers import LogitsProcessor
 
@@ -48,7 +55,11 @@ def tokenizer_data(tokenizer: Any, vocab_size: int, eos_ids: list[int]) -> Token
     regular = []
     for token_id, joined, single in zip(ids, after_anchor, alone, strict=True):
         text = joined[len(anchor_text):] if joined.startswith(anchor_text) else single
-        regular.append((token_id, text, len(text) > len(single)))
+        # A byte-level piece of a character (it decodes to U+FFFD alone) is left out: the enforcer counts it
+        # as one character, or none, while the joined bytes decode to another, so string lengths and even
+        # where a string ends went wrong. Characters a vocabulary holds whole are unaffected.
+        if "\ufffd" not in text:
+            regular.append((token_id, text, len(text) > len(single)))
 
     def decode(token_ids: list[int]) -> str:
         return _text(tokenizer, token_ids).rstrip("\ufffd")
@@ -79,10 +90,10 @@ class SchemaLogitsProcessor(LogitsProcessor):
     def __init__(self, data: TokenEnforcerTokenizerData, schema: dict[str, Any], prompt_length: int) -> None:
         config = CharacterLevelParserConfig(alphabet=data.tokenizer_alphabet, max_consecutive_whitespaces=MAX_WHITESPACE)
         try:
-            parser = JsonSchemaParser(schema, config)
+            parser = JsonSchemaParser(_parser_schema(schema), config)
         except Exception as exc:  # noqa: BLE001 - the library raises plain errors for schema features it lacks
             raise LLMError(f"lm-format-enforcer cannot constrain to this schema: {exc}") from exc
-        self.enforcer = TokenEnforcer(data, parser)
+        self.enforcer = TokenEnforcer(data, _WholeIntegers(parser))
         parser.config = config  # TokenEnforcer replaced it with one holding only the alphabet (12 whitespaces)
         self.prompt_length = prompt_length
 
@@ -92,3 +103,55 @@ class SchemaLogitsProcessor(LogitsProcessor):
             allowed = self.enforcer.get_allowed_tokens(tokens).allowed_tokens
             mask[row, allowed] = 0.0
         return scores + mask
+
+
+# An integer range up to this wide is given to the parser as the list of its values (which it enforces).
+MAX_ENUMERATED_RANGE = 256
+
+
+def _parser_schema(schema: Any) -> Any:
+    """The schema the parser gets; the caller validates the reply against the original. Two keywords the
+    parser mishandles are rewritten: it ignores `minimum`/`maximum`, so a small integer range also lists
+    its values as an enum; and it does not count whitespace at the start of a string (up to MAX_WHITESPACE
+    characters), so a `maxLength` is lowered by that much."""
+    if isinstance(schema, list):
+        return [_parser_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _parser_schema(value) for key, value in schema.items()}
+    low, high = out.get("minimum"), out.get("maximum")
+    if (out.get("type") == "integer" and "enum" not in out and isinstance(low, int) and isinstance(high, int)
+            and 0 <= high - low < MAX_ENUMERATED_RANGE):
+        out["enum"] = list(range(low, high + 1))
+    if isinstance(out.get("maxLength"), int) and out["maxLength"] > MAX_WHITESPACE:
+        out["maxLength"] -= MAX_WHITESPACE
+    return out
+
+
+class _WholeIntegers(CharacterLevelParser):
+    """The schema parser, except that an integer takes no exponent: 0.11.3 allows one, so an integer field
+    could come out as 4269e31 (read as a float) or 1e999 (infinity). Range keywords (minimum, maximum) are
+    not enforced by the library at all; the caller's validation after decoding catches those."""
+
+    def __init__(self, inner: JsonSchemaParser) -> None:
+        super().__init__(inner.config)
+        self.inner = inner
+
+    def add_character(self, new_character: str) -> CharacterLevelParser:
+        return _WholeIntegers(self.inner.add_character(new_character))
+
+    def get_allowed_characters(self) -> str:
+        allowed = self.inner.get_allowed_characters()
+        top = self.inner.object_stack[-1] if self.inner.object_stack else None
+        if isinstance(top, NumberParsingState) and not top.allow_floating_point:
+            allowed = allowed.replace("e", "").replace("E", "")  # after a number only , ] } or space follow
+        return allowed
+
+    def can_end(self) -> bool:
+        return self.inner.can_end()
+
+    def shortcut_key(self) -> Any:
+        return self.inner.shortcut_key()
+
+    def cache_key(self) -> Any:
+        return self.inner.cache_key()
