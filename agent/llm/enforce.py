@@ -20,6 +20,7 @@ from lmformatenforcer import (
     JsonSchemaParser,
     TokenEnforcer,
     TokenEnforcerTokenizerData,
+    UnionParser,
 )
 from lmformatenforcer.jsonschemaparser import NumberParsingState
 from lmformatenforcer.tokenizerprefixtree import JsonFreetextTokenCache
@@ -93,7 +94,7 @@ class SchemaLogitsProcessor(LogitsProcessor):
             parser = JsonSchemaParser(_parser_schema(schema), config)
         except Exception as exc:  # noqa: BLE001 - the library raises plain errors for schema features it lacks
             raise LLMError(f"lm-format-enforcer cannot constrain to this schema: {exc}") from exc
-        self.enforcer = TokenEnforcer(data, _WholeIntegers(parser))
+        self.enforcer = TokenEnforcer(data, _WholeIntegers(parser, config))
         parser.config = config  # TokenEnforcer replaced it with one holding only the alphabet (12 whitespaces)
         self.prompt_length = prompt_length
 
@@ -130,22 +131,18 @@ def _parser_schema(schema: Any) -> Any:
 
 class _WholeIntegers(CharacterLevelParser):
     """The schema parser, except that an integer takes no exponent: 0.11.3 allows one, so an integer field
-    could come out as 4269e31 (read as a float) or 1e999 (infinity). Range keywords (minimum, maximum) are
-    not enforced by the library at all; the caller's validation after decoding catches those."""
+    could come out as 4269e31 (read as a float) or 1e999 (infinity). Range keywords (minimum, maximum) beyond
+    what `_parser_schema` lists are not enforced; the caller's validation after decoding catches those."""
 
-    def __init__(self, inner: JsonSchemaParser) -> None:
-        super().__init__(inner.config)
-        self.inner = inner
+    def __init__(self, inner: CharacterLevelParser, config: CharacterLevelParserConfig) -> None:
+        super().__init__(config)
+        self.inner = inner  # a JsonSchemaParser, or (inside an anyOf) a UnionParser of them
 
     def add_character(self, new_character: str) -> CharacterLevelParser:
-        return _WholeIntegers(self.inner.add_character(new_character))
+        return _WholeIntegers(self.inner.add_character(new_character), self.config)
 
     def get_allowed_characters(self) -> str:
-        allowed = self.inner.get_allowed_characters()
-        top = self.inner.object_stack[-1] if self.inner.object_stack else None
-        if isinstance(top, NumberParsingState) and not top.allow_floating_point:
-            allowed = allowed.replace("e", "").replace("E", "")  # after a number only , ] } or space follow
-        return allowed
+        return "".join(set(_allowed(self.inner)))
 
     def can_end(self) -> bool:
         return self.inner.can_end()
@@ -155,3 +152,13 @@ class _WholeIntegers(CharacterLevelParser):
 
     def cache_key(self) -> Any:
         return self.inner.cache_key()
+
+
+def _allowed(parser: CharacterLevelParser) -> str:
+    if isinstance(parser, UnionParser):
+        return "".join(_allowed(option) for option in parser.parsers)
+    allowed = parser.get_allowed_characters()
+    top = parser.object_stack[-1] if isinstance(parser, JsonSchemaParser) and parser.object_stack else None
+    if isinstance(top, NumberParsingState) and not top.allow_floating_point:
+        allowed = allowed.replace("e", "").replace("E", "")  # after a number only , ] } or space follow
+    return allowed
