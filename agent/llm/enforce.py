@@ -94,8 +94,9 @@ class SchemaLogitsProcessor(LogitsProcessor):
             parser = JsonSchemaParser(_parser_schema(schema), config)
         except Exception as exc:  # noqa: BLE001 - the library raises plain errors for schema features it lacks
             raise LLMError(f"lm-format-enforcer cannot constrain to this schema: {exc}") from exc
+        # TokenEnforcer overwrites the config of the parser it is given (the wrapper) with one of its own that
+        # allows 12 whitespaces in a row; the schema parser inside keeps `config`.
         self.enforcer = TokenEnforcer(data, _WholeIntegers(parser, config))
-        parser.config = config  # TokenEnforcer replaced it with one holding only the alphabet (12 whitespaces)
         self.prompt_length = prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
