@@ -9,11 +9,12 @@ All assembled model files, built graphs and indexes live under one cache root,
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medagent.tools.errors import ConfigError
 
@@ -79,6 +80,14 @@ class LLMSettings(Section):
     allow_remote: bool = Field(default=False, description="Must be true for a server that is not on this machine")
     timeout_s: float = Field(default=120.0, gt=0, description="Per request")
     retries: int = Field(default=2, ge=0, le=10)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="transformers weight dtype; auto = bfloat16 on a CUDA GPU that supports it "
+        "(else float16), float32 on CPU",
+    )
+    device: str = Field(
+        default="auto", description="transformers device: 'auto' (the first CUDA GPU when torch sees one, else "
+        "'cpu'), 'cpu', 'cuda' or 'cuda:N'; the weights are loaded straight onto it",
+    )
     n_ctx: int = Field(default=4096, ge=512, description="llama.cpp context length")
     n_threads: int | None = Field(default=None, ge=1, description="llama.cpp threads; None = its default")
     max_calls: int = Field(default=6, ge=1, le=32, description="Most tool calls the planner may emit per turn")
@@ -88,6 +97,13 @@ class LLMSettings(Section):
     reflect: bool = Field(default=True, description="Ask the LLM for follow-up calls after each round")
     reporter: bool = Field(default=True, description="Let the LLM write the report (else the template reporter)")
     grounding_similarity: float = Field(default=0.55, ge=0, le=1, description="MiniLM cosine a sentence needs")
+
+    @field_validator("device")
+    @classmethod
+    def _device_named(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"'{value}' is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return value
 
     @property
     def configured(self) -> bool:

@@ -120,8 +120,9 @@ def make_backend(settings: Settings, pool: ModelPool | None = None):
             raise ConfigError(f"llm.model_path {path}: not a transformers checkpoint folder (no config.json)")
         adapter = llm.adapter_path.expanduser() if llm.adapter_path else None
         template = values.get("template") or "chat"
-        return pool.get(("llm.transformers", str(path.expanduser()), template, str(adapter)),
-                        lambda: TransformersBackend(path.expanduser(), template=template, adapter=adapter))
+        key = ("llm.transformers", str(path.expanduser()), template, str(adapter), llm.dtype, llm.device)
+        return pool.get(key, lambda: TransformersBackend(path.expanduser(), template=template, adapter=adapter,
+                                                         dtype=llm.dtype, device=llm.device))
     raise ConfigError(f"llm.backend '{backend}' is not one of llamacpp, http, transformers")
 
 
@@ -178,5 +179,6 @@ def doctor_lines(settings: Settings) -> list[str]:
                          f"dialect {values.get('dialect')}, key from ${llm.api_key_env}")
     elif values.get("backend") == "transformers":
         path = values.get("model_path")
-        lines.append(f"  checkpoint folder {path}: {'found' if path and (path / 'config.json').is_file() else 'MISSING config.json'}")
+        lines.append(f"  checkpoint folder {path}: {'found' if path and (path / 'config.json').is_file() else 'MISSING config.json'}"
+                     f", dtype {llm.dtype}, device {llm.device}")
     return lines

@@ -114,11 +114,34 @@ class LlamaCppBackend:
         self.llama = None
 
 
-class TransformersBackend:
-    """Any local HF causal-LM checkpoint folder. No grammar: JSON is validated after decoding."""
+def resolve_placement(dtype: str = "auto", device: str = "auto") -> tuple[Any, str]:
+    """(torch dtype, device) for `[llm] dtype` and `device`: auto is the first CUDA GPU when torch sees one,
+    in bfloat16 where the GPU supports it (compute capability 8+), else float16; float32 on CPU."""
+    import torch
 
-    def __init__(self, path: Path, *, template: str = "chat", device: str = "cpu", name: str | None = None, adapter: Path | None = None) -> None:
-        import torch
+    if device == "auto":
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise LLMError(f"llm.device = '{device}', but torch sees no CUDA GPU here (set device = 'cpu' or 'auto')")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise LLMError(f"llm.device = '{device}', but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+        device = f"cuda:{index}"
+    if dtype == "auto":
+        if device == "cpu":
+            return torch.float32, device
+        major, _ = torch.cuda.get_device_capability(device)
+        return (torch.bfloat16 if major >= 8 else torch.float16), device
+    return getattr(torch, dtype), device
+
+
+class TransformersBackend:
+    """Any local HF causal-LM checkpoint folder, loaded straight onto `device` in `dtype` (see
+    `resolve_placement`). With a schema, decoding is constrained to it (agent/llm/enforce.py)."""
+
+    def __init__(self, path: Path, *, template: str = "chat", device: str = "auto", dtype: str = "auto",
+                 name: str | None = None, adapter: Path | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if not (path / "config.json").is_file():
@@ -126,39 +149,62 @@ class TransformersBackend:
         self.path = path
         self.name = name or path.name
         self.template = template
-        self.device = device
+        self.dtype, self.device = resolve_placement(dtype, device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=torch.float32)
+        # device_map puts the weights on the device as they are read: no float32 copy in host memory first.
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=self.dtype, device_map=self.device)
         if adapter is not None:  # a LoRA adapter from training/planner
             from peft import PeftModel
 
             if not (adapter / "adapter_config.json").is_file():
                 raise LLMError(f"LoRA adapter folder {adapter} has no adapter_config.json (llm.adapter_path)")
-            model = PeftModel.from_pretrained(model, str(adapter))
+            model = PeftModel.from_pretrained(model, str(adapter)).to(self.device)
             self.name = f"{self.name}+{adapter.name}"
-        self.model = model.to(device).eval()
+        self.model = model.eval()
         self._lock = threading.Lock()
+        self._vocabulary: Any = None  # the enforcer's view of the tokenizer: built on the first schema, kept
 
     def prompt(self, messages: list[Message]) -> str:
         if self.template == "alpaca" or not getattr(self.tokenizer, "chat_template", None):
             return render_alpaca(messages)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _generate_args(self, messages: list[Message], max_tokens: int, temperature: float) -> dict[str, Any]:
-        """`generate()` keyword arguments: the encoded prompt, the token limit, greedy or sampled decoding."""
+    def _constraint(self, schema: dict[str, Any], prompt_length: int) -> Any:
+        """The logits processor that keeps decoding inside `schema` (the vocabulary table is built once)."""
+        from medagent.agent.llm.enforce import SchemaLogitsProcessor, tokenizer_data
+
+        if self._vocabulary is None:
+            ends = self.model.generation_config.eos_token_id
+            ends = [ends] if isinstance(ends, int) else list(ends or [])
+            eos = sorted({*ends, self.tokenizer.eos_token_id} - {None})
+            self._vocabulary = tokenizer_data(self.tokenizer, self.model.config.vocab_size, eos)
+        return SchemaLogitsProcessor(self._vocabulary, schema, prompt_length)
+
+    def _generate_args(self, messages: list[Message], schema: dict[str, Any] | None, max_tokens: int,
+                       temperature: float) -> dict[str, Any]:
+        """`generate()` keyword arguments: the encoded prompt, the token limit, greedy or sampled decoding,
+        and with a schema the processor that constrains decoding to it. Callers hold the lock."""
+        from transformers import LogitsProcessorList
+
         encoded = self.tokenizer(self.prompt(messages), return_tensors="pt").to(self.device)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        return {**encoded, "max_new_tokens": max_tokens,
-                "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling}
+        arguments = {**encoded, "max_new_tokens": max_tokens,
+                     "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling}
+        if schema is not None:
+            arguments["logits_processor"] = LogitsProcessorList([self._constraint(schema, encoded["input_ids"].shape[1])])
+        return arguments
 
-    def _chat_sync(self, messages: list[Message], max_tokens: int, temperature: float) -> ChatResult:
+    def _chat_sync(self, messages: list[Message], schema: dict[str, Any] | None, max_tokens: int, temperature: float) -> ChatResult:
         import torch
 
         started = time.monotonic()
-        arguments = self._generate_args(messages, max_tokens, temperature)
-        prompt_tokens = int(arguments["input_ids"].shape[1])
         with self._lock, torch.no_grad():
-            output = self.model.generate(**arguments)
+            arguments = self._generate_args(messages, schema, max_tokens, temperature)
+            prompt_tokens = int(arguments["input_ids"].shape[1])
+            try:
+                output = self.model.generate(**arguments)
+            except Exception as exc:  # e.g. the enforcer meets a schema feature it lacks mid-way
+                raise LLMError(f"transformers ({self.name}): {exc}") from exc
         new = output[0, prompt_tokens:]
         return ChatResult(
             text=self.tokenizer.decode(new, skip_special_tokens=True),
@@ -169,15 +215,13 @@ class TransformersBackend:
         )
 
     async def chat(self, messages: list[Message], *, schema: dict[str, Any] | None = None, max_tokens: int = 256, temperature: float = 0.0) -> ChatResult:
-        # `schema` is not enforced while decoding here; callers validate what comes back.
-        return await asyncio.to_thread(self._chat_sync, messages, max_tokens, temperature)
+        # With a schema the reply is JSON of that shape unless max_tokens cuts it; callers still validate it.
+        return await asyncio.to_thread(self._chat_sync, messages, schema, max_tokens, temperature)
 
     async def stream(self, messages: list[Message], *, schema: dict[str, Any] | None = None, max_tokens: int = 256,
                      temperature: float = 0.0) -> AsyncIterator[str]:
-        # `schema` is not enforced while decoding here, as in `chat`.
+        # Constrained as in `chat`; the pieces join to the same text.
         from transformers import TextIteratorStreamer
-
-        arguments = self._generate_args(messages, max_tokens, temperature)
 
         def produce(put: Callable[[str], None]) -> None:
             streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -191,6 +235,7 @@ class TransformersBackend:
                     streamer.end()  # else the relay below would wait for text forever
 
             with self._lock:
+                arguments = self._generate_args(messages, schema, max_tokens, temperature)
                 # generate() feeds the streamer from a second thread; this one relays its pieces.
                 worker = threading.Thread(target=generate)
                 worker.start()

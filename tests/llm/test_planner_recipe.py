@@ -85,7 +85,7 @@ def test_traces_to_lora_adapter_round_trip(tmp_path):
     async def generate(backend):
         texts = []
         for example in examples:
-            # Constrained decoding is off here (transformers): only learning can produce the format.
+            # No schema is passed, so decoding is not constrained: only learning can produce the format.
             result = await backend.chat(example["messages"][:2], max_tokens=len(example["messages"][2]["content"]) // 2 + 20)
             texts.append(result.text)
         return texts
