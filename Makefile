@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.medagent-installed
 DEVSTAMP := $(VENV)/.medagent-dev-installed
+VLLM_DIR := $(VENV)/share/medagent/vllm
+VLLM_PINS := vllm==0.33.0 openai==3.57.0 openai-harmony==0.0.8 cbor2==6.3.0 pyzmq==27.3.0 pybase64==1.5.1 \
+             cachetools==8.0.2 msgspec==0.23.0 py-cpuinfo==9.0.0
 PYTEST_ARGS ?=
 
 .PHONY: setup setup-dev demo test lint speech-tools system-deps clean
@@ -26,6 +29,13 @@ $(STAMP): pyproject.toml setup.py constraints.txt requirements-models.txt script
 $(DEVSTAMP): $(STAMP)
 	# The test tools, and Ray Serve for the scale-out tests (the demo's set-up does without it).
 	$(PIP) install -q -c constraints.txt -e '.[dev,scale]'
+	# vLLM's OpenAI request models, which the tests parse the vllm dialect's bodies with. vLLM cannot run here
+	# (CUDA), so its wheel goes into a folder of its own, off the venv's path, with the few small packages its
+	# protocol modules import that the venv lacks; its CUDA kernels (about 690 MB) are deleted.
+	rm -rf $(VLLM_DIR)
+	$(PIP) install -q --no-deps --target $(VLLM_DIR) $(VLLM_PINS)
+	find $(VLLM_DIR)/vllm -name '*.so' -delete
+	rm -f $(VLLM_DIR)/vllm/vllm-rs
 	@touch $@
 
 setup: $(STAMP)
