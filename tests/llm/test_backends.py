@@ -17,7 +17,7 @@ import pytest
 
 from medagent.agent.llm.assemble import verify
 from medagent.agent.llm.base import LLMError, render_alpaca
-from medagent.agent.llm.factory import make_backend
+from medagent.agent.llm.factory import doctor_lines, make_backend
 from medagent.agent.llm.http import HTTPBackend
 from medagent.tools.config import LLMSettings, Settings
 from medagent.tools.errors import ConfigError
@@ -214,3 +214,9 @@ def test_missing_model_file_names_the_file(tmp_path):
     missing = tmp_path / "nope.gguf"
     with pytest.raises(ConfigError, match=str(missing)):
         make_backend(Settings(llm=LLMSettings(preset="offline-cpu", model_path=missing)))
+
+
+def test_doctor_says_the_vllm_presets_are_not_yet_verified_against_a_running_vllm():
+    lines = doctor_lines(Settings(llm=LLMSettings(preset="mmed-llama3-8b-vllm")))
+    assert any("not yet verified against a running vLLM" in line and "vllm serve Henrychur/MMed-Llama-3-8B-EnIns" in line for line in lines)
+    assert any("dialect vllm" in line for line in lines)
