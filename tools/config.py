@@ -53,7 +53,7 @@ class LLMSettings(Section):
 
     Presets: `offline-cpu` (the packaged Qwen2.5-Coder-1.5B GGUF in-process via llama.cpp),
     `mmed-llama3-8b-vllm` and `pmc-llama-13b-vllm` (a vLLM server, Alpaca template; not yet verified
-    against vLLM), `openai-compatible` (any URL; key from the env var `api_key_env`). `none` keeps the
+    against a running vLLM), `openai-compatible` (any URL; key from the env var `api_key_env`). `none` keeps the
     rule planner and the template reporter.
     """
 

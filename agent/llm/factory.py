@@ -12,7 +12,8 @@ from medagent.tools.config import LLMSettings, Settings, cache_root
 from medagent.tools.errors import ConfigError, ModelFileMissing
 from medagent.tools.pool import ModelPool
 
-NOT_VERIFIED = "not yet verified against vLLM"
+NOT_VERIFIED = ("not yet verified against a running vLLM (its request bodies, with structured_outputs.json for the"
+                " schema, are checked against vLLM 0.33.0's own request models)")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "offline-cpu": {"backend": "llamacpp", "packaged": "qwen2.5-coder-1.5b-instruct-q4_k_m", "template": "chat"},

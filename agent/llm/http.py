@@ -1,9 +1,13 @@
 """OpenAI-compatible HTTP backend (vLLM, llama.cpp's server, any OpenAI-style endpoint) over httpx.
 
-Dialects differ only in how a JSON Schema constraint is sent (measured, ../shared/ENV.md):
+Dialects differ only in how a JSON Schema constraint is sent:
 - `llamacpp`: `response_format={"type": "json_object", "schema": S}` (grammar-enforced; its server
-  rejects OpenAI's `json_schema` form with HTTP 500);
-- `vllm` / `openai`: `response_format={"type": "json_schema", "json_schema": {...}}`.
+  rejects OpenAI's `json_schema` form with HTTP 500; measured, ../shared/ENV.md);
+- `vllm`: `structured_outputs={"json": S}`, vLLM's own extra field, the same on `/v1/chat/completions`
+  and `/v1/completions` (vLLM docs, features/structured_outputs; `guided_json` was removed in vLLM 0.12
+  and is now ignored with a warning, leaving the output unconstrained). The bodies are checked against
+  vLLM 0.33.0's own request models (tests/llm/test_backends.py), not yet against a running vLLM;
+- `openai`: `response_format={"type": "json_schema", "json_schema": {...}}`.
 Models with the Alpaca template (PMC-LLaMA, MMed-Llama-3) go through `/v1/completions` with the
 prompt rendered here, because they ship no chat template.
 """
@@ -59,6 +63,8 @@ class HTTPBackend:
     def _constraint(self, schema: dict[str, Any]) -> dict[str, Any]:
         if self.dialect == "llamacpp":
             return {"response_format": {"type": "json_object", "schema": schema}}
+        if self.dialect == "vllm":
+            return {"structured_outputs": {"json": schema}}
         return {"response_format": {"type": "json_schema", "json_schema": {"name": "medagent", "schema": schema, "strict": True}}}
 
     def _request(self, messages: list[Message], schema: dict[str, Any] | None, max_tokens: int, temperature: float, stream: bool) -> tuple[str, dict[str, Any]]:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import jsonschema
 import pytest
 
 from medagent.agent.llm.assemble import verify
 from medagent.agent.llm.base import LLMError, render_alpaca
-from medagent.agent.llm.factory import make_backend
+from medagent.agent.llm.factory import doctor_lines, make_backend
 from medagent.agent.llm.http import HTTPBackend
 from medagent.tools.config import LLMSettings, Settings
 from medagent.tools.errors import ConfigError
@@ -65,16 +69,76 @@ def test_llamacpp_dialect_enforces_the_schema(llama_server):
     jsonschema.validate(reply, schema)  # a grammar, not luck: the poem request cannot break the format
 
 
-def test_openai_json_schema_dialect_is_refused_by_llamacpp_with_a_clear_error(llama_server):
-    async def go():
-        backend = HTTPBackend(llama_server, "small", dialect="vllm", retries=0)
-        try:
-            await backend.chat(QUESTION, schema={"type": "object"}, max_tokens=8)
-        finally:
-            await backend.aclose()
+VLLM_DIR = Path(sys.prefix) / "share" / "medagent" / "vllm"
+TOOL_SCHEMA = {
+    "type": "object",
+    "properties": {"tool": {"enum": ["imaging.describe", "speech.transcribe"]}, "attachment": {"enum": ["ct1", "wav2"]}},
+    "required": ["tool", "attachment"],
+}
 
-    with pytest.raises(LLMError, match="refused the request: HTTP"):
-        asyncio.run(go())
+
+def vllm_parse(bodies: list[list], folder: Path = VLLM_DIR) -> dict:
+    """What vLLM 0.33.0's own request models make of each [path, body] (see vllm_protocol.py), in a child process
+    so that vLLM's packages never land on this session's path."""
+    if not (folder / "vllm" / "entrypoints").is_dir():
+        pytest.fail(f"vLLM's request models are not installed in {folder}: run `make setup-dev`", pytrace=False)
+    path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("vllm_protocol.py"))], input=json.dumps(bodies),
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": path})
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.fail(f"vLLM's request models do not load from {folder} ({last}): run `make setup-dev`", pytrace=False)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_vllm_dialect_bodies_constrain_vllms_engine_with_our_schema(llama_server):
+    """The bodies the vllm dialect sends over HTTP, chat and Alpaca (`/v1/completions`), plain and streamed:
+    a real OpenAI-compatible server (llama.cpp) answers them, and vLLM's own request models turn each into
+    sampling parameters that carry our schema as the engine's JSON constraint, with no field left unread."""
+    sent: list[list] = []
+
+    async def record(request):
+        sent.append([request.url.path, json.loads(request.content)])
+
+    async def go():
+        answers = []
+        for template in ("chat", "alpaca"):
+            backend = HTTPBackend(llama_server, "small", dialect="vllm", template=template, retries=0)
+            backend._client.event_hooks["request"].append(record)
+            try:
+                answers.append((await backend.chat(QUESTION, schema=TOOL_SCHEMA, max_tokens=16)).text)
+                answers.append("".join([p async for p in backend.stream(QUESTION, schema=TOOL_SCHEMA, max_tokens=16)]))
+            finally:
+                await backend.aclose()
+        return answers
+
+    answers = asyncio.run(go())
+    # llama.cpp takes the standard OpenAI fields and ignores `structured_outputs` (so its answers are not constrained here).
+    assert all(answer.strip() for answer in answers)
+    assert [path for path, _ in sent] == ["/v1/chat/completions"] * 2 + ["/v1/completions"] * 2
+    assert all("response_format" not in body and body["structured_outputs"] == {"json": TOOL_SCHEMA} for _, body in sent)
+
+    # Controls, so that a pass means something: the removed `guided_json` (vLLM ignores it and leaves the output
+    # free) and a misspelt constraint (refused).
+    legacy = {k: v for k, v in sent[0][1].items() if k != "structured_outputs"} | {"guided_json": TOOL_SCHEMA}
+    misspelt = sent[2][1] | {"structured_outputs": {"json_schema": TOOL_SCHEMA}}
+    result = vllm_parse(sent + [["/v1/chat/completions", legacy], ["/v1/completions", misspelt]])
+    assert result["vllm"] == "0.33.0"
+    *ours, ignored, refused = result["parsed"]
+    for (path, body), parsed in zip(sent, ours, strict=True):
+        assert "error" not in parsed, parsed["error"]
+        assert parsed["model"] == {"/v1/chat/completions": "ChatCompletionRequest", "/v1/completions": "CompletionRequest"}[path]
+        assert parsed["ignored"] == []
+        assert parsed["json"] == TOOL_SCHEMA
+        assert (parsed["max_tokens"], parsed["temperature"], parsed["stream"]) == (16, 0.0, body["stream"])
+    assert ours[2]["stop"] == ours[3]["stop"] == ["### Instruction:", "### Input:"]
+    assert ignored["ignored"] == ["guided_json"] and ignored["json"] is None
+    assert "one kind of structured outputs constraint" in refused["error"]
+
+
+def test_the_vllm_check_fails_loudly_without_its_install(tmp_path):
+    with pytest.raises(pytest.fail.Exception, match=r"not installed in .*: run `make setup-dev`"):
+        vllm_parse([], folder=tmp_path / "vllm")
 
 
 def test_alpaca_template_goes_through_completions(llama_server):
@@ -150,3 +214,9 @@ def test_missing_model_file_names_the_file(tmp_path):
     missing = tmp_path / "nope.gguf"
     with pytest.raises(ConfigError, match=str(missing)):
         make_backend(Settings(llm=LLMSettings(preset="offline-cpu", model_path=missing)))
+
+
+def test_doctor_says_the_vllm_presets_are_not_yet_verified_against_a_running_vllm():
+    lines = doctor_lines(Settings(llm=LLMSettings(preset="mmed-llama3-8b-vllm")))
+    assert any("not yet verified against a running vLLM" in line and "vllm serve Henrychur/MMed-Llama-3-8B-EnIns" in line for line in lines)
+    assert any("dialect vllm" in line for line in lines)
