@@ -126,7 +126,9 @@ def on_source_grid(labels: np.ndarray, affine: np.ndarray, volume: Volume) -> np
     """
     from nibabel import orientations
 
-    transform = orientations.ornt_transform(orientations.io_orientation(affine), orientations.io_orientation(volume.affine))
+    transform = orientations.ornt_transform(
+        orientations.io_orientation(affine), orientations.io_orientation(volume.affine)
+    )
     grid = orientations.apply_orientation(labels, transform)
     moved = affine @ orientations.inv_ornt_aff(transform, labels.shape)
     if grid.shape != volume.voxels.shape or not np.allclose(moved, volume.affine, atol=1e-3):
@@ -147,7 +149,9 @@ def _source_headers(files: list[Path]) -> list:
         try:
             source = pydicom.dcmread(str(file), stop_before_pixels=True)
         except (OSError, ValueError, EOFError, pydicom.errors.InvalidDicomError) as exc:
-            raise SegNotWritten(f"no DICOM SEG written: {file.name} cannot be read again ({exc.__class__.__name__})") from exc
+            raise SegNotWritten(
+                f"no DICOM SEG written: {file.name} cannot be read again ({exc.__class__.__name__})"
+            ) from exc
         header = Dataset()
         for keyword in _KEPT:
             if keyword in source:
@@ -222,7 +226,7 @@ def write_seg(
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
             series_instance_uid=hd.UID(),
-            series_number=9000 + (int(headers[0].get("SeriesNumber") or 0) % 1000),
+            series_number=9000,  # far above a scanner's own series numbers, so the SEG is easy to tell apart
             sop_instance_uid=hd.UID(),
             instance_number=1,
             manufacturer="medagent",
@@ -230,7 +234,7 @@ def write_seg(
             software_versions=software[:64],
             device_serial_number=software[:64],
             series_description=f"medagent {tool.split('.')[-1]}: {RESEARCH_NOTICE}"[:64],
-            content_description=f"{tool} masks from medagent, {RESEARCH_NOTICE}"[:64],
+            content_description=f"{tool} masks, {RESEARCH_NOTICE}"[:64],
             content_label=tool.split(".")[-1].upper().replace("-", "_")[:16],
         )
         path.parent.mkdir(parents=True, exist_ok=True)
