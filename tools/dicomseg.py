@@ -23,6 +23,7 @@ from medagent.tools.errors import MedagentError
 from medagent.tools.medio import Volume
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
     from pydicom.sr.coding import Code
 
 NOT_DICOM = "no DICOM SEG written: the input was not a DICOM series (no source instances to reference)"
@@ -139,12 +140,12 @@ def on_source_grid(labels: np.ndarray, affine: np.ndarray, volume: Volume) -> np
     return np.ascontiguousarray(grid.transpose(2, 1, 0))
 
 
-def _source_headers(files: list[Path]) -> list:
+def _source_headers(files: list[Path]) -> list[Dataset]:
     """Each source instance's header reduced to what a SEG needs (see _KEPT), in the volume's slice order."""
     import pydicom
     from pydicom.dataset import Dataset
 
-    headers = []
+    headers: list[Dataset] = []
     for file in files:
         try:
             source = pydicom.dcmread(str(file), stop_before_pixels=True)
@@ -237,14 +238,17 @@ def write_seg(
             content_description=f"{tool} masks, {RESEARCH_NOTICE}"[:64],
             content_label=tool.split(".")[-1].upper().replace("-", "_")[:16],
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        seg.save_as(str(path))
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OSError) as exc:
-        path.unlink(missing_ok=True)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
         detail = " ".join(str(exc).split())[:160]
         raise SegNotWritten(
             f"no DICOM SEG written: highdicom refused the source instances ({exc.__class__.__name__}: {detail})"
         ) from exc
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        seg.save_as(str(path))
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise SegNotWritten(f"no DICOM SEG written: {path.name} could not be saved ({exc.strerror or exc})") from exc
     present = sorted({int(v) for v in np.unique(numbered)} - {0})
     return (
         f"DICOM SEG written: {path.name}, {len(values)} segments ({len(present)} with voxels) on "
