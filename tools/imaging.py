@@ -1,7 +1,9 @@
 """`imaging.ct_quant` (classical CT measurements, no weights) and `imaging.segment` (any MONAI bundle).
 
 Both write their masks as NIfTI and a PNG of a representative axial slice with the masks outlined
-into the run's artifacts folder; evidence names those files relative to the output folder.
+into the run's artifacts folder, and, when the input was a DICOM series, as a DICOM SEG referencing it
+(tools/dicomseg.py); evidence names those files relative to the output folder and says whether a SEG
+was written, or why not.
 """
 
 from __future__ import annotations
@@ -11,15 +13,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
+
 from medagent.tools.config import Settings
 from medagent.tools.contracts import Attachment, AttachmentKind, EvidenceDraft
+from medagent.tools.dicomseg import SegmentCode, SegNotWritten, sct, structure_code, write_seg
 from medagent.tools.errors import ToolError
 from medagent.tools.medio import Volume, read_volume
 from medagent.tools.payloads import CTQuantPayload, SegmentationPayload
 from medagent.tools.registry import AttachmentArgs, Tool, ToolContext
-from pydantic import Field
 
 CT_VERSION = "ctquant-1"
+# ct_quant's labels (specialists/imaging/ctquant.py LABELS) as SEG segments: (category, type) in SNOMED CT.
+CT_CODES = {
+    "lungs": ("AnatomicalStructure", "Lung"),
+    "bone": ("Tissue", "Bone"),
+    "fat": ("Tissue", "AdiposeTissue"),
+    "other soft tissue": ("Tissue", "SoftTissue"),
+}
 
 
 def _relative(ctx: ToolContext, path: Path) -> str:
@@ -29,6 +40,17 @@ def _relative(ctx: ToolContext, path: Path) -> str:
 
 def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _dicom_seg(
+    ctx: ToolContext, path: Path, labels: np.ndarray, affine: np.ndarray, volume: Volume, segments: dict[int, SegmentCode],
+    **how: Any,
+) -> tuple[str, list[str]]:
+    """The SEG's evidence line and artifact; a SEG that cannot be written costs only that line, never the masks."""
+    try:
+        return write_seg(labels, affine, volume, segments, path, **how), [_relative(ctx, path)]
+    except SegNotWritten as exc:
+        return str(exc), []
 
 
 def _load_volume(attachment: Attachment, path: Path) -> Volume:
@@ -62,6 +84,7 @@ def _canonical(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
 
 def ct_quant(args: AttachmentArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     import nibabel as nib
+
     from medagent.specialists.imaging.ctquant import LABELS, quantify
     from medagent.specialists.imaging.figure import save_slice_png
 
@@ -115,7 +138,12 @@ def ct_quant(args: AttachmentArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         title=f"{attachment.id}: ct_quant masks",
         slice_from="lungs" if has_lungs else "body",
     )
-    artifacts = [_relative(ctx, png_path), _relative(ctx, mask_path)]
+    segments = {value: SegmentCode(name, *(sct(k) for k in CT_CODES[name])) for value, name in LABELS.items()}
+    seg_line, seg_artifacts = _dicom_seg(
+        ctx, ctx.artifacts_dir / f"{stem}_seg.dcm", result.label_map(), affine, volume, segments,
+        tool="imaging.ct_quant", algorithm=("medagent ct_quant", CT_VERSION, "MorphologicalOperations"),
+    )
+    artifacts = [_relative(ctx, png_path), _relative(ctx, mask_path), *seg_artifacts]
     volumes = result.volumes_ml
     extent_mm = round(hu.shape[2] * spacing[2], 1)
     scope = f"within the {hu.shape[2]} axial slices scanned ({extent_mm} mm)"
@@ -129,6 +157,7 @@ def ct_quant(args: AttachmentArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         "thresholds_hu": {"body": -500, "lung_air": -400, "bone": 200, "fat": [-190, -30], "emphysema": -950},
         "limits": result.limits,
         "method": "Hounsfield thresholds and connected components (no model weights)",
+        "dicom_seg": seg_line,
     }
     evidence = [
         EvidenceDraft(
@@ -202,6 +231,7 @@ def _device(settings: Settings) -> str:
 
 def segment(args: SegmentArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     import nibabel as nib
+
     from medagent.specialists.imaging.bundle import (
         BundleError,
         build_network,
@@ -284,6 +314,11 @@ def segment(args: SegmentArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         window=window,  # type: ignore[arg-type]
         title=f"{attachment.id}: {bundle.name}",
     )
+    segments = {value: structure_code(name) for value, name in result.names.items() if value != 0}
+    seg_line, seg_artifacts = _dicom_seg(
+        ctx, ctx.artifacts_dir / f"{stem}_seg.dcm", result.labels, result.affine, volume, segments,
+        tool="imaging.segment", algorithm=(f"MONAI bundle {bundle.name}", str(bundle.version), "ArtificialIntelligence"),
+    )
     volumes = {name: result.volumes_ml[name] for name in wanted if name in result.volumes_ml}
     found = [f"{name} {ml:.1f} mL" for name, ml in volumes.items() if ml > 0]
     absent = [name for name, ml in volumes.items() if ml == 0]
@@ -306,8 +341,9 @@ def segment(args: SegmentArgs, ctx: ToolContext) -> list[EvidenceDraft]:
                 "sw_batch_size": settings.sw_batch_size or bundle.sw_batch_size,
                 "device": device,
                 "seconds": round(result.seconds, 2),
+                "dicom_seg": seg_line,
             },
-            artifacts=[_relative(ctx, png_path), _relative(ctx, mask_path)],
+            artifacts=[_relative(ctx, png_path), _relative(ctx, mask_path), *seg_artifacts],
             confidence=None,
         )
     ]

@@ -76,6 +76,9 @@ class Volume:
     source_format: str
     metadata: dict[str, Any] = field(default_factory=dict)
     units: str = "intensity"  # "HU" for CT with a rescale applied
+    # A DICOM series' files in voxel order (source_files[k] holds slice k); empty for other formats. Kept so a
+    # mask can be written back as DICOM SEG referencing these instances; never copied into outputs.
+    source_files: list[Path] = field(default_factory=list)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -313,6 +316,7 @@ def read_dicom_series(path: Path, series_uid: str | None = None) -> Volume:
         source_format="dicom",
         metadata=metadata,
         units="HU" if modality == "CT" and rescaled else "intensity",
+        source_files=[file for file, _ in files],
     )
 
 

@@ -194,6 +194,7 @@ class CTVolumes(Part):
     thresholds_hu: Thresholds
     limits: list[str]
     method: str
+    dicom_seg: str | None = Field(default=None, description="whether the masks were also written as DICOM SEG, or why not")
 
 
 class CTLungDensity(Part):
@@ -230,6 +231,7 @@ class SegmentationPayload(Payload):
     sw_batch_size: int
     device: str
     seconds: Number
+    dicom_seg: str | None = Field(default=None, description="whether the masks were also written as DICOM SEG, or why not")
 
 
 # ------------------------------------------------------------------ speech.transcribe

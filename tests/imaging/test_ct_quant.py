@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+
 from medagent.specialists.imaging.ctquant import dice, quantify
 from medagent.tools.config import Settings
 from medagent.tools.contracts import Case, ToolCall
@@ -67,6 +68,11 @@ def test_nifti_case_gets_volumes_density_and_a_picture(tmp_path: Path) -> None:
     assert np.allclose(labels.affine, nib.load(str(EXAMPLES / "data" / "ct_small.nii.gz")).affine)
     counts = np.bincount(np.asarray(labels.dataobj).ravel(), minlength=5)
     assert counts[1] * 27 / 1000 == pytest.approx(volumes.payload["volumes_ml"]["lungs"], abs=0.1)
+    # A NIfTI has no source instances a DICOM SEG could reference: none is written, and the evidence says why.
+    assert volumes.payload["dicom_seg"] == (
+        "no DICOM SEG written: the input was not a DICOM series (no source instances to reference)"
+    )
+    assert not list(out.glob("artifacts/*.dcm"))
 
 
 def test_dicom_case_is_measured_in_hounsfield_units(tmp_path: Path) -> None:
@@ -79,6 +85,13 @@ def test_dicom_case_is_measured_in_hounsfield_units(tmp_path: Path) -> None:
     assert 3000 < payload["volumes_ml"]["body"] < 20000
     assert payload["volumes_ml"]["fat"] > 100 and payload["volumes_ml"]["bone"] > 10
     assert (ctx.artifacts_dir / "ct_quant_ct.png").is_file()
+    # The example series was anonymised with its study and series UIDs blanked: a SEG could not reference it
+    # (test_dicom_seg.py restores them in a copy and reads the SEG back).
+    assert payload["dicom_seg"] == (
+        "no DICOM SEG written: the source instances have no StudyInstanceUID, SeriesInstanceUID "
+        "(blanked, e.g. by anonymisation), which a SEG must reference"
+    )
+    assert volumes.artifacts == ["artifacts/ct_quant_ct.png", "artifacts/ct_quant_ct_labels.nii.gz"]
     # The slab lies below the lungs (TotalSegmentator's segmentation of it has no lung lobe either):
     # its stomach and colon gas must not be reported as lung.
     assert payload["volumes_ml"]["lungs"] == 0
