@@ -143,6 +143,11 @@ class KnowledgeSettings(Section):
         description=("Bonus x share of excluded terms a disease shows (case-report 'pertinent negatives'); 0 = off. "
                      "It rewards a feature's absence, so it stays off outside evaluation (see specialists/knowledge/rank.py)"),
     )
+    counter: float = Field(
+        default=2.0, ge=0,
+        description="Weight of counter-evidence from measurements: a low haemoglobin lowers diseases of high red-cell mass, "
+                    "by counter x -ln(1 - how often the disease shows it); 0 = off",
+    )
     ontologies: list[Path] = Field(
         default=[], description="Your own OBO files (e.g. mondo.obo) that knowledge.lookup also searches"
     )

@@ -165,7 +165,7 @@ def linker_for(settings: Settings, pool: ModelPool):  # noqa: ANN201 - a special
 
 
 def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
-    from medagent.specialists.knowledge.findings import derive
+    from medagent.specialists.knowledge.findings import argues_against, derive
     from medagent.specialists.knowledge.graph import KnowledgeError
     from medagent.specialists.knowledge.link import consistent_excluded, split_mentions
 
@@ -180,6 +180,7 @@ def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         "present": [m.as_dict() for m in present],
         "excluded": [m.as_dict() for m in excluded],
         "derived": [],
+        "against": [],
         "present_ids": [],
         "excluded_ids": [m.id for m in excluded],
     }
@@ -192,6 +193,11 @@ def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
                 index = linker.graph.resolve(term)
                 label = linker.graph.labels[index] if index is not None else term
                 payload["derived"].append({"id": term, "label": label, "from": finding.name, "reason": reason})
+            contrary = argues_against(finding.name, finding.value, finding.unit, ctx.case.patient.age_years)
+            if contrary is not None and linker.graph.resolve(contrary[0]) is not None:
+                term, reason = contrary
+                label = linker.graph.labels[linker.graph.resolve(term)]
+                payload["against"].append({"id": term, "label": label, "from": finding.name, "reason": reason})
     payload["present_ids"] = list(dict.fromkeys([m.id for m in present] + [d["id"] for d in payload["derived"]]))
     payload["excluded_ids"] = consistent_excluded(linker.graph, payload["present_ids"], payload["excluded_ids"])
     if not mentions and not payload["derived"]:
@@ -202,6 +208,8 @@ def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         summary += f"; excluded: {', '.join(list(dict.fromkeys(m.label for m in excluded))[:8])}"
     if payload["derived"]:
         summary += f"; from measurements: {', '.join(d['label'] for d in payload['derived'])}"
+    if payload["against"]:
+        summary += f"; measurements argue against: {', '.join(d['label'] for d in payload['against'])}"
     return [EvidenceDraft(summary=summary, payload=payload, confidence=None)]
 
 
@@ -256,6 +264,23 @@ def _term_sources(args: RankArgs, ctx: ToolContext) -> dict[tuple[str, bool], li
 
 def _where(entries: list[tuple[str, str]]) -> str:
     return ", ".join(f"{TIER_WORDS[kind]}{f' [{eid}]' if eid else ''}" for kind, eid in entries)
+
+
+def _measured_against(args: RankArgs, ctx: ToolContext, present: list[str]) -> dict[str, tuple[str, str, str | None]]:
+    """HPO id -> (reason, evidence id, the present term derived from the same measurement) for the abnormalities the cited links' measurements argue against, unless
+    the patient is said to have that abnormality anyway (a present term wins: then the sources disagree)."""
+    by_id = {e.id: e for e in ctx.evidence_so_far}
+    found: dict[str, tuple[str, str, str | None]] = {}
+    for evidence_id in args.evidence:
+        item = by_id.get(evidence_id)
+        if item is None or item.tool != "knowledge.link" or item.error:
+            continue
+        linked = LinkPayload.of(item)
+        for entry in linked.against:
+            if entry.id not in present and entry.id not in found:
+                derived = next((d.id for d in linked.derived if d.from_ == entry.from_ and d.id in present), None)
+                found[entry.id] = (entry.reason, item.id, derived)
+    return found
 
 
 def reconcile(graph, args: RankArgs, ctx: ToolContext) -> tuple[list[str], list[str], list[dict]]:  # noqa: ANN001
@@ -320,9 +345,12 @@ def rank(args: RankArgs, ctx: ToolContext) -> list[EvidenceDraft]:
                         + "; ".join(c["statement"] for c in conflicts))
     params = RankParams(alpha=knowledge.alpha, beta=knowledge.beta, gamma=knowledge.gamma,
                         exact_bonus=knowledge.exact_bonus, hypergeom=knowledge.hypergeom, reverse=knowledge.reverse,
-                        delta=knowledge.delta, pertinent_negative=knowledge.pertinent_negative)  # fmt: skip
+                        delta=knowledge.delta, pertinent_negative=knowledge.pertinent_negative,
+                        counter=knowledge.counter)  # fmt: skip
+    against = _measured_against(args, ctx, present)
     try:
-        candidates = rank_diseases(graph, present, excluded, knowledge.top, tuple(knowledge.sources), params)
+        candidates = rank_diseases(graph, present, excluded, knowledge.top, tuple(knowledge.sources), params,
+                                   against={term: derived for term, (_, _, derived) in against.items()})
     except KnowledgeError as exc:
         raise ToolError(f"knowledge.rank: {exc}") from exc
     differential = []
@@ -332,9 +360,13 @@ def rank(args: RankArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         rationale = "; ".join(
             f"{m.label}" + ("" if m.kind == "exact" else f" (via {m.matched_label}, {m.kind})") for m in explains[:5]
         )
-        against = [m.label for m in candidate.matches if m.contribution < 0]
-        if against:
-            rationale += f"; against: {', '.join(against)} (excluded but typical)"
+        typical = [m.label for m in candidate.matches if m.contribution < 0 and m.kind == "excluded but typical"]
+        if typical:
+            rationale += f"; against: {', '.join(typical)} (excluded but typical)"
+        measured = [m for m in candidate.matches if m.kind == "argued against by a measurement"]
+        for m in measured:
+            why, cited, _ = against[m.term]
+            rationale += f"; against: {m.label} (shown by {100 * m.frequency:.0f}% of cases), but {why} [{cited}]"
         checked = [m.label for m in candidate.matches if m.kind == "pertinent negative"]
         if checked:
             rationale += f"; known features stated absent (pertinent negatives): {', '.join(checked[:5])}"

@@ -338,6 +338,8 @@ class LinkPayload(Payload):
     derived: list[DerivedPhenotype]
     present_ids: list[str]
     excluded_ids: list[str]
+    against: list[DerivedPhenotype] = Field(
+        default_factory=list, description="abnormalities a measurement argues against (a low haemoglobin: polycythaemia)")
 
 
 # ------------------------------------------------------------------ knowledge.rank

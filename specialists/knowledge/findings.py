@@ -6,6 +6,11 @@ thresholds (WHO/NMH/NHD/MNM/11.1, 2011; women 12 g/dL, men 13 g/dL; 12 is used w
 Vital-sign limits: fever >= 38.0 C, tachycardia > 100/min, bradycardia < 60/min, tachypnoea > 20/min,
 hypertension >= 140 mmHg systolic, hypotension < 90 mmHg systolic, hypoxaemia SpO2 < 94 %.
 Every phenotype found this way is marked as derived.
+
+A value outside its range also argues *against* the opposite abnormality (`argues_against`): a haemoglobin below
+range against polycythaemia (HP:0001901, the parent of increased haemoglobin: a disease of high red-cell mass),
+platelets below range against thrombocytosis, glucose below range against hyperglycaemia, and so on. The ranker
+lowers diseases that show that term (specialists/knowledge/rank.py, `against`).
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ class Range:
     below: str | None  # HPO id when below range
     above: str | None  # HPO id when above range
     source: str
+    # HPO id a value below range argues against; None = `above` (haemoglobin: polycythaemia, the broader term)
+    against_low: str | None = None
 
 
 TABLE = [
-    Range(("haemoglobin", "hemoglobin", "hb", "hgb"), {"g/dl": 1.0, "g/l": 0.1}, 12.0, 17.5, "HP:0001903", "HP:0001900", "WHO 2011; Merck"),  # noqa: E501
+    Range(("haemoglobin", "hemoglobin", "hb", "hgb"), {"g/dl": 1.0, "g/l": 0.1}, 12.0, 17.5, "HP:0001903", "HP:0001900", "WHO 2011; Merck", "HP:0001901"),  # noqa: E501
     Range(("white blood cells", "wbc", "leukocytes", "white cell count"), {"10^9/l": 1.0, "x10^9/l": 1.0, "/ul": 0.001, "/mm3": 0.001, "10^3/ul": 1.0}, 4.0, 11.0, "HP:0001882", "HP:0001974", "Merck"),  # noqa: E501
     Range(("platelets", "platelet count", "plt"), {"10^9/l": 1.0, "x10^9/l": 1.0, "/ul": 0.001, "/mm3": 0.001, "10^3/ul": 1.0}, 150.0, 450.0, "HP:0001873", "HP:0001894", "Merck"),  # noqa: E501
     Range(("sodium", "na"), {"mmol/l": 1.0, "meq/l": 1.0}, 135.0, 145.0, "HP:0002902", "HP:0003228", "Merck"),
@@ -48,11 +55,10 @@ def _number(value: float | str) -> float | None:
     return float(match.group()) if match else None
 
 
-def derive(name: str, value: float | str, unit: str | None, age_years: float | None = None) -> tuple[str, str] | None:
-    """(HPO id, reason) when this measurement lies outside its range; None when normal or unknown.
+def _outside(name: str, value: float | str, unit: str | None, age_years: float | None) -> tuple[Range, str, str] | None:
+    """(range entry, "below" or "above", reason) when this measurement lies outside its range, else None.
 
-    The ranges are for adults: a child's measurement (under 16 years) is never turned into a phenotype.
-    """
+    The ranges are for adults: a child's measurement (under 16 years) is never judged."""
     if age_years is not None and age_years < 16:
         return None
     key = name.strip().lower()
@@ -66,9 +72,32 @@ def derive(name: str, value: float | str, unit: str | None, age_years: float | N
         if unit_key not in entry.units:
             return None  # an unknown unit is never guessed
         canonical = number * entry.units[unit_key]
-        if entry.low is not None and canonical < entry.low and entry.below:
-            return entry.below, f"{name} {value} {unit or ''} below {entry.low} ({entry.source})".replace("  ", " ")
-        if entry.high is not None and canonical > entry.high and entry.above:
-            return entry.above, f"{name} {value} {unit or ''} above {entry.high} ({entry.source})".replace("  ", " ")
+        if entry.low is not None and canonical < entry.low:
+            return entry, "below", f"{name} {value} {unit or ''} below {entry.low} ({entry.source})".replace("  ", " ")
+        if entry.high is not None and canonical > entry.high:
+            return entry, "above", f"{name} {value} {unit or ''} above {entry.high} ({entry.source})".replace("  ", " ")
         return None
     return None
+
+
+def derive(name: str, value: float | str, unit: str | None, age_years: float | None = None) -> tuple[str, str] | None:
+    """(HPO id, reason) when this measurement lies outside its range; None when normal or unknown.
+
+    The ranges are for adults: a child's measurement (under 16 years) is never turned into a phenotype.
+    """
+    found = _outside(name, value, unit, age_years)
+    if found is None:
+        return None
+    entry, direction, reason = found
+    term = entry.below if direction == "below" else entry.above
+    return (term, reason) if term else None
+
+
+def argues_against(name: str, value: float | str, unit: str | None, age_years: float | None = None) -> tuple[str, str] | None:
+    """(HPO id, reason) of the opposite abnormality that this out-of-range measurement argues against, or None."""
+    found = _outside(name, value, unit, age_years)
+    if found is None:
+        return None
+    entry, direction, reason = found
+    term = (entry.against_low or entry.above) if direction == "below" else entry.below
+    return (term, reason) if term else None

@@ -27,7 +27,7 @@ the query terms' ancestors), so ten terms rank in a few milliseconds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
@@ -50,6 +50,11 @@ class RankParams:
     excluded_from: float = 0.95  # an excluded feature costs (gamma) only diseases that show it at least this often
     hypergeom: float = 0.17  # weight of -ln p of the hypergeometric enrichment of the query in the disease
     pertinent_negative: float = 0.0  # bonus x share of the excluded terms the disease shows (off: see module docstring)
+    # Weight of a measurement's counter-evidence: -counter * ln(1 - frequency) for every disease that shows the term a
+    # measurement argues against (a low haemoglobin against polycythaemia), at any frequency: a lab value is an
+    # observation, not a case report's choice of what to mention. Set by reasoning, not tuned: the phenopacket tune
+    # split has no lab values. At 2.0 a hallmark (frequency >= 0.95: 6.0) weighs about one matched specific term.
+    counter: float = 2.0
     negative_below: float = 1.01  # ... counted for features shown less often than this (1.01: all of them)
 
 
@@ -59,7 +64,8 @@ class Match:
     label: str
     matched: str
     matched_label: str
-    kind: str  # "exact", "more specific in disease", "shared ancestor", "excluded but typical", "pertinent negative"
+    kind: str  # "exact", "more specific in disease", "shared ancestor", "excluded but typical", "pertinent negative",
+    # "argued against by a measurement"
     frequency: float
     contribution: float
 
@@ -155,9 +161,11 @@ class _Scores:
     penalties: list[tuple[int, np.ndarray, np.ndarray]]  # (term, penalty per disease, frequency per disease)
     enrichment: np.ndarray  # the hypergeometric part of total
     coverage: np.ndarray  # reverse coverage per disease, 0..1
+    countered: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)  # as penalties, for `against`
 
 
-def _score(graph: KnowledgeGraph, p: list[int], x: list[int], table: _Rows, params: RankParams) -> _Scores:
+def _score(graph: KnowledgeGraph, p: list[int], x: list[int], table: _Rows, params: RankParams,
+           against: list[tuple[int, int | None]] = []) -> _Scores:  # noqa: B006 - read only
     ancestors = [graph.ancestors(q) for q in p]
     cols = np.unique(np.concatenate(ancestors))
     block = table.closure[:, cols].toarray()  # diseases x (union of ancestors): frequency or 0
@@ -200,7 +208,23 @@ def _score(graph: KnowledgeGraph, p: list[int], x: list[int], table: _Rows, para
             penalty = penalty - params.pertinent_negative / len(x) * shows
             total = total - penalty
             penalties.append((xi, penalty, freqs[:, t]))
-    return _Scores(total, per_term, penalties, enrichment, coverage)
+    countered = []
+    if against:
+        freqs = table.closure[:, [a for a, _ in against]].toarray()
+        for t, (ai, derived) in enumerate(against):
+            shows = freqs[:, t] > 0
+            penalty = -params.counter * np.log(1.0 - np.minimum(freqs[:, t], 0.95))
+            # The measurement's own phenotype (anaemia, from the low haemoglobin) earns nothing from a disease of the
+            # opposite abnormality through a shared ancestor ("abnormal erythrocyte morphology"): that credit would
+            # undo the counter-evidence. A disease that has both, exactly, keeps its match.
+            for q, score, matched in per_term if derived is not None else []:
+                if q == derived:
+                    spurious = shows & (matched != q)
+                    total = total - np.where(spurious, score, 0.0)
+                    score[spurious] = 0.0
+            total = total - penalty
+            countered.append((ai, penalty, freqs[:, t]))
+    return _Scores(total, per_term, penalties, enrichment, coverage, countered)
 
 
 def _reverse_coverage(graph: KnowledgeGraph, ancestors: list[np.ndarray], table: _Rows) -> np.ndarray:
@@ -235,13 +259,18 @@ def rank(
     top: int = 10,
     sources: tuple[str, ...] = ("OMIM", "ORPHA"),
     params: RankParams = RankParams(),
+    against: dict[str, str | None] | None = None,
 ) -> list[Candidate]:
-    """Rank diseases of the given sources for these present and excluded HPO ids."""
+    """Rank diseases of the given sources for these present and excluded HPO ids. `against` maps each HPO id that a
+    measurement argues against to the present term derived from that measurement (or None): diseases that show
+    the id are lowered (`RankParams.counter`), and the derived term earns them nothing through a shared ancestor."""
     p, x = check_terms(graph, present, excluded)
     if not p:
         raise KnowledgeError("no present phenotypes to rank diseases by (only excluded ones were given)")
     table = _rows_for(graph, tuple(sources))
-    scores = _score(graph, p, x, table, params)
+    contrary = [(i, graph.resolve(derived) if derived else None) for term, derived in (against or {}).items()
+                if (i := graph.resolve(term)) is not None and i not in p]
+    scores = _score(graph, p, x, table, params, contrary)
     total = scores.total
     top = min(top, len(total))
     head = np.argpartition(-total, top - 1)[:top] if top < len(total) else np.arange(len(total))
@@ -280,6 +309,11 @@ def rank(
                         contribution=-round(float(penalty[k]), 3),
                     )
                 )
+        for ai, penalty, freq in scores.countered:
+            if penalty[k] != 0:
+                matches.append(Match(term=graph.term_ids[ai], label=graph.labels[ai], matched=graph.term_ids[ai],
+                                     matched_label=graph.labels[ai], kind="argued against by a measurement",
+                                     frequency=round(float(freq[k]), 3), contribution=-round(float(penalty[k]), 3)))  # fmt: skip
         matches.sort(key=lambda m: -m.contribution)
         candidates.append(Candidate(graph.disease_ids[d], graph.disease_names[d], round(float(total[k]), 3), matches,
                                     round(float(scores.coverage[k]), 3)))  # fmt: skip

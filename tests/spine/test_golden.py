@@ -1,7 +1,9 @@
 """Behaviour is kept: a rule-planner solve of the multimodal example reproduces the committed result.json.
 
 tests/data/golden/multimodal_rule_result.json was written by `medagent solve examples/multimodal_case.json`
-(rule planner) at commit a46c3f9, before the execution core was redesigned. Everything must match except
+(rule planner) at commit a46c3f9, before the execution core was redesigned, and written again when measurements
+began to count as counter-evidence (a low haemoglobin lowers polycythaemia vera: issue 25) and DICOM SEG output was
+added; nothing else changed then. Everything must match except
 what measures time (timings, the transcript's real-time factor); numbers are compared to 6 significant
 digits, so a different CPU's last-bit rounding does not count as a change.
 
