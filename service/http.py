@@ -258,6 +258,16 @@ def create_app(settings: Settings, bound_host: str = "127.0.0.1") -> FastAPI:
     async def result(job_id: str) -> Response:
         return FileResponse(finished_file(job_id, "result.json"), media_type="application/json")
 
+    @app.get("/api/jobs/{job_id}/fhir")
+    async def fhir(job_id: str) -> Response:
+        """The result as a FHIR R4 Bundle (DiagnosticReport, evidence Observations, provisional Conditions)."""
+        from medagent.tools.contracts import Case, Result
+        from medagent.tools.fhir import result_bundle
+
+        result_ = Result.model_validate_json(finished_file(job_id, "result.json").read_text(encoding="utf-8"))
+        case = Case.model_validate_json((store.folder(job_id) / "case" / "case.json").read_text(encoding="utf-8"))
+        return Response(json.dumps(result_bundle(result_, case)), media_type="application/fhir+json")
+
     @app.get("/api/jobs/{job_id}/report")
     async def report(job_id: str) -> Response:
         return FileResponse(finished_file(job_id, "report.md"), media_type="text/markdown; charset=utf-8")

@@ -40,6 +40,14 @@ def test_case_job_streams_progress_and_serves_its_result(service_server):
         assert result["differential"] and result["differential"][0]["name"]
         assert [e["id"] for e in result["evidence"]] == [f"E{n}" for n in range(1, len(result["evidence"]) + 1)]
         assert "Research use only" in client.get(f"/api/jobs/{job_id}/report").text
+        fhir = client.get(f"/api/jobs/{job_id}/fhir")  # the result as a FHIR R4 Bundle
+        assert fhir.status_code == 200 and fhir.headers["content-type"].startswith("application/fhir+json")
+        from fhir.resources.R4B.bundle import Bundle
+
+        entries = [e.resource for e in Bundle.model_validate_json(fhir.text).entry]
+        [report] = [r for r in entries if r.get_resource_type() == "DiagnosticReport"]
+        assert report.conclusion == " ".join(s["text"] for s in result["report"]["sentences"])
+        assert [r.code.text for r in entries if r.get_resource_type() == "Condition"] == [d["name"] for d in result["differential"]]
         assert all(json.loads(line)["case_id"] == "example-history" for line in client.get(f"/api/jobs/{job_id}/trace").text.splitlines())
         # A client reconnecting with Last-Event-ID gets only what came after.
         with client.stream("GET", f"/api/jobs/{job_id}/events", headers={"Last-Event-ID": "3"}) as response:
