@@ -68,6 +68,25 @@ def _replica_id() -> str:
         return f"pid{os.getpid()}"
 
 
+CALL_PREFIX = "medagent-call-"
+
+
+def sweep_stale_calls(folder: Path | None = None) -> list[str]:
+    """Remove the scratch folders of calls whose replica process is gone (a replica killed mid-call cannot clean
+    up after itself); returns their names. Each folder is named medagent-call-<pid>-<random>."""
+    import shutil
+
+    root = Path(folder or tempfile.gettempdir())
+    removed = []
+    for path in root.glob(f"{CALL_PREFIX}*-*"):
+        pid = path.name[len(CALL_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or Path(f"/proc/{pid}").exists():
+            continue  # not ours to judge, this process's own, or its process still runs
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed
+
+
 class ToolServer:
     """The deployment class: serves the tools it is given by name, with the settings it was deployed with.
 
@@ -86,6 +105,7 @@ class ToolServer:
         self.registry.block(ensure_built(self.settings, None, self.pool))
         self.missing = [name for name in tools if name not in known]
         self.replica = _replica_id()
+        sweep_stale_calls()  # what a killed predecessor on this node left behind
 
     def health(self) -> dict[str, Any]:
         """{"replica": id, "tools": {name: reason unavailable or None}, "versions": {name: version}}."""
@@ -109,7 +129,7 @@ class ToolServer:
         reason = self.registry.unavailable_reason(name) if tool is not None else f"this deployment does not serve {name}"
         if reason is not None:
             return failed("UnavailableError", True, reason)
-        with tempfile.TemporaryDirectory(prefix="medagent-call-") as scratch:
+        with tempfile.TemporaryDirectory(prefix=f"{CALL_PREFIX}{os.getpid()}-") as scratch:
             case_dir = Path(scratch) / "case"
             artifacts = Path(scratch) / request["artifacts_name"]
             for relative, data in request["files"].items():

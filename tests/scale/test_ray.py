@@ -189,10 +189,16 @@ def test_an_unreachable_cluster_is_one_line_naming_it_and_exit_2(tmp_path: Path,
 def test_a_deployment_whose_weights_are_missing_says_so_and_starts(tmp_path: Path):
     """The deployment class itself, as each replica builds it: missing weights make tools unavailable with the
     reason `medagent doctor` gives, and construction never raises (no restart loop on the cluster)."""
+    import tempfile
+
     from medagent.agent.scale import ToolServer
     from medagent.tools.config import Settings
     from medagent.tools.registry import Registry
 
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = Path(tempfile.gettempdir()) / f"medagent-call-{dead}-test"  # left by a replica killed mid-call
+    (stale / "case").mkdir(parents=True, exist_ok=True)
+    live = Path(tempfile.mkdtemp(prefix=f"medagent-call-{os.getppid()}-"))  # a live process's call: kept
     settings = Settings.model_validate({"radfm": {"path": str(tmp_path / "nowhere")}})
     server = ToolServer(settings.model_dump(mode="json"), ["imaging.vqa", "pathology.classify", "imaging.ct_quant"])
     health = server.health()
@@ -203,6 +209,8 @@ def test_a_deployment_whose_weights_are_missing_says_so_and_starts(tmp_path: Pat
     answer = server._call({"tool": "imaging.vqa", "arguments": {}, "case": {"id": "c"}, "evidence": [], "files": {},
                            "paths": {}, "artifacts_name": "artifacts"})
     assert answer["error"]["kind"] == "UnavailableError" and answer["error"]["message"] == health["tools"]["imaging.vqa"]
+    assert not stale.exists() and live.is_dir()
+    live.rmdir()
 
 
 def test_a_job_whose_service_replica_dies_is_finished_by_the_replica_started_in_its_place(ray_cluster):
