@@ -167,6 +167,11 @@ class SpeechSettings(Section):
     """Whisper speech recognition (specialists/speech)."""
 
     enabled: bool = True
+    trust_negation_from: float = Field(
+        default=0.5, ge=0, le=1,
+        description="A negation heard in a transcript segment whose confidence (exp of Whisper's average log-probability) "
+                    "is below this is reported as doubtful and not used as an excluded phenotype",
+    )
     runtime: Literal["faster-whisper", "openai-whisper"] = Field(
         default="faster-whisper",
         description="faster-whisper (CTranslate2, the fast CPU default) or openai-whisper (a .pt checkpoint)",

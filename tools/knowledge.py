@@ -175,10 +175,20 @@ def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     except KnowledgeError as exc:
         raise ToolError(f"knowledge.link ({args.source}): {exc}") from exc
     present, excluded = split_mentions(mentions, linker.graph)
+    heard = _segment_confidences(args, ctx)
+    present_rows = [{**m.as_dict(), **heard(m.span)} for m in present]
+    floor = ctx.settings.speech.trust_negation_from
+    # A negation heard in a low-confidence segment is reported, not used: a misheard "no" flips a finding.
+    pairs = [(m, {**m.as_dict(), **heard(m.span)}) for m in excluded]
+    low = [(m, row) for m, row in pairs if row.get("segment_confidence", 1.0) < floor]
+    doubtful = [row for _, row in low]
+    excluded = [m for m, row in pairs if (m, row) not in low]
+    excluded_rows = [row for _, row in pairs if row not in doubtful]
     payload = {
         "source": args.source,
-        "present": [m.as_dict() for m in present],
-        "excluded": [m.as_dict() for m in excluded],
+        "present": present_rows,
+        "excluded": excluded_rows,
+        "doubtful": doubtful,
         "derived": [],
         "against": [],
         "present_ids": [],
@@ -210,7 +220,37 @@ def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         summary += f"; from measurements: {', '.join(d['label'] for d in payload['derived'])}"
     if payload["against"]:
         summary += f"; measurements argue against: {', '.join(d['label'] for d in payload['against'])}"
+    if doubtful:
+        summary += "; not used, heard with low confidence: " + ", ".join(
+            f"no {d['label'].lower()} ('{d['text']}', segment confidence {d['segment_confidence']:.2f})" for d in doubtful)
+    unsure = [row for row in present_rows if row.get("segment_confidence") is not None and row["segment_confidence"] < floor]
+    if unsure:
+        summary += "; heard with low confidence: " + ", ".join(
+            f"{d['label']} (segment confidence {d['segment_confidence']:.2f})" for d in unsure)
     return [EvidenceDraft(summary=summary, payload=payload, confidence=None)]
+
+
+def _segment_confidences(args: LinkArgs, ctx: ToolContext):  # noqa: ANN202 - span -> {"segment_confidence": c} or {}
+    """For text that is a transcript's (`source` names speech evidence, `text` its transcript): a function from a
+    phrase's character span to the confidence of the segment it was heard in. Anything else: no confidences."""
+    item = next((e for e in ctx.evidence_so_far if e.id == args.source and e.tool.startswith("speech.") and not e.error), None)
+    if item is None:
+        return lambda span: {}
+    from medagent.tools.payloads import TranscriptPayload
+
+    transcript = TranscriptPayload.of(item)
+    if " ".join(s.text for s in transcript.segments) != args.text:
+        return lambda span: {}
+    bounds, offset = [], 0
+    for segment in transcript.segments:
+        bounds.append((offset, offset + len(segment.text), float(segment.confidence)))
+        offset += len(segment.text) + 1
+
+    def confidence(span: tuple[int, int] | list[int]) -> dict:
+        found = [c for start, end, c in bounds if start < span[1] and span[0] < end]
+        return {"segment_confidence": round(min(found), 3)} if found else {}
+
+    return confidence
 
 
 # Which source wins when two disagree about a phenotype: lower tier wins; within a tier, present wins.

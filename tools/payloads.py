@@ -250,6 +250,8 @@ class Segment(Part):
     text: str
     confidence: Number
     words: list[Word] | None = Field(default=None, description="only when word timestamps were asked for")
+    avg_logprob: Number | None = Field(default=None, description="Whisper's average token log-probability")
+    no_speech_prob: Number | None = Field(default=None, description="Whisper's probability that the segment is not speech")
 
 
 class TranscriptPayload(Payload):
@@ -320,6 +322,8 @@ class Mention(Part):
     text: str
     method: str
     score: Number
+    segment_confidence: Number | None = Field(
+        default=None, description="for text from a transcript: the confidence of the segment the phrase was heard in")
 
 
 class DerivedPhenotype(Part):
@@ -338,6 +342,8 @@ class LinkPayload(Payload):
     derived: list[DerivedPhenotype]
     present_ids: list[str]
     excluded_ids: list[str]
+    doubtful: list[Mention] = Field(
+        default_factory=list, description="negations heard in low-confidence transcript segments: reported, not used")
     against: list[DerivedPhenotype] = Field(
         default_factory=list, description="abnormalities a measurement argues against (a low haemoglobin: polycythaemia)")
 

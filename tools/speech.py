@@ -162,6 +162,8 @@ def transcribe_attachment(args: TranscribeArgs, ctx: ToolContext) -> list[Eviden
 
     segments = [
         {"start": s.start, "end": s.end, "text": s.text, "confidence": round(s.confidence, 3)}
+        | ({"avg_logprob": round(s.avg_logprob, 3)} if s.avg_logprob is not None else {})
+        | ({"no_speech_prob": round(s.no_speech_prob, 3)} if s.no_speech_prob is not None else {})
         | (
             {
                 "words": [

@@ -34,7 +34,8 @@ def _shift(segment: Segment, offset: float, limit: float) -> Segment:
             Word(min(w.start + offset, limit), min(max(w.end, w.start) + offset, limit), w.text, w.probability)
             for w in segment.words
         ]
-    return Segment(round(start, 2), round(end, 2), segment.text.strip(), segment.confidence, words)
+    return Segment(round(start, 2), round(end, 2), segment.text.strip(), segment.confidence, words,
+                   segment.avg_logprob, segment.no_speech_prob)
 
 
 def transcribe(

@@ -163,6 +163,8 @@ class FasterWhisperRuntime:
                 end=float(s.end),
                 text=s.text,
                 confidence=_confidence(s.avg_logprob),
+                avg_logprob=float(s.avg_logprob),
+                no_speech_prob=float(s.no_speech_prob),
                 words=[Word(float(w.start), float(w.end), w.word.strip(), float(w.probability)) for w in s.words]
                 if s.words
                 else None,
@@ -241,6 +243,8 @@ class OpenAIWhisperRuntime:
                 end=float(s["end"]),
                 text=s["text"],
                 confidence=_confidence(s["avg_logprob"]),
+                avg_logprob=float(s["avg_logprob"]),
+                no_speech_prob=float(s["no_speech_prob"]),
                 words=[
                     Word(float(w["start"]), float(w["end"]), w["word"].strip(), float(w["probability"]))
                     for w in s["words"]

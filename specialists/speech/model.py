@@ -31,6 +31,8 @@ class Segment:
     text: str
     confidence: float  # geometric mean of the token probabilities, exp(avg_logprob), in [0, 1]
     words: list[Word] | None = None
+    avg_logprob: float | None = None  # Whisper's own figures for the segment, as decoded
+    no_speech_prob: float | None = None
 
 
 @dataclass

@@ -159,3 +159,28 @@ def test_calls_that_cannot_succeed_are_rejected_before_they_run(graph):
     assert reason == "knowledge.link (findings): no phenotype found in the text"
     _, reason = registry.validate(ToolCall(call_id="C1", tool="knowledge.rank", arguments={"present": ["HP:9999999"]}), case)
     assert reason == "knowledge.rank: unknown HPO term id(s): HP:9999999 (expected ids like HP:0001250)"
+
+
+@pytest.mark.parametrize("heard", [0.3, 0.8])
+def test_a_negation_heard_with_low_confidence_is_reported_not_used(tmp_path, graph, heard):
+    segments = [{"start": 0.0, "end": 2.0, "text": "I have a bad headache.", "confidence": 0.9},
+                {"start": 2.0, "end": 4.5, "text": "I do not have any chest pain.", "confidence": heard}]  # fmt: skip
+    transcript = " ".join(s["text"] for s in segments)
+    speech = Evidence(id="E1", tool="speech.transcribe", call_id="C1", summary="Speech", attachment="a1", payload={
+        "transcript": transcript, "segments": segments, "language": "en", "language_probability": 0.99,
+        "duration_s": 4.5, "silent_s": 0.0, "runtime": "faster-whisper", "model": "base", "real_time_factor": 0.2,
+        "notes": []})  # fmt: skip
+    case = Case(id="c9")
+    registry = Registry(SETTINGS, TOOLS)
+    tool = registry.tools["knowledge.link"]
+    [evidence] = tool.run(tool.args.model_validate({"text": transcript, "source": "E1"}),
+                          ToolContext(case, tmp_path, tmp_path, SETTINGS, evidence_so_far=[speech]))
+    payload = evidence.payload
+    assert [(m["id"], m["segment_confidence"]) for m in payload["present"]] == [("HP:0002315", 0.9)]
+    if heard < SETTINGS.speech.trust_negation_from:
+        assert "HP:0100749" not in payload["excluded_ids"] and payload["excluded"] == []
+        assert [(m["id"], m["segment_confidence"]) for m in payload["doubtful"]] == [("HP:0100749", heard)]
+        assert f"not used, heard with low confidence: no chest pain ('chest pain', segment confidence {heard:.2f})" in evidence.summary
+    else:
+        assert payload["excluded_ids"] == ["HP:0100749"] and payload["doubtful"] == []
+        assert "low confidence" not in evidence.summary
