@@ -280,6 +280,28 @@ def doctor_similar(settings: Settings) -> list[str]:
     ]
 
 
+MAX_FOLLOW_UP_LABELS = 8
+
+
+def ranked_candidates(case: Case, tools: Any, evidence: Any, calls: Any) -> list[tuple[str, dict, str]]:
+    """After the knowledge tools rank diagnoses, classify each 2D image against those candidates too."""
+    if "imaging.classify" not in {t.name for t in tools}:
+        return []
+    ranking = next((e for e in reversed(evidence) if e.tool == "knowledge.rank" and not e.error), None)
+    names = _dedupe([c.name for c in RankPayload.of(ranking).differential] if ranking is not None else [])
+    names = names[:MAX_FOLLOW_UP_LABELS]
+    if len(names) < 2:
+        return []
+    return [
+        ("imaging.classify", {"attachment": a.id, "labels": names}, "classify the image against the ranked candidate diagnoses")
+        for a in case.attachments
+        if a.kind is AttachmentKind.image
+    ]
+
+
+FOLLOW_UP_RULES = [ranked_candidates]
+
+
 def _grounded_classify(case: Case, evidence: list[Evidence]) -> dict[str, list[str]]:
     """Labels an LLM may give: the ranked diagnoses, the question's own choices and the built-in labels."""
     ranking = next((e for e in reversed(evidence) if e.tool == "knowledge.rank" and not e.error), None)
