@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -104,16 +102,26 @@ def test_bad_folders_and_caption_files_are_one_clear_line(tmp_path, library, pmc
 
 
 def test_cli_index_images(tmp_path, library, pmcclip_dir):
+    """The command in process (typer's runner: one interpreter start less than a subprocess); main() turns the
+    MedagentError into `error: <line>` and exit code 2, as for every command."""
+    from typer.testing import CliRunner
+
+    from medagent.cli.main import app
+    from medagent.tools.errors import MedagentError
+
     cache = tmp_path / "cache"
     config = tmp_path / "medagent.toml"
     config.write_text(f'cache_dir = "{cache}"\n[pmcclip]\npath = "{pmcclip_dir}"\n')
-    exe = Path(sys.executable).parent / "medagent"
-    done = subprocess.run([str(exe), "index", "images", str(library), "--config", str(config)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert f"6 images of {library} indexed in {cache}/pmcclip/images-v1/" in done.stdout
-    assert "built: no index of this folder yet; 6 images encoded" in done.stdout
-    assert f"set it to {library.resolve()}" in done.stdout
-    bad = subprocess.run([str(exe), "index", "images", str(tmp_path / "none"), "--config", str(config)],
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and bad.stderr.strip() == f"error: {tmp_path / 'none'}: no such folder of images"
+    done = CliRunner().invoke(app, ["index", "images", str(library), "--config", str(config)])
+    assert done.exit_code == 0, done.output
+    assert f"6 images of {library} indexed in {cache}/pmcclip/images-v1/" in done.output
+    assert "built: no index of this folder yet; 6 images encoded" in done.output
+    assert f"set it to {library.resolve()}" in done.output
+    again = CliRunner().invoke(app, ["index", "images", str(library), "--config", str(config)])
+    assert "reused: 6 images unchanged" in again.output
+    bad = CliRunner().invoke(app, ["index", "images", str(tmp_path / "none"), "--config", str(config)])
+    assert isinstance(bad.exception, MedagentError) and bad.exception.exit_code == 2
+    assert str(bad.exception) == f"{tmp_path / 'none'}: no such folder of images"
+    (tmp_path / "plain.toml").write_text(f'cache_dir = "{cache}"\n')
+    unconfigured = CliRunner().invoke(app, ["index", "images", str(library), "--config", str(tmp_path / "plain.toml")])
+    assert str(unconfigured.exception).startswith("imaging.similar needs PMC-CLIP: no PMC-CLIP checkpoint configured.")

@@ -1,11 +1,9 @@
-"""`medagent solve` on a committed 2D CT slice: the rule planner sends it to imaging.classify, whose evidence the
+"""`medagent solve` (in process, typer's runner) on a committed 2D CT slice: the rule planner sends it to imaging.classify, whose evidence the
 result cites, with labels taken from the case question."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 CASE = Path(__file__).resolve().parents[2] / "tests/data/pmcclip/case_ct_slice/case.json"
@@ -18,11 +16,12 @@ def test_solve_a_2d_image_case_with_the_rule_planner(tmp_path, pmcclip_dir):
         f'[pmcclip]\npath = "{pmcclip_dir}"\n'
     )
     out = tmp_path / "out"
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "medagent"), "solve", str(CASE), "-o", str(out), "--config", str(config)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    from typer.testing import CliRunner
+
+    from medagent.cli.main import app
+
+    done = CliRunner().invoke(app, ["solve", str(CASE), "-o", str(out), "--config", str(config)])
+    assert done.exit_code == 0, done.output
     result = json.loads((out / "result.json").read_text())
     [item] = [e for e in result["evidence"] if e["tool"] == "imaging.classify"]
     assert not item["error"] and item["attachment"] == "slice"
