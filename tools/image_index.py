@@ -168,6 +168,10 @@ class ImageIndex:
         return [(self.entries[int(r)], float(s)) for r, s in zip(rows[0], scores[0], strict=True) if r >= 0]
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _changes(old: list[Entry], new: list[Entry]) -> list[str]:
     before, after = {e.file: e for e in old}, {e.file: e for e in new}
     added = [f for f in after if f not in before]
@@ -208,7 +212,7 @@ def open_index(folder: Path, cache_root: Path, weights: Path, embed: Any, read: 
             changes = _changes(old_entries, entries)
             if not changes and same_weights:
                 vectors = np.stack([old_vectors[e.sha256] for e in entries])
-                return ImageIndex(folder, where, entries, vectors, f"reused: {len(entries)} images unchanged")
+                return ImageIndex(folder, where, entries, vectors, f"reused: {_count(len(entries), 'image')} unchanged")
             if not same_weights:
                 old_vectors = {}
                 changes.insert(0, "the PMC-CLIP weights changed")
@@ -235,5 +239,6 @@ def open_index(folder: Path, cache_root: Path, weights: Path, embed: Any, read: 
     tmp_vectors.replace(vectors_file)
     tmp_manifest.replace(manifest_file)
     vectors = np.stack([table[e.sha256] for e in entries])
-    note = f"{reason}; {len(fresh)} images encoded, {len(entries) - len([e for e in entries if e.sha256 in fresh])} reused"
+    reused = len([e for e in entries if e.sha256 not in fresh])
+    note = f"{reason}; {_count(len(fresh), 'image')} encoded, {reused} reused"
     return ImageIndex(folder, where, entries, vectors, note, embedded=len(fresh))

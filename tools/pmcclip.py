@@ -229,6 +229,11 @@ def check(settings: Settings) -> str | None:
         find_weights(path)
     except CheckpointError as exc:
         return f"{exc}. {WEIGHTS_HELP}"
+    if settings.pmcclip.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"[pmcclip] device is '{settings.pmcclip.device}' but no CUDA GPU is visible (use 'cpu')"
     return None
 
 

@@ -56,6 +56,16 @@ def test_unavailable_without_weights_and_doctor_says_where(tmp_path):
     assert lines[-1].startswith("pmcclip: unavailable: ") and "no PMC-CLIP weights found" in lines[-1]
 
 
+def test_a_cuda_device_without_a_gpu_is_said(pmcclip_dir):
+    import torch
+
+    reason = CLASSIFY.check(Settings(pmcclip=PMCCLIPSettings(path=pmcclip_dir, device="cuda")))
+    if torch.cuda.is_available():
+        assert reason is None
+    else:
+        assert reason == "[pmcclip] device is 'cuda' but no CUDA GPU is visible (use 'cpu')"
+
+
 def test_labels_from_call_question_and_builtin_set(tmp_path, pmcclip_dir):
     registry = Registry(Settings(pmcclip=PMCCLIPSettings(path=pmcclip_dir)), TOOLS)
     assert [t.name for t in registry.available()] == ["imaging.classify"]  # similar needs an image folder

@@ -81,7 +81,7 @@ def test_changed_added_removed_files_rebuild_and_say_so(tmp_path, library, pmccl
     [item] = _similar(settings, case, tmp_path, "q", registry)
     note = item.payload["index_note"]
     assert note.startswith("rebuilt: 1 added (new_one.png); 1 changed (ct_axial_04.png); 1 removed (ct_coronal.png)")
-    assert "1 images encoded, 5 reused" in note  # new_one.png has ct_coronal.png's bytes, kept by content hash
+    assert "1 image encoded, 5 reused" in note  # new_one.png has ct_coronal.png's bytes, kept by content hash
     assert item.payload["indexed"] == 6 and f"Index {note}." in item.summary
     rows = (library / "captions.jsonl").read_text().splitlines()
     (library / "captions.jsonl").write_text("\n".join([json.dumps({"file": "new_one.png", "caption": "a new caption"}), *rows]))
