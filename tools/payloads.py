@@ -304,10 +304,10 @@ class ClassifyPayload(Payload):
     model: str
     label_source: str = Field(description="arguments, question, or built-in set NAME")
     labels_given: int
-    ranked: list[RankedLabel]
+    ranked: list[RankedLabel] = Field(description="the (at most ten) most probable labels, most probable first")
     top_label: str
     image_size: list[int] = Field(description="width, height in pixels")
-    notes: list[str]
+    notes: list[str] = Field(description="what the call asked for that was changed: an empty list, a cut list")
 
 
 class SimilarImage(Part):
