@@ -18,6 +18,8 @@ convert_app = typer.Typer(no_args_is_help=True, help="Convert other formats into
 app.add_typer(eval_app, name="eval")
 scale_app = typer.Typer(no_args_is_help=True, help="Tools and the service on a Ray cluster (Ray Serve); needs the [scale] extra.")
 app.add_typer(convert_app, name="convert")
+index_app = typer.Typer(no_args_is_help=True, help="Build search indexes over your own files.")
+app.add_typer(index_app, name="index")
 app.add_typer(scale_app, name="scale")
 
 ConfigOpt = typer.Option(None, "--config", help="medagent.toml (default: $MEDAGENT_CONFIG, then ~/.config/medagent/)")
@@ -249,6 +251,32 @@ def _ray_app():  # noqa: ANN202 - the module, once Ray is known to be installed
     from medagent.service import ray_app
 
     return ray_app
+
+
+@index_app.command("images")
+def index_images(
+    folder: Path = typer.Argument(..., help="folder of PNG/JPEG/TIFF/DICOM images (captions.jsonl or captions.csv beside them optional)"),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Index a folder of 2D images with PMC-CLIP for imaging.similar (the index lives under the cache root)."""
+    from medagent.tools.config import load_settings
+    from medagent.tools.image_index import ImageIndexError, scan
+    from medagent.tools.pmcclip import check, open_folder_index
+    from medagent.tools.pool import ModelPool
+
+    settings = load_settings(config)
+    try:
+        scan(folder)  # a missing or empty folder, or a bad caption file, is said before the model loads
+    except ImageIndexError as exc:
+        raise MedagentError(str(exc)) from exc
+    reason = check(settings)
+    if reason is not None:
+        raise MedagentError(f"imaging.similar needs PMC-CLIP: {reason}")
+    index = open_folder_index(settings, ModelPool(), folder)
+    typer.echo(f"{len(index.entries)} images of {_say(index.folder)} indexed in {_say(index.where)}: {_say(index.note)}")
+    configured = settings.pmcclip.image_folder
+    if configured is None or Path(configured).expanduser().resolve() != index.folder.resolve():
+        typer.echo(f"imaging.similar searches [pmcclip] image_folder; set it to {_say(index.folder.resolve())} to search this one")
 
 
 @scale_app.command("deploy")

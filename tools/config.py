@@ -266,6 +266,23 @@ class PathologySettings(Section):
     default_label_set: str = Field(default="general", description="Built-in label set used when no labels are given")
 
 
+class PMCCLIPSettings(Section):
+    """PMC-CLIP zero-shot classification and similar-image retrieval of 2D images (specialists/pmcclip): needs local weights.
+
+    The released checkpoint is `checkpoint.pt` in the Hugging Face *dataset* repo `axiong/pmc_oa_beta` (download it
+    yourself; medagent never downloads); put PubMedBERT's `vocab.txt` beside it and point `path` at the folder.
+    """
+
+    path: Path | None = Field(default=None, description="Folder with PMC-CLIP's checkpoint.pt and PubMedBERT's vocab.txt")
+    device: str = Field(default="cpu", description="'cpu', 'cuda', 'cuda:1', ...")
+    max_labels: int = Field(default=50, ge=2, le=1000, description="Most candidate labels scored in one call; more are cut, and said")
+    image_folder: Path | None = Field(
+        default=None, description="Folder of images imaging.similar searches (index it with `medagent index images DIR`)"
+    )
+    top_k: int = Field(default=5, ge=1, le=100, description="Similar images returned per call")
+    batch_size: int = Field(default=16, ge=1, description="Images encoded at once when indexing; bounds memory")
+
+
 class CacheSettings(Section):
     """The one-time builds under the cache root (knowledge graph, dense index, assembled models)."""
 
@@ -305,6 +322,7 @@ def default_deployments() -> dict[str, DeploymentSettings]:
         "imaging": ["imaging.ct_quant", "imaging.segment"],
         "radfm": ["imaging.vqa"],
         "pathology": ["pathology.classify"],
+        "pmcclip": ["imaging.classify", "imaging.similar"],
     }
     return {name: DeploymentSettings(tools=tools) for name, tools in groups.items()}
 
@@ -356,6 +374,7 @@ class Settings(Section):
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
     radfm: RadFMSettings = Field(default_factory=RadFMSettings)
     pathology: PathologySettings = Field(default_factory=PathologySettings)
+    pmcclip: PMCCLIPSettings = Field(default_factory=PMCCLIPSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     cache_dir: Path | None = Field(default=None, description="Overrides $MEDAGENT_HOME")

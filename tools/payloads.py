@@ -299,6 +299,40 @@ class PathologyPayload(Payload):
     top_tiles: list[Tile]
 
 
+# ------------------------------------------------------------------ imaging.classify / imaging.similar (PMC-CLIP)
+
+
+class ClassifyPayload(Payload):
+    """imaging.classify: PMC-CLIP's zero-shot probabilities over the candidate labels."""
+
+    model: str
+    label_source: str = Field(description="arguments, question, or built-in set NAME")
+    labels_given: int
+    ranked: list[RankedLabel] = Field(description="the (at most ten) most probable labels, most probable first")
+    top_label: str
+    image_size: list[int] = Field(description="width, height in pixels")
+    notes: list[str] = Field(description="what the call asked for that was changed: an empty list, a cut list")
+
+
+class SimilarImage(Part):
+    rank: int
+    file: str = Field(description="path relative to the indexed folder")
+    similarity: Number = Field(description="cosine of the PMC-CLIP image embeddings")
+    caption: str | None = None
+    label: str | None = None
+    same_content: bool = Field(description="the file's bytes are those of the query image")
+
+
+class SimilarPayload(Payload):
+    """imaging.similar: the nearest images of an indexed folder."""
+
+    model: str
+    folder: str
+    indexed: int
+    index_note: str = Field(description="whether the index was reused, built or rebuilt, and why")
+    hits: list[SimilarImage]
+
+
 # ------------------------------------------------------------------ imaging.vqa
 
 
