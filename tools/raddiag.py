@@ -160,6 +160,13 @@ def diagnose(args: DiagnoseArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         "scans": scans,
         "left_out": left_out,
         "combined": "one fused case vector (early fusion)" if fusion == "early" else LATE_COMBINATION,
+        # The candidates the differential takes, marked as coming from imaging (the reporter adds this item's id).
+        "differential": [
+            {"name": f.disorder, "codes": [{"system": "ICD-10-CM", "id": f.icd10}] if f.icd10 else [],
+             "score": round(f.probability, 4), "evidence": [], "phenotypes": [],
+             "rationale": f"from imaging: RadDiag ({fusion} fusion) on {names}, p={f.probability:.2f}"}
+            for f in findings
+        ],
     }
     return [EvidenceDraft(summary=summary, attachment=args.attachment, payload=payload,
                           confidence=round(findings[0].probability, 4))]  # fmt: skip

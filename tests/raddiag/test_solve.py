@@ -44,4 +44,9 @@ def test_solve_with_the_rule_planner_diagnoses_the_ct_with_icd10_codes(tmp_path:
     (call,) = [c for c in calls if c["event"] == "tool_call" and c.get("tool") == "imaging.diagnose"]
     assert call["origin"] == "rule"
     assert f"[{item['id']}]" in (out / "report.md").read_text()
+    # The differential carries the imaging candidates, marked as such, with their codes and the evidence id.
+    from_imaging = [c for c in result["differential"] if c["rationale"].startswith("from imaging: RadDiag")]
+    assert [c["name"] for c in from_imaging] == [d["disorder"] for d in disorders]
+    assert all(item["id"] in c["evidence"] for c in from_imaging)
+    assert [c["codes"][0]["id"] for c in from_imaging if c["codes"]] == [d["icd10"] for d in disorders if d["icd10"]]
     assert any("raddiag" in str(v).lower() for v in result["models"].values()) or "RadDiag" in json.dumps(result["models"])

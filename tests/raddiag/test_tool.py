@@ -79,6 +79,8 @@ def test_nifti_and_dicom_scans_give_ranked_disorders_with_their_icd10_codes(tmp_
     assert payload["icd10_codes"] == list(dict.fromkeys(d["icd10"] for d in disorders if d["icd10"]))
     assert disorders[0]["disorder"] in evidence.summary and disorders[0]["icd10"] in evidence.summary
     assert evidence.confidence == probabilities[0]
+    assert [c["name"] for c in payload["differential"]] == [d["disorder"] for d in disorders]
+    assert all(c["rationale"].startswith("from imaging") for c in payload["differential"])
     # One scan alone gives other numbers than the fused pair.
     alone = _run(case, tmp_path, settings, {"attachment": "dcm"})
     assert alone.payload["disorders"] != disorders and alone.payload["scans"][0]["modality_id"] == 1
