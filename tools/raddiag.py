@@ -182,7 +182,22 @@ def fuse_case_scans(case: Case, tools: Sequence[Tool], evidence: Sequence[Eviden
              "diagnose the case's scans together")]  # fmt: skip
 
 
+def look_up_top_code(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]):  # noqa: ANN201
+    """After a diagnosis from the scans, look up the ICD-10-CM category of its most probable coded disorder."""
+    if not any(t.name == "knowledge.lookup" for t in tools):
+        return []
+    proposals = []
+    for item in evidence:
+        if item.tool == "imaging.diagnose" and not item.error:
+            codes = DiagnosePayload.of(item).icd10_codes
+            if codes:
+                proposals.append(("knowledge.lookup", {"concept": codes[0]},
+                                  f"look up the ICD-10-CM code of {item.id}'s most probable disorder"))  # fmt: skip
+    return proposals
+
+
 FIRST_STEP_RULES = [fuse_case_scans]
+FOLLOW_UP_RULES = [look_up_top_code]
 
 
 def _grounded(case: Case, evidence: Sequence[Evidence]) -> dict[str, list[str]]:

@@ -43,6 +43,9 @@ def test_solve_with_the_rule_planner_diagnoses_the_ct_with_icd10_codes(tmp_path:
     calls = [json.loads(line) for line in (out / "trace.jsonl").read_text().splitlines()]
     (call,) = [c for c in calls if c["event"] == "tool_call" and c.get("tool") == "imaging.diagnose"]
     assert call["origin"] == "rule"
+    # The rules then look up the top disorder's ICD-10-CM category in the knowledge tools.
+    (lookup,) = [e for e in result["evidence"] if e["tool"] == "knowledge.lookup"]
+    assert lookup["summary"].startswith(f"ICD-10-CM {item['payload']['icd10_codes'][0]}:")
     assert f"[{item['id']}]" in (out / "report.md").read_text()
     # The differential carries the imaging candidates, marked as such, with their codes and the evidence id.
     from_imaging = [c for c in result["differential"] if c["rationale"].startswith("from imaging: RadDiag")]

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from medagent.tools.config import RadDiagSettings, Settings
-from medagent.tools.contracts import Case, ToolCall
+from medagent.tools.contracts import Case, Evidence, ToolCall
 from medagent.tools.errors import MedagentError
+from medagent.tools.knowledge import TOOLS as knowledge_tools
 from medagent.tools.raddiag import TOOLS, fuse_case_scans
 from medagent.tools.registry import Registry, ToolContext
 
@@ -81,6 +82,11 @@ def test_nifti_and_dicom_scans_give_ranked_disorders_with_their_icd10_codes(tmp_
     assert evidence.confidence == probabilities[0]
     assert [c["name"] for c in payload["differential"]] == [d["disorder"] for d in disorders]
     assert all(c["rationale"].startswith("from imaging") for c in payload["differential"])
+    # An LLM planner may look up these codes and names: they are grounded in the evidence.
+    recorded = Evidence(**evidence.model_dump(), id="E1", tool="imaging.diagnose", call_id="c1")
+    lookup = next(t for t in knowledge_tools if t.name == "knowledge.lookup")
+    allowed = lookup.grounded(case, [recorded])["concept"]
+    assert set(payload["icd10_codes"]) <= set(allowed) and disorders[0]["disorder"] in allowed
     # One scan alone gives other numbers than the fused pair.
     alone = _run(case, tmp_path, settings, {"attachment": "dcm"})
     assert alone.payload["disorders"] != disorders and alone.payload["scans"][0]["modality_id"] == 1
