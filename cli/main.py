@@ -232,7 +232,7 @@ def schema(name: str = typer.Argument(..., help="case | result | trace | evidenc
 
 @app.command()
 def train(
-    name: str = typer.Argument(..., help="recipe name: planner, knowledge, speech, segmentation, radfm, pathology"),
+    name: str = typer.Argument(..., help="recipe name: planner, knowledge, speech, segmentation, radfm, pathology, raddiag"),
     config: Path = typer.Option(..., "--config", help="recipe YAML (e.g. training/NAME/configs/smoke.yaml)"),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides of the YAML"),
 ) -> None:

@@ -283,6 +283,20 @@ class PMCCLIPSettings(Section):
     batch_size: int = Field(default=16, ge=1, description="Images encoded at once when indexing; bounds memory")
 
 
+class RadDiagSettings(Section):
+    """RadDiag long-tail diagnosis from scans (specialists/raddiag): needs local weights.
+
+    The weights are on the Hugging Face hub (`QiaoyuZheng/RadDiag`, MIT): fetch one folder yourself (medagent
+    never downloads), the early-fusion `RP3D_5569_res_ART_256_32_BCE_T_4_2_0.7_2048_E_F_F_F_N` or the
+    late-fusion `RP3D_5569_res_ART_256_32_BCE_T_2048_L_F_F_F_N`, and point `path` at the folder holding its
+    `pytorch_model.bin` (or at the file). The fusion is read from the weights' key names.
+    """
+
+    path: Path | None = Field(default=None, description="RadDiag checkpoint folder (or its pytorch_model.bin)")
+    device: str = Field(default="cpu", description="'cpu', 'cuda', 'cuda:1', ...")
+    top: int = Field(default=5, ge=1, le=50, description="Disorders reported per call, by probability")
+
+
 class CacheSettings(Section):
     """The one-time builds under the cache root (knowledge graph, dense index, assembled models)."""
 
@@ -323,6 +337,9 @@ def default_deployments() -> dict[str, DeploymentSettings]:
         "radfm": ["imaging.vqa"],
         "pathology": ["pathology.classify"],
         "pmcclip": ["imaging.classify", "imaging.similar"],
+
+
+        "raddiag": ["imaging.diagnose"],
     }
     return {name: DeploymentSettings(tools=tools) for name, tools in groups.items()}
 
@@ -375,6 +392,9 @@ class Settings(Section):
     radfm: RadFMSettings = Field(default_factory=RadFMSettings)
     pathology: PathologySettings = Field(default_factory=PathologySettings)
     pmcclip: PMCCLIPSettings = Field(default_factory=PMCCLIPSettings)
+
+
+    raddiag: RadDiagSettings = Field(default_factory=RadDiagSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     cache_dir: Path | None = Field(default=None, description="Overrides $MEDAGENT_HOME")

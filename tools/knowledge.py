@@ -15,7 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from medagent.tools.config import Settings, cache_root
 from medagent.tools.contracts import Case, Evidence, EvidenceDraft, ToolCall
 from medagent.tools.errors import ToolError, UnavailableError
-from medagent.tools.payloads import LinkPayload, LookupPayload, RankPayload, field_value, payload_models, payload_of
+from medagent.tools.payloads import (
+    LinkPayload,
+    LookupPayload,
+    Ranking,
+    RankPayload,
+    field_value,
+    payload_models,
+    payload_of,
+)
 from medagent.tools.pool import ModelPool
 from medagent.tools.registry import Build, Tool, ToolContext
 
@@ -565,7 +573,7 @@ def _grounded_rank(case: Case, evidence: Sequence[Evidence]) -> dict[str, list[s
 
 
 def _grounded_lookup(case: Case, evidence: Sequence[Evidence]) -> dict[str, list[str]]:
-    """Concepts to look up: the known phenotypes (ids and labels) and the ranked candidates (names and codes)."""
+    """Concepts to look up: the known phenotypes (ids and labels) and every ranking's candidates (names and codes)."""
     concepts = _known_terms(case, evidence)
     for item in evidence:
         if item.error:
@@ -573,9 +581,11 @@ def _grounded_lookup(case: Case, evidence: Sequence[Evidence]) -> dict[str, list
         if item.tool == "knowledge.link":
             link = LinkPayload.of(item)
             concepts += [m.label for m in [*link.present, *link.excluded]] + [d.label for d in link.derived]
-        elif item.tool == "knowledge.rank":
-            for candidate in RankPayload.of(item).differential[:10]:
-                concepts += [candidate.name, *(c.id for c in candidate.codes)]
+        else:  # any tool that ranks diagnoses (knowledge.rank, imaging.diagnose): its candidates' names and codes
+            model = payload_models().get(item.tool)
+            if model is not None and issubclass(model, Ranking):
+                for candidate in payload_of(item, model).differential[:10]:
+                    concepts += [candidate.name, *(c.id for c in candidate.codes)]
     return {"concept": list(dict.fromkeys(concepts))}
 
 

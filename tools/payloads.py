@@ -410,6 +410,38 @@ class Ranking(Payload):
     differential: list[RankedCandidate]
 
 
+# ------------------------------------------------------------------ imaging.diagnose
+
+
+class Disorder(Part):
+    rank: int
+    disorder: str
+    column: int = Field(description="the model's output column")
+    icd10: str | None = Field(description="3-character ICD-10-CM category, None where the authors' map has none")
+    probability: Number
+
+
+class DiagnosedScan(Part):
+    attachment: str
+    modality: str
+    modality_id: int = Field(description="early fusion's modality embedding row; 0 for late fusion")
+    slices_used: int
+    slices_total: int
+
+
+class DiagnosePayload(Ranking):
+    """imaging.diagnose: RadDiag's most probable disorders (multi-label sigmoid) with their ICD-10-CM codes. As a
+    `Ranking` its `differential` (the same disorders, rationale "from imaging") joins the case's differential."""
+
+    model: str
+    fusion: str
+    disorders: list[Disorder]
+    icd10_codes: list[str] = Field(description="the listed disorders' codes, first seen first")
+    scans: list[DiagnosedScan]
+    left_out: list[str] = Field(description="attachments beyond the model's scan limit, not examined")
+    combined: str = Field(description="how the scans' outputs became one")
+
+
 class SourceRef(Part):
     source: str
     evidence: str

@@ -21,7 +21,8 @@ from medagent.tools.payloads import NoPayload, dump, first_error
 from medagent.tools.pool import ModelPool
 
 # Every adapter module; a new tool area adds its module here.
-ADAPTER_MODULES = ("medagent.tools.describe", "medagent.tools.imaging", "medagent.tools.speech", "medagent.tools.pathology", "medagent.tools.radfm", "medagent.tools.pmcclip", "medagent.tools.knowledge")
+ADAPTER_MODULES = ("medagent.tools.describe", "medagent.tools.imaging", "medagent.tools.speech", "medagent.tools.pathology",
+                   "medagent.tools.radfm", "medagent.tools.pmcclip", "medagent.tools.raddiag", "medagent.tools.knowledge")
 
 
 class AttachmentArgs(BaseModel):

@@ -122,7 +122,7 @@ def test_stdio_lists_the_tools_with_their_schemas_and_says_research_use(stdio: S
     assert tools["solve_case"].input_schema["required"] == ["case_path"]
     # tools that examine attachments cannot be called without the case that holds them
     assert "case_path" in tools["imaging.describe"].input_schema["required"]
-    unavailable = {"imaging.segment", "imaging.vqa", "pathology.classify"}  # no model configured in this config
+    unavailable = {"imaging.segment", "imaging.vqa", "pathology.classify", "imaging.diagnose"}  # no model configured in this config
     assert not unavailable & set(tools)
 
 
