@@ -60,7 +60,7 @@ def _sentence(text: str) -> str:
 
 def differential_from_evidence(evidence: Sequence[Evidence]) -> list[DiagnosisCandidate]:
     """Ranked candidates from tool evidence. A tool that ranked several times (as more was learnt) counts
-    with its latest ranking; rankings from different tools merge in order, evidence ids kept."""
+    with its latest ranking; rankings from different tools merge, knowledge.rank's first, evidence ids kept."""
     latest: dict[str, tuple[Evidence, Ranking]] = {}
     for item in evidence:
         model = payload_models().get(item.tool)
@@ -69,7 +69,9 @@ def differential_from_evidence(evidence: Sequence[Evidence]) -> list[DiagnosisCa
             if ranking.differential:
                 latest[item.tool] = (item, ranking)
     merged: dict[str, DiagnosisCandidate] = {}
-    for item, ranking in latest.values():
+    # The phenotype ranking leads: it weighs everything the case says (history, findings, transcripts, counter-
+    # evidence); an image classifier's guesses (RadDiag) follow, their scores not comparable with its own.
+    for item, ranking in sorted(latest.values(), key=lambda pair: pair[0].tool != "knowledge.rank"):
         for candidate in ranking.differential:
             key = candidate.name.lower()
             if key in merged:

@@ -51,5 +51,7 @@ def test_solve_with_the_rule_planner_diagnoses_the_ct_with_icd10_codes(tmp_path:
     from_imaging = [c for c in result["differential"] if c["rationale"].startswith("from imaging: RadDiag")]
     assert [c["name"] for c in from_imaging] == [d["disorder"] for d in disorders]
     assert all(item["id"] in c["evidence"] for c in from_imaging)
+    sources = ["imaging" if c["rationale"].startswith("from imaging") else "phenotypes" for c in result["differential"]]
+    assert "phenotypes" in sources and sources == sorted(sources, key=lambda s: s == "imaging")  # the phenotype ranking leads
     assert [c["codes"][0]["id"] for c in from_imaging if c["codes"]] == [d["icd10"] for d in disorders if d["icd10"]]
     assert any("raddiag" in str(v).lower() for v in result["models"].values()) or "RadDiag" in json.dumps(result["models"])
