@@ -83,6 +83,8 @@ def sniff_fhir(path: Path) -> bool:
     """True when the file is a JSON object with a top-level `resourceType` (FHIR: read_bundle says whether it is a
     Bundle); anything else, unreadable files included, is left to case intake and its messages."""
     try:
+        if not path.is_file():  # a FIFO, device or folder is never opened here: intake refuses it in one line
+            return False
         with path.open("rb") as handle:
             head = handle.read(4096)
         if b'"resourceType"' not in head or head.lstrip()[:1] != b"{":
