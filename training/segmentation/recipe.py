@@ -265,5 +265,5 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
 
 
 if __name__ == "__main__":
-    # torchrun -m medagent.training.segmentation.recipe CONFIG [key=value ...]
+    # python -m medagent.training.segmentation.recipe CONFIG [key=value ...] (the documented launch is medagent.cli)
     print(main(Path(sys.argv[1]), sys.argv[2:]))

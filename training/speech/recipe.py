@@ -11,7 +11,7 @@ Targets are Whisper's transcription prompt without timestamps:
 
 Data: JSONL `{"audio": path, "text": transcript}` (paths relative to the JSONL), or a folder with a
 `transcripts.json` `{file: text}` map (the smoke config uses the committed espeak-ng phrases).
-Multi-GPU: launch with `torchrun --nproc-per-node N -m medagent.cli train speech --config ...`
+Multi-GPU: launch with `torchrun --standalone --nproc_per_node N -m medagent.cli train speech --config ...`
 (training/common.py); every rank runs `train.steps` steps drawing its own batches, gradients are averaged
 by DDP, rank 0 writes the checkpoint.
 """
