@@ -1,0 +1,119 @@
+"""Recipes under torchrun: two CPU processes (gloo, DDP), launched as the configs document it.
+
+Each run is `python -m torch.distributed.run --standalone --nproc_per_node 2 -m medagent.cli train NAME --config
+training/NAME/configs/smoke.yaml`. Both ranks must report the same number of steps (each rank prints
+`[rank R/2] NAME: N steps, final loss L`, training/common.py), and the checkpoint rank 0 wrote must load
+through the specialist and predict what the single-process round trip predicts (tests/pathology, tests/speech,
+tests/radfm assert the same predictions for one process). FSDP needs CUDA: the planner and RadFM configs
+choose `strategy: ddp` for these runs. Planner and segmentation stay single-process here (their one-process
+smoke tests alone take 3.5 min and 45 s on 2 cores); their set-up is the same training/common.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from medagent.training.common import Run, rank_batches, rank_share
+
+REPO = Path(__file__).resolve().parents[2]
+FINISHED = re.compile(r"\[rank (\d+)/(\d+)\] (\w[\w ]*): (\d+) steps, final loss ([\d.]+)")
+
+
+def torchrun(name: str, overrides: list[str], timeout: int = 240) -> tuple[str, dict[int, tuple[int, float]]]:
+    """Run recipe `name`'s smoke config on two CPU processes; (log, {rank: (steps, final loss)})."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "medagent.cli", "train", name, "--config", f"training/{name}/configs/smoke.yaml", *overrides,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on a small machine: one thread each
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    finished = {int(m[1]): (int(m[4]), float(m[5])) for m in FINISHED.finditer(log) if m[3] == name and m[2] == "2"}
+    assert set(finished) == {0, 1}, f"both ranks must report their steps:\n{log[-3000:]}"
+    print(f"{name} two processes: {finished}")
+    return log, finished
+
+
+def test_batches_are_padded_so_every_rank_runs_as_many_steps() -> None:
+    ranks = [Run(rank=r, world=2, device=torch.device("cpu")) for r in range(2)]
+    # 21 samples in batches of 4 over 2 ranks: 11 each (one repeated), 3 batches each.
+    shares = [rank_batches(21, 4, run, seed=0, epoch=0) for run in ranks]
+    assert [len(s) for s in shares] == [3, 3]
+    assert sorted({i for s in shares for b in s for i in b}) == list(range(21))
+    assert rank_batches(21, 4, ranks[0], seed=0, epoch=1) != shares[0]  # a new order each epoch
+    # RadFM's batch list: 3 batches over 2 ranks used to give 2 and 1 steps (and hang); now 2 and 2.
+    assert [len(rank_share(["a", "b", "c"], run)) for run in ranks] == [2, 2]
+    one = Run(rank=0, world=1, device=torch.device("cpu"))
+    assert sorted(i for b in rank_batches(21, 4, one, seed=0, epoch=0) for i in b) == list(range(21))
+
+
+def test_pathology_two_processes_match_the_single_process_round_trip(tmp_path: Path) -> None:
+    from medagent.specialists.pathology.infer import KEPClassifier
+    from medagent.specialists.pathology.labels import Label, LabelSet
+    from medagent.specialists.pathology.load import load_kep
+    from medagent.training.pathology.recipe import SYNTHETIC_CLASSES, load_config, main, synthetic_data
+
+    smoke = REPO / "training" / "pathology" / "configs" / "smoke.yaml"
+    single = main(smoke, [f"output_dir={tmp_path / 'one'}"])
+    _, finished = torchrun("pathology", [f"output_dir={tmp_path / 'two'}"])
+    cfg = load_config(smoke, [])
+    # 60 stage-1 + 200 stage-2 epochs, one batch each on either rank (and in one process).
+    assert finished[0][0] == finished[1][0] == cfg["stage1"]["epochs"] + cfg["stage2"]["epochs"]
+
+    labels = LabelSet("synthetic", tuple(Label(name, synonyms) for name, (synonyms, _) in SYNTHETIC_CLASSES.items()))
+    pairs, _ = synthetic_data(cfg["data"]["synthetic"]["per_class"], cfg["data"]["synthetic"]["image_size"], 0)
+    predictions = {}
+    for run, folder in (("one", single), ("two", tmp_path / "two")):
+        classifier = KEPClassifier(load_kep(folder))
+        predictions[run] = [classifier.classify(image, labels).ranked()[0][0] for image, _, _ in pairs]
+    assert predictions["two"] == predictions["one"] == [label for _, _, label in pairs]
+
+
+def test_speech_two_processes_learn_the_phrases(tmp_path: Path) -> None:
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
+
+    from medagent.specialists.speech.audio import read_audio
+    from medagent.training.speech.recipe import greedy_hf
+
+    _, finished = torchrun("speech", [f"output_dir={tmp_path}"])
+    assert finished[0][0] == finished[1][0] == 100  # train.steps, as in one process
+    assert (tmp_path / "whisper.pt").is_file() and (tmp_path / "ct2" / "model.bin").is_file()
+    constants = json.loads((tmp_path / "export.json").read_text())["constants"]
+    hf = WhisperForConditionalGeneration.from_pretrained(str(tmp_path / "hf"))
+    tokenizer = WhisperTokenizerFast.from_pretrained(str(tmp_path / "hf"))
+    extractor = WhisperFeatureExtractor.from_pretrained(str(tmp_path / "hf"))
+    audio_dir = REPO / "examples" / "audio"
+    spoken = json.loads((audio_dir / "transcripts.json").read_text())
+    for name in ("phrase_chest_pain.flac", "phrase_no_fever.flac", "phrase_cough.flac"):
+        audio = read_audio(audio_dir / name)
+        features = torch.from_numpy(extractor(audio, sampling_rate=16_000, return_tensors="np").input_features[0])
+        assert tokenizer.decode(greedy_hf(hf, features, constants)).strip() == spoken[name]
+
+
+def test_radfm_two_processes_answer_the_training_questions(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from medagent.specialists.radfm.infer import answer
+    from medagent.specialists.radfm.load import load_radfm
+    from medagent.specialists.radfm.preprocess import image_to_tensor
+
+    _, finished = torchrun("radfm", [f"output_dir={tmp_path}"])
+    # Four 2D pairs in batches of 2: two batches an epoch, one per rank (60 epochs; one process runs 120 steps).
+    assert finished[0][0] == finished[1][0] == 60
+    bundle = load_radfm(tmp_path / "model", dtype="fp32")
+    data = REPO / "tests" / "data" / "radfm" / "vqa_rad"
+    rows = [json.loads(line) for line in (data / "dev.jsonl").read_text().splitlines()]
+    for row in [row for row in rows if row["fold"] == "train"][:4]:
+        with Image.open(data / "images" / Path(row["image"]).name) as image:
+            pixels = np.asarray(image.convert("L"))
+        scan = image_to_tensor(pixels, bundle.config.vision.image_size)
+        assert answer(bundle, row["question"], [scan], max_new_tokens=6) == row["answer"].lower()
