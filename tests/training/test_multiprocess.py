@@ -4,9 +4,8 @@ Each run is `python -m torch.distributed.run --standalone --nproc_per_node 2 -m 
 training/NAME/configs/smoke.yaml`. Both ranks must report the same number of steps (each rank prints
 `[rank R/2] NAME: N steps, final loss L`, training/common.py), and the checkpoint rank 0 wrote must load
 through the specialist and predict what the single-process round trip predicts (tests/pathology, tests/speech,
-tests/radfm assert the same predictions for one process). FSDP needs CUDA: the planner and RadFM configs
-choose `strategy: ddp` for these runs. Planner and segmentation stay single-process here (their one-process
-smoke tests alone take 3.5 min and 45 s on 2 cores); their set-up is the same training/common.py.
+tests/radfm, tests/imaging assert the same predictions for one process). FSDP needs CUDA: the planner and RadFM
+smoke configs choose `strategy: ddp`. About 2 minutes on 2 cores in all.
 """
 
 from __future__ import annotations
@@ -117,3 +116,23 @@ def test_radfm_two_processes_answer_the_training_questions(tmp_path: Path) -> No
             pixels = np.asarray(image.convert("L"))
         scan = image_to_tensor(pixels, bundle.config.vision.image_size)
         assert answer(bundle, row["question"], [scan], max_new_tokens=6) == row["answer"].lower()
+
+
+def test_segmentation_two_processes_segment_the_volumes(tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from medagent.specialists.imaging.bundle import build_network, load_bundle, segment
+    from medagent.specialists.imaging.ctquant import dice
+
+    # 30 steps as in tests/imaging/test_segmentation_recipe.py; the 4 volumes give each rank one batch of 2.
+    _, finished = torchrun("segmentation", [f"output_dir={tmp_path}", "train.steps=30", "train.val_every=30"])
+    assert finished[0][0] == finished[1][0] == 30
+    bundle = load_bundle(tmp_path / "bundle" / "synthetic_spheres")
+    network = build_network(bundle)
+    scores = []
+    for index in range(4):  # rank 0 wrote these volumes; rank 1 read the same files
+        result = segment(bundle, tmp_path / "data" / f"image_{index}.nii.gz", network)
+        reference = np.asarray(nib.load(str(tmp_path / "data" / f"label_{index}.nii.gz")).dataobj) == 1
+        scores.append(dice(result.labels == 1, reference))
+    assert min(scores) >= 0.8, scores
