@@ -136,3 +136,49 @@ def test_segmentation_two_processes_segment_the_volumes(tmp_path: Path) -> None:
         reference = np.asarray(nib.load(str(tmp_path / "data" / f"label_{index}.nii.gz")).dataobj) == 1
         scores.append(dice(result.labels == 1, reference))
     assert min(scores) >= 0.8, scores
+
+
+def test_planner_two_processes_save_an_adapter_that_learned(tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medagent.agent.llm.base import render_alpaca
+
+    # Four planning examples in agent/sft.py's format (the one-process round trip, with traces from real runs,
+    # is tests/llm/test_planner_recipe.py: 3.5 min; 12 steps here).
+    examples = [
+        {"messages": [
+            {"role": "system", "content": "Plan the tool calls for the case."},
+            {"role": "user", "content": f"<case>Patient {n}: {part} pain; attachment {part}{n} ({kind}).</case>"},
+            {"role": "assistant", "content": json.dumps({"calls": [{"tool": tool, "arguments": {"attachment": f"{part}{n}"}}]})},
+        ]}
+        for n, (part, kind, tool) in enumerate(
+            [("chest", "image", "imaging.describe"), ("knee", "CT", "imaging.ct_quant"),
+             ("hand", "image", "imaging.describe"), ("spine", "CT", "imaging.ct_quant")]
+        )
+    ]  # fmt: skip
+    path = tmp_path / "examples.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    overrides = [f"data.examples={path}", f"output_dir={tmp_path / 'run'}", "train.steps=12", "model.vocab_size=400"]
+    _, finished = torchrun("planner", overrides)
+    assert finished[0][0] == finished[1][0] == 12
+
+    # The adapter rank 0 saved loads onto the base beside it (as `[llm] adapter_path` does) and fits the
+    # examples better than the base alone.
+    base = AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "base"))
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "run" / "base"))
+
+    def loss(model: torch.nn.Module) -> float:
+        total = 0.0
+        for example in examples:
+            prompt = tokenizer(render_alpaca(example["messages"][:2]))["input_ids"]
+            reply = tokenizer(example["messages"][2]["content"], add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt + reply + [tokenizer.eos_token_id]])
+            labels = torch.tensor([[-100] * len(prompt) + reply + [tokenizer.eos_token_id]])
+            with torch.no_grad():
+                total += float(model(input_ids=ids, labels=labels).loss)
+        return total / len(examples)
+
+    before = loss(base)
+    tuned = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter")).eval()
+    assert loss(tuned) < before / 2
