@@ -9,6 +9,10 @@ ctranslate2's converter), so both runtimes of specialists/speech load the result
 Targets are Whisper's transcription prompt without timestamps:
 `<|startoftranscript|><|en|><|transcribe|><|notimestamps|> text<|endoftext|>`.
 
+Resumable: with `train.checkpoint_every: N` the run writes `resume.pt` (model, optimizer, schedule, step,
+every rank's batch-drawing state) every N steps, atomically; the same command with `resume=true` continues
+from it and gives the same loss curve (tests/training/test_resume.py kills a run and resumes it).
+
 Data: JSONL `{"audio": path, "text": transcript}` (paths relative to the JSONL), or a folder with a
 `transcripts.json` `{file: text}` map (the smoke config uses the committed espeak-ng phrases).
 Multi-GPU: launch with `torchrun --standalone --nproc_per_node N -m medagent.cli train speech --config ...`
@@ -27,7 +31,7 @@ from typing import Any
 import torch
 
 from medagent.specialists.speech.audio import read_audio
-from medagent.training.common import ddp, setup
+from medagent.training.common import ddp, gather_objects, save_atomic, setup
 from medagent.training.config import load_config
 from medagent.training.speech.export import export_ctranslate2, export_openai
 
@@ -247,11 +251,24 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.get("precision", "fp32"))
     draw = random.Random(seed + run.rank)
 
+    # ---- resume: with `resume: true`, continue after the last checkpoint of an interrupted run (written every
+    # train.checkpoint_every steps: model, optimizer, schedule, step and every rank's batch-drawing state)
+    resume_path, start = out_dir / "resume.pt", 0
+    if cfg.get("resume") and resume_path.is_file():
+        state = torch.load(resume_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        draw.setstate(state["draws"][run.rank])
+        start = int(state["step"]) + 1
+        run.log(f"speech recipe: resumed from {resume_path} after step {state['step']}")
+    every = int(train.get("checkpoint_every") or 0)
+
     # ---- loop
-    log = (out_dir / "train_log.jsonl").open("w") if run.main else None
+    log = (out_dir / "train_log.jsonl").open("a" if start else "w") if run.main else None
     started = time.perf_counter()
     model.train()
-    for step in range(steps):
+    for step in range(start, steps):
         batch = collate([examples[draw.randrange(len(examples))] for _ in range(int(train["batch_size"]))])
         batch = {k: v.to(device) for k, v in batch.items()}
         if frozen:
@@ -272,6 +289,13 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
             }
             log.write(json.dumps(record) + "\n")
             run.log(f"step {step} loss {record['loss']}")
+            log.flush()
+        if every and (step + 1) % every == 0 and step + 1 < steps:
+            draws = gather_objects(run, draw.getstate())
+            state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "schedule": schedule.state_dict(), "draws": draws}  # fmt: skip
+            run.on_main(save_atomic, state, resume_path)
+            run.log(f"speech recipe: checkpoint after step {step}")
     if log is not None:
         log.close()
     run.finished("speech", steps, loss.item())
@@ -297,6 +321,7 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
                 indent=1,
             )
         )
+        resume_path.unlink(missing_ok=True)  # the run is complete: nothing left to resume
         print(f"speech recipe: wrote {out_dir}/hf, whisper.pt, ct2", flush=True)
 
     run.on_main(save)
