@@ -18,6 +18,7 @@ import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -78,6 +79,24 @@ class Run:
         if self.distributed and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+
+
+def gather_objects(run: Run, value: T) -> list[T]:
+    """Every rank's `value` (picklable), in rank order, on every rank."""
+    if not run.distributed:
+        return [value]
+    values: list[Any] = [None] * run.world
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
+def save_atomic(value: Any, path: Path) -> Path:
+    """torch.save through a temporary file and a rename: a run killed mid-write leaves the last good file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(value, partial)
+    os.replace(partial, path)
+    return path
 
 
 def seed_everything(seed: int) -> None:
