@@ -82,8 +82,10 @@ def test_speech_two_processes_learn_the_phrases(tmp_path: Path) -> None:
     from medagent.specialists.speech.audio import read_audio
     from medagent.training.speech.recipe import greedy_hf
 
-    _, finished = torchrun("speech", [f"output_dir={tmp_path}"])
+    # checkpoint_every: the resume checkpoint gathers both ranks' draw states (test_resume.py resumes one).
+    log, finished = torchrun("speech", [f"output_dir={tmp_path}", "train.checkpoint_every=50"])
     assert finished[0][0] == finished[1][0] == 100  # train.steps, as in one process
+    assert "checkpoint after step 49" in log and not (tmp_path / "resume.pt").exists()  # removed once finished
     assert (tmp_path / "whisper.pt").is_file() and (tmp_path / "ct2" / "model.bin").is_file()
     constants = json.loads((tmp_path / "export.json").read_text())["constants"]
     hf = WhisperForConditionalGeneration.from_pretrained(str(tmp_path / "hf"))
