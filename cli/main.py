@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -240,7 +241,8 @@ def train(
     from medagent.cli.recipes import run_recipe
 
     output = run_recipe(name, config, overrides or [])
-    typer.echo(f"wrote {output}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, from rank 0
+        typer.echo(f"wrote {output}")
 
 
 def _ray_app():  # noqa: ANN202 - the module, once Ray is known to be installed

@@ -26,6 +26,8 @@ import torch
 from medagent.specialists.knowledge.embed import DenseIndex, load_embedder
 from medagent.specialists.knowledge.graph import load_graph
 from medagent.specialists.knowledge.link import held_out, phenotype_terms
+from medagent.tools.errors import ConfigError
+from medagent.training.common import setup
 from medagent.training.config import load_config
 
 # ---------------------------------------------------------------------------------------------- config
@@ -96,8 +98,10 @@ def held_out_recall(model, graph, terms: list[int], queries: list[tuple[str, int
 
 def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - read only
     cfg = load_config(config, overrides)
-    random.seed(cfg["seed"])
-    torch.manual_seed(cfg["seed"])
+    run = setup(cfg)  # seed and device (training/common.py)
+    if run.distributed:
+        raise ConfigError("the knowledge recipe runs in one process (MiniLM fits one GPU); launch it without torchrun")
+    device = str(run.device)
     output = Path(cfg["output_dir"]).expanduser()
     output.mkdir(parents=True, exist_ok=True)
     share = cfg["data"]["holdout_share"]
@@ -116,7 +120,7 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - read 
     # Model and the base embedder's recall (the number to beat).
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    model = load_embedder(Path(cfg["model"]["base"]) if cfg["model"].get("base") else None, cfg["device"])
+    model = load_embedder(Path(cfg["model"]["base"]) if cfg["model"].get("base") else None, device)
     if cfg["model"].get("max_seq_length"):
         # Definitions run to a hundred tokens; labels and synonyms to ten. A cap keeps CPU steps short.
         model.max_seq_length = int(cfg["model"]["max_seq_length"])
@@ -156,7 +160,7 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - read 
 
     # Save in the format the linker loads, then measure the held-out recall again.
     model.save(str(output))
-    after = held_out_recall(load_embedder(output, cfg["device"]), graph, terms, queries, share)
+    after = held_out_recall(load_embedder(output, device), graph, terms, queries, share)
     metrics = {"terms": len(terms), "pairs": len(pairs), "held_out_queries": len(queries),
                "recall_at_1_base": before, "recall_at_1_trained": after, "steps": steps}  # fmt: skip
     (output / "metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -21,8 +21,8 @@ training checkpoints carry), `kep_config.json`, and the tokenizer files.
 Data (gpu.yaml): image-text pairs as JSONL (`{"image": path, "caption": text}`, optional `"label"`) or
 CSV with `image` and `caption` (optional `label`) columns (OpenPath / Quilt-1M exports), image paths relative to `image_root`;
 knowledge as JSONL `{"disease": name, "text": one fact}`. `smoke.yaml` makes synthetic H&E-like
-pairs and knowledge texts itself. Multi-GPU: launch with torchrun (DDP; features are gathered
-across ranks for the contrastive losses).
+pairs and knowledge texts itself. Multi-GPU: launch with torchrun (training/common.py: both stages under DDP,
+every rank the same number of batches; features are gathered across ranks for the contrastive losses).
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ import copy
 import csv
 import json
 import math
-import os
-import random
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +43,7 @@ from medagent.specialists.pathology.labels import TEMPLATES
 from medagent.specialists.pathology.load import CONFIG_NAME, load_tokenizer
 from medagent.specialists.pathology.model import KEP, KEPConfig, PathBert, published_config, published_state_dict
 from medagent.specialists.pathology.preprocess import kep_transform, to_rgb
+from medagent.training.common import Run, ddp, rank_batches, setup
 from medagent.training.config import load_config
 
 # --------------------------------------------------------------------------------------------------
@@ -236,13 +235,6 @@ def schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int, min_rati
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def batches(n: int, size: int, rng: random.Random, rank: int, world: int) -> list[list[int]]:
-    order = list(range(n))
-    rng.shuffle(order)
-    order = order[rank::world]
-    return [order[i : i + size] for i in range(0, len(order), size)]
-
-
 def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the entry-point signature)
     cfg = load_config(config, overrides)
     # Tiny smoke towers run several times faster on one thread (2+ threads only add sync overhead); the
@@ -258,19 +250,10 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
 
 def train(cfg: dict[str, Any]) -> Path:
     """The whole run for one loaded config: stage 1, stage 2, checkpoint; returns the output folder."""
+    # ---- seed, device, processes, precision (training/common.py)
     seed = int(cfg.get("seed", 0))
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-    # ---- distributed / device / precision
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1:
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = torch.device(cfg.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
+    run: Run = setup(cfg)
+    device = run.device
     amp = bool(cfg.get("amp", False)) and device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     out = Path(cfg["output_dir"]).expanduser()
@@ -294,8 +277,9 @@ def train(cfg: dict[str, Any]) -> Path:
     else:
         corpus = [c for _, c, _ in pairs] + [t for t, _ in knowledge_texts]
         corpus += [t.format(w) for t in TEMPLATES for w in knowledge]
-        tokenizer = build_tokenizer(corpus, out, int(model_cfg.get("vocab_size", 300)))
-    tokenizer.save_pretrained(str(out))
+        run.on_main(build_tokenizer, corpus, out, int(model_cfg.get("vocab_size", 300)))  # rank 0 writes it
+        tokenizer = load_tokenizer(out)  # every rank reads the very same vocabulary
+    run.on_main(tokenizer.save_pretrained, str(out))
 
     # ---- model
     if model_cfg.get("kep"):
@@ -321,35 +305,38 @@ def train(cfg: dict[str, Any]) -> Path:
     # ---- stage 1: knowledge encoder
     s1 = cfg["stage1"]
     encoder = model.text
+    train_encoder = ddp(encoder, run, find_unused_parameters=True)  # gradients averaged: ranks stay identical
     encoder_opt = torch.optim.AdamW(encoder.parameters(), lr=float(s1["lr"]), weight_decay=float(s1["weight_decay"]))
-    steps1 = int(s1["epochs"]) * max(1, math.ceil(len(knowledge_texts) / (int(s1["batch_size"]) * world)))
+    per_epoch1 = len(rank_batches(len(knowledge_texts), int(s1["batch_size"]), run, seed + 1, 0))
+    steps1 = int(s1["epochs"]) * per_epoch1
     sched1 = schedule(encoder_opt, steps1, int(s1.get("warmup", 0)), float(s1.get("min_lr_ratio", 0.0)))
-    rng = random.Random(seed + 1)
     encoder.train()
+    step = 0
     for epoch in range(int(s1["epochs"])):
-        for idx in batches(len(knowledge_texts), int(s1["batch_size"]), rng, rank, world):
+        for idx in rank_batches(len(knowledge_texts), int(s1["batch_size"]), run, seed + 1, epoch):
             ids, mask = tokens([knowledge_texts[i][0] for i in idx])
             groups = torch.tensor([knowledge_texts[i][1] for i in idx], device=device)
             with autocast:
                 loss = multi_positive_nce(
-                    F.normalize(encoder(ids, mask).float(), dim=-1), groups, float(s1["temperature"])
+                    F.normalize(train_encoder(ids, mask).float(), dim=-1), groups, float(s1["temperature"])
                 )
             encoder_opt.zero_grad(set_to_none=True)
             loss.backward()
             encoder_opt.step()
             sched1.step()
-        if rank == 0 and (epoch + 1) % int(s1.get("log_every", 1)) == 0:
-            print(f"stage1 epoch {epoch + 1}: loss {loss.item():.4f}")
+            step += 1
+        if (epoch + 1) % int(s1.get("log_every", 1)) == 0:
+            run.log(f"stage1 epoch {epoch + 1}: loss {loss.item():.4f}")
+    run.finished("pathology stage1", step, loss.item())
+    del train_encoder  # its DDP hooks go with it; stage 2 wraps the whole model
 
     # ---- stage 2: knowledge-enhanced VLP (text tower starts from stage 1; a frozen copy gives targets)
     s2 = cfg["stage2"]
     knowledge_bert: PathBert = copy.deepcopy(encoder).eval().requires_grad_(False)
     towers = [model.visual, model.text.bert_model]
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    train_model = ddp(model, run, find_unused_parameters=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(s2["lr"]), weight_decay=float(s2["weight_decay"]))
-    steps2 = int(s2["epochs"]) * max(1, math.ceil(len(pairs) / (int(s2["batch_size"]) * world)))
+    steps2 = int(s2["epochs"]) * len(rank_batches(len(pairs), int(s2["batch_size"]), run, seed + 2, 0))
     sched2 = schedule(optimizer, steps2, int(s2.get("warmup", 0)), float(s2.get("min_lr_ratio", 0.0)))
     weights = (float(s2["loss_weights"]["image_text"]), float(s2["loss_weights"]["text_knowledge"]))
     transform = kep_transform(kep_cfg.image_size, kep_cfg.variant)
@@ -364,7 +351,7 @@ def train(cfg: dict[str, Any]) -> Path:
         for tower in towers:
             tower.requires_grad_(not frozen)
         model.train()
-        for idx in batches(len(pairs), int(s2["batch_size"]), rng, rank, world):
+        for idx in rank_batches(len(pairs), int(s2["batch_size"]), run, seed + 2, epoch):
             pixels = torch.stack([image(pairs[i][0]) for i in idx]).to(device)
             ids, mask = tokens([pairs[i][1] for i in idx])
             groups = pair_groups[idx].to(device)
@@ -380,19 +367,23 @@ def train(cfg: dict[str, Any]) -> Path:
             loss.backward()
             optimizer.step()
             sched2.step()
-        if rank == 0 and (epoch + 1) % int(s2.get("log_every", 1)) == 0:
-            print(
+            step += 1
+        if (epoch + 1) % int(s2.get("log_every", 1)) == 0:
+            run.log(
                 f"stage2 epoch {epoch + 1}{' (towers frozen)' if frozen else ''}: loss {loss.item():.4f} "
                 f"(image-text {loss_it.item():.4f}, text-knowledge {loss_tk.item():.4f})"
             )
 
-    # ---- checkpoint in the layout specialists/pathology loads
-    if rank == 0:
+    run.finished("pathology", step, loss.item())
+
+    # ---- checkpoint in the layout specialists/pathology loads (rank 0 writes, every rank waits for it)
+    def save() -> None:
         state = {k: v.detach().cpu() for k, v in published_state_dict(model).items()}
         state.update({f"knowledge.{k}": v.detach().cpu() for k, v in knowledge_bert.state_dict().items()})
         torch.save({"state_dict": state, "epoch": int(s2["epochs"])}, out / "pytorch_model.bin")
         (out / CONFIG_NAME).write_text(json.dumps(kep_cfg.to_dict(), indent=2), encoding="utf-8")
-        print(f"KEP checkpoint written to {out}")
-    if world > 1:
-        torch.distributed.destroy_process_group()
+        print(f"KEP checkpoint written to {out}", flush=True)
+
+    run.on_main(save)
+    run.close()
     return out

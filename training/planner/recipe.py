@@ -8,6 +8,8 @@ adapter + base written where the transformers backend loads them (`[llm] backend
 Configs: `gpu.yaml` (MMed-Llama-3-8B-EnIns, bf16, FSDP over `torchrun --nproc_per_node N`, gradient
 checkpointing, max length 4096) and `smoke.yaml` (a tiny random Llama built from a config and a
 byte-level BPE tokenizer trained on the examples, a few CPU steps). The GPU path is not yet verified.
+Several processes (training/common.py): `strategy: fsdp` (CUDA only; the adapter is gathered to full shapes
+before rank 0 saves it) or `strategy: ddp` (what the CPU/gloo test runs); every rank runs `train.steps` steps.
 
     medagent train planner --config training/planner/configs/smoke.yaml data.traces='[run1/trace.jsonl]'
 """
@@ -17,13 +19,13 @@ from __future__ import annotations
 import glob
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from medagent.agent.llm.base import render_alpaca
 from medagent.tools.errors import ConfigError
+from medagent.training.common import ddp, rank_share, setup
 from medagent.training.config import load_config
 
 
@@ -83,7 +85,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, folder: Path) -> Any:
     return tokenizer
 
 
-def build_model(cfg: dict[str, Any], tokenizer: Any, base_dir: Path) -> Any:
+def build_model(cfg: dict[str, Any], tokenizer: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -98,7 +100,6 @@ def build_model(cfg: dict[str, Any], tokenizer: Any, base_dir: Path) -> Any:
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
         )
         model = LlamaForCausalLM(tiny).to(dtype)
-        model.save_pretrained(str(base_dir))  # the adapter's base must be loadable later
     if cfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -110,17 +111,17 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
     from peft import LoraConfig, get_peft_model
 
     cfg = load_config(config, overrides)
-    torch.manual_seed(cfg.get("seed", 0))
     out = Path(cfg["output_dir"]).expanduser()
     base_dir = out / "base"
     base_dir.mkdir(parents=True, exist_ok=True)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = cfg["train"].get("device", "cpu")
-    if world > 1:
-        torch.distributed.init_process_group("nccl")
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        torch.cuda.set_device(device)
+    run = setup(cfg)  # seed, device, process group (training/common.py)
+    device = run.device
+    strategy = cfg.get("strategy", "ddp")
+    if strategy not in ("ddp", "fsdp"):
+        raise ConfigError(f"strategy: '{strategy}' is not ddp or fsdp")
+    fsdp = run.distributed and strategy == "fsdp"
+    if fsdp and device.type != "cuda":
+        raise ConfigError("strategy: fsdp needs CUDA devices; on CPU use strategy=ddp")
 
     # 1. data
     examples = load_examples(cfg["data"])
@@ -133,11 +134,17 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
         tokenizer = AutoTokenizer.from_pretrained(cfg["model"]["path"])
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.save_pretrained(str(base_dir))
+        run.on_main(tokenizer.save_pretrained, str(base_dir))
     else:
+        # BPE training may break ties differently run to run: rank 0 learns it, every rank loads that one.
         texts = [piece for e in examples for piece in split(e, "alpaca", None)]
-        tokenizer = train_tokenizer(texts, cfg["model"].get("vocab_size", 800), base_dir)
-    model = build_model(cfg["model"], tokenizer, base_dir)
+        run.on_main(train_tokenizer, texts, cfg["model"].get("vocab_size", 800), base_dir)
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(base_dir))
+    model = build_model(cfg["model"], tokenizer)
+    if not cfg["model"].get("path"):
+        run.on_main(model.save_pretrained, str(base_dir))  # the adapter's base must be loadable later
 
     # 3. LoRA
     lora = cfg["lora"]
@@ -148,7 +155,7 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
         modules_to_save=lora.get("modules_to_save"),
     ))
     model.to(device)
-    if world > 1:
+    if fsdp:
         import functools
 
         from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision
@@ -158,11 +165,13 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
         policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={LlamaDecoderLayer})
         precision = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16) if cfg["model"].get("dtype") == "bf16" else None
         model = FullyShardedDataParallel(model, auto_wrap_policy=policy, mixed_precision=precision, use_orig_params=True, device_id=torch.cuda.current_device())
+    else:
+        model = ddp(model, run)
 
     # 4. the loop
     train = cfg["train"]
     encoded = [encode(*split(e, template, tokenizer), tokenizer, train["max_length"]) for e in examples]
-    encoded = encoded[rank::world]
+    encoded = rank_share(encoded, run)  # every rank an equal share (padded); each draws its batches from its own
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train["lr"], weight_decay=train.get("weight_decay", 0.0))
     steps, warmup = train["steps"], max(1, int(train["steps"] * train.get("warmup", 0.03)))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -188,14 +197,23 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
         schedule.step()
         optimizer.zero_grad()
         log.append({"step": step + 1, "loss": round(loss.item(), 5)})
-        if rank == 0 and ((step + 1) % train.get("log_every", 10) == 0 or step + 1 == steps):
-            print(f"step {step + 1}/{steps} loss {loss.item():.4f} ({time.monotonic() - started:.1f} s, {width} tokens)", flush=True)
+        if (step + 1) % train.get("log_every", 10) == 0 or step + 1 == steps:
+            run.log(f"step {step + 1}/{steps} loss {loss.item():.4f} ({time.monotonic() - started:.1f} s, {width} tokens)")
+    run.finished("planner", steps, loss.item())
 
-    # 5. checkpoint: the adapter, beside the base it belongs to
-    if rank == 0:
-        unwrapped = model.module if hasattr(model, "module") else model
+    # 5. checkpoint: the adapter, beside the base it belongs to (rank 0 writes, every rank waits)
+    unwrapped = model.module if hasattr(model, "module") else model
+
+    def save() -> None:
         unwrapped.save_pretrained(str(out / "adapter"))
         (out / "train_log.json").write_text(json.dumps({"examples": len(examples), "template": template, "log": log}, indent=1))
-    if world > 1:
-        torch.distributed.destroy_process_group()
+
+    if fsdp:  # FSDP shards the adapter too: gather full tensors first, or rank 0 would save only its shard
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False, offload_to_cpu=True):
+            run.on_main(save)
+    else:
+        run.on_main(save)
+    run.close()
     return out

@@ -10,14 +10,15 @@ Data: a JSONL file, one pair per line:
 them. `fold` is optional; `data.fold` keeps only matching lines. VQA-RAD's dev.jsonl already has this shape. For
 report generation, put the instruction in `question` and the report in `answer`.
 
-Multi-GPU: run under torchrun; the language model's decoder layers are sharded with FSDP (untested here: written
-for a multi-GPU machine).
+Multi-process: run under torchrun (training/common.py sets up the device and the process group). `strategy: fsdp`
+shards the language model's decoder layers with FSDP (CUDA only; not yet run on a multi-GPU machine);
+`strategy: ddp` replicates the model (what the CPU/gloo test runs). Every rank gets the same number of batches
+(the shuffled batch list is padded by its first batches up to a multiple of the world size).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ import torch
 from medagent.specialists.radfm.load import load_radfm, save_checkpoint
 from medagent.specialists.radfm.preprocess import build_prompt, image_to_tensor, stack_images, volume_to_tensor
 from medagent.specialists.radfm.tiny import build_tiny
+from medagent.tools.errors import ConfigError
+from medagent.training.common import ddp, rank_share, setup
 from medagent.training.config import load_config as read_config
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
@@ -137,15 +140,14 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
     cfg = read_config(config, overrides)
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    random.seed(cfg["seed"])
-    torch.manual_seed(cfg["seed"])
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank = 0
-    if distributed:
-        torch.distributed.init_process_group("nccl")
-        rank = torch.distributed.get_rank()
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    device = f"cuda:{os.environ['LOCAL_RANK']}" if distributed else cfg["model"]["device"]
+    run = setup(cfg)  # seed, device, process group (training/common.py)
+    device = run.device
+    strategy = cfg.get("strategy", "ddp")
+    if strategy not in ("ddp", "fsdp"):
+        raise ConfigError(f"strategy: '{strategy}' is not ddp or fsdp")
+    fsdp = run.distributed and strategy == "fsdp"
+    if fsdp and device.type != "cuda":
+        raise ConfigError("strategy: fsdp needs CUDA devices; on CPU use strategy=ddp")
 
     # Data
     pairs = read_pairs(cfg["data"])
@@ -154,8 +156,9 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
     base = cfg["model"]["base"]
     if cfg["model"].get("tiny"):
         sentences = [f"{p['question']} {p['answer']}" for p in pairs]
-        base = build_tiny(out / "base", sentences, seed=cfg["seed"])
-    bundle = load_radfm(Path(base), dtype=cfg["model"]["dtype"], device="cpu" if distributed else device)
+        run.on_main(build_tiny, out / "base", sentences, seed=cfg["seed"])  # rank 0 writes it, all ranks load it
+        base = out / "base"
+    bundle = load_radfm(Path(base), dtype=cfg["model"]["dtype"], device="cpu" if fsdp else str(device))
     model, tokenizer = bundle.model, bundle.tokenizer
     size = cfg["data"].get("image_size") or bundle.config.vision.image_size
 
@@ -180,7 +183,7 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
     embedding.figure_token_weight.requires_grad_(True)
     if cfg["model"]["gradient_checkpointing"]:
         model.lang_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if distributed:
+    if fsdp:
         from functools import partial
 
         from torch.distributed.fsdp import FullyShardedDataParallel
@@ -189,19 +192,21 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
 
         policy = partial(transformer_auto_wrap_policy, transformer_layer_cls={LlamaDecoderLayer})
         model = FullyShardedDataParallel(model, auto_wrap_policy=policy, use_orig_params=True, device_id=device)
+    else:
+        model = ddp(model, run, find_unused_parameters=True)
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=cfg["train"]["lr"], weight_decay=cfg["train"]["weight_decay"])
     count = sum(p.numel() for p in parameters)
-    print(f"radfm recipe: {len(pairs)} pairs, {count:,} trainable parameters, device {device}", file=sys.stderr)
+    run.log(f"radfm recipe: {len(pairs)} pairs, {count:,} trainable parameters, device {device}, world {run.world}")
 
     # Loop
-    rng = random.Random(cfg["seed"])
-    world = torch.distributed.get_world_size() if distributed else 1
+    rng = random.Random(cfg["seed"])  # the same on every rank: one global batch list, shared out by rank_share
     history = []
     step = 0
     for epoch in range(cfg["train"]["epochs"]):
-        for batch in batches(pairs, cfg["train"]["batch_size_2d"], cfg["train"]["batch_size_3d"], rng)[rank::world]:
+        epoch_batches = batches(pairs, cfg["train"]["batch_size_2d"], cfg["train"]["batch_size_3d"], rng)
+        for batch in rank_share(epoch_batches, run):
             tensors = collate(
                 batch,
                 tokenizer,
@@ -218,24 +223,25 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
             history.append({"step": step, "epoch": epoch, "loss": round(float(loss.detach()), 5)})
-            if rank == 0 and step % cfg["train"]["log_every"] == 0:
-                print(f"step {step} epoch {epoch} loss {history[-1]['loss']:.4f}", file=sys.stderr)
+            if step % cfg["train"]["log_every"] == 0:
+                run.log(f"step {step} epoch {epoch} loss {history[-1]['loss']:.4f}")
             step += 1
+    run.finished("radfm", step, history[-1]["loss"])
 
     # Merge LoRA into the weights and save in the published layout. Under FSDP the parameters are gathered to
     # their full shapes first (summon_full_params), so the merge sees whole matrices.
-    if distributed:
+    # Rank 0 writes; every rank waits for it (training/common.py's on_main).
+    if fsdp:
         with FullyShardedDataParallel.summon_full_params(model, writeback=False, offload_to_cpu=True):
-            _merge_and_save(bundle, tokenizer, out, history, cfg, rank)
-        torch.distributed.destroy_process_group()
-        return out / "model"
-    return _merge_and_save(bundle, tokenizer, out, history, cfg, rank)
+            run.on_main(_merge_and_save, bundle, tokenizer, out, history, cfg)
+    else:
+        run.on_main(_merge_and_save, bundle, tokenizer, out, history, cfg)
+    run.close()
+    return out / "model"
 
 
-def _merge_and_save(bundle: Any, tokenizer: Any, out: Path, history: list, cfg: dict, rank: int) -> Path:
+def _merge_and_save(bundle: Any, tokenizer: Any, out: Path, history: list, cfg: dict) -> Path:
     target = out / "model"
-    if rank != 0:
-        return target
     bundle.model.lang_model = bundle.model.lang_model.merge_and_unload()
     bundle.model.tie_embeddings()
     bundle.model.eval()

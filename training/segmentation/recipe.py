@@ -4,14 +4,14 @@ Read top to bottom: config -> data -> network -> loop (AMP on GPU, sliding-windo
 bundle (configs/metadata.json, configs/inference.json, models/model.pt as {"model": state_dict}).
 The bundle's network_def is the very dict the network was built from, and its preprocessing is the
 validation preprocessing, so `medagent.specialists.imaging.bundle` loads and runs it unchanged.
-Multi-GPU: launch with torchrun; each process trains on its shard (DistributedSampler) under DDP.
+Multi-GPU: launch with torchrun; each process trains on its shard under DDP (training/common.py: a padded
+DistributedSampler, so every rank runs the same steps; rank 0 writes the data folder and the bundle).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medagent.training.common import ddp, sampler, setup
 from medagent.training.config import load_config
 
 
@@ -42,11 +43,16 @@ def synthetic_data(cfg: dict[str, Any], folder: Path) -> list[dict[str, str]]:
             num_seg_classes=1,
             random_state=np.random.RandomState(cfg["seed"] + index),
         )
-        paths = {"image": folder / f"image_{index}.nii.gz", "label": folder / f"label_{index}.nii.gz"}
-        nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)), str(paths["image"]))
-        nib.save(nib.Nifti1Image(label.astype(np.uint8), np.eye(4)), str(paths["label"]))
-        items.append({k: str(v) for k, v in paths.items()})
+        paths = synthetic_paths(index + 1, folder)[index]
+        nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)), paths["image"])
+        nib.save(nib.Nifti1Image(label.astype(np.uint8), np.eye(4)), paths["label"])
+        items.append(paths)
     return items
+
+
+def synthetic_paths(count: int, folder: Path) -> list[dict[str, str]]:
+    """Where synthetic_data writes volume `i`: <folder>/image_i.nii.gz and label_i.nii.gz."""
+    return [{k: str(folder / f"{k}_{i}.nii.gz") for k in ("image", "label")} for i in range(count)]
 
 
 def msd_data(cfg: dict[str, Any]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
@@ -159,23 +165,15 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
     # --- setup: config, device, distributed ---------------------------------------------------
     cfg = load_config(config, overrides)
     output = Path(cfg["output_dir"])
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank = int(os.environ.get("RANK", "0"))
-    if cfg["device"] == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg["device"])
-    if distributed:
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
+    run = setup(cfg)  # seed, device, process group (training/common.py)
+    device = run.device
     set_determinism(seed=int(cfg["seed"]))
     amp = bool(cfg.get("amp")) and device.type == "cuda"
 
     # --- data ----------------------------------------------------------------------------------
     if cfg["data"]["source"] == "synthetic":
-        items = synthetic_data(cfg, output / "data")
+        run.on_main(synthetic_data, cfg, output / "data")  # rank 0 writes the NIfTI files, the others wait
+        items = synthetic_paths(int(cfg["data"]["count"]), output / "data")
         train_items, val_items = items, items[: int(cfg["data"]["val_count"])]
     elif cfg["data"]["source"] == "msd":
         train_items, val_items = msd_data(cfg)
@@ -198,23 +196,18 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
     train_transform = build({"t": {"_target_": "Compose", "transforms": steps}}, "t")
     val_transform = build({"t": {"_target_": "Compose", "transforms": preprocessing(cfg, ["image", "label"])}}, "t")
     train_set = CacheDataset(train_items, train_transform, progress=False)
-    sampler = torch.utils.data.DistributedSampler(train_set, shuffle=True) if distributed else None
+    train_sampler = sampler(train_set, run, seed=int(cfg["seed"]))
     train_loader = DataLoader(
         train_set,
         batch_size=int(cfg["train"]["batch_size"]),
-        shuffle=sampler is None,
-        sampler=sampler,
+        sampler=train_sampler,
         num_workers=int(cfg["train"]["num_workers"]),
     )
     val_set = CacheDataset(val_items, val_transform, progress=False)
 
     # --- network, loss, optimiser --------------------------------------------------------------
     network = build({"network_def": cfg["network"]}, "network_def").to(device)
-    model = (
-        torch.nn.parallel.DistributedDataParallel(network, device_ids=[device] if device.type == "cuda" else None)
-        if distributed
-        else network
-    )
+    model = ddp(network, run)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.Adam(model.parameters(), lr=float(cfg["train"]["lr"]))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
@@ -227,8 +220,7 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
     best_dice, best_state, step, epoch = -1.0, None, 0, 0
     total = int(cfg["train"]["steps"])
     while step < total:
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        train_sampler.set_epoch(epoch)
         epoch += 1
         for batch in train_loader:
             model.train()
@@ -256,24 +248,22 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
                         dice_metric(y_pred=preds, y=[to_onehot(sample["label"].to(device))])
                 dice = float(dice_metric.aggregate().item())
                 dice_metric.reset()
-                if rank == 0:
-                    print(f"step {step}/{total} loss {loss.item():.4f} val dice {dice:.4f}", flush=True)
+                run.log(f"step {step}/{total} loss {loss.item():.4f} val dice {dice:.4f}")
                 if dice > best_dice:
                     best_dice = dice
                     best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
             if step >= total:
                 break
 
-    # --- checkpoint: a MONAI bundle ------------------------------------------------------------
+    run.finished("segmentation", step, loss.item())
+
+    # --- checkpoint: a MONAI bundle (rank 0 writes it, every rank waits) ------------------------
     bundle = output / "bundle" / cfg["name"]
-    if rank == 0:
-        write_bundle(cfg, best_state or network.state_dict(), bundle, best_dice)
-    if distributed:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    run.on_main(write_bundle, cfg, best_state or network.state_dict(), bundle, best_dice)
+    run.close()
     return bundle
 
 
 if __name__ == "__main__":
-    # torchrun -m medagent.training.segmentation.recipe CONFIG [key=value ...]
+    # python -m medagent.training.segmentation.recipe CONFIG [key=value ...] (the documented launch is medagent.cli)
     print(main(Path(sys.argv[1]), sys.argv[2:]))

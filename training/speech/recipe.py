@@ -1,7 +1,7 @@
 """Whisper fine-tuning recipe: HF `WhisperForConditionalGeneration` on audio/transcript pairs, exported twice.
 
-Read top to bottom: config -> data (16 kHz audio -> log-mel, text -> Whisper tokens) -> model -> loop
--> checkpoint. The output folder holds `hf/` (the fine-tuned HF model, tokenizer, feature extractor),
+Read top to bottom: config -> model -> data (16 kHz audio -> log-mel with the model's own number of mel
+bins, text -> Whisper tokens) -> loop -> checkpoint. The output folder holds `hf/` (the fine-tuned HF model, tokenizer, feature extractor),
 `whisper.pt` (openai-whisper: `{'dims', 'model_state_dict'}`) and `ct2/` (CTranslate2, converted with
 ctranslate2's converter), so both runtimes of specialists/speech load the result:
 `[speech] runtime = "openai-whisper", checkpoint = ".../whisper.pt"` or `[speech] ct2_dir = ".../ct2"`.
@@ -9,25 +9,29 @@ ctranslate2's converter), so both runtimes of specialists/speech load the result
 Targets are Whisper's transcription prompt without timestamps:
 `<|startoftranscript|><|en|><|transcribe|><|notimestamps|> text<|endoftext|>`.
 
+Resumable: with `train.checkpoint_every: N` the run writes `resume.pt` (model, optimizer, schedule, step,
+every rank's batch-drawing state) every N steps, atomically; the same command with `resume=true` continues
+from it and gives the same loss curve (tests/training/test_resume.py kills a run and resumes it).
+
 Data: JSONL `{"audio": path, "text": transcript}` (paths relative to the JSONL), or a folder with a
 `transcripts.json` `{file: text}` map (the smoke config uses the committed espeak-ng phrases).
-Multi-GPU: launch with `torchrun --nproc-per-node N`; each rank draws its own batches, gradients are
-averaged by DDP, rank 0 writes the checkpoint.
+Multi-GPU: launch with `torchrun --standalone --nproc_per_node N -m medagent.cli train speech --config ...`
+(training/common.py); every rank runs `train.steps` steps drawing its own batches, gradients are averaged
+by DDP, rank 0 writes the checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from medagent.specialists.speech.audio import read_audio
+from medagent.training.common import ddp, gather_objects, save_atomic, setup
 from medagent.training.config import load_config
 from medagent.training.speech.export import export_ctranslate2, export_openai
 
@@ -100,7 +104,8 @@ def read_pairs(data: dict[str, Any]) -> list[tuple[Path, str]]:
 
 
 def features(feature_extractor: Any, path: Path) -> torch.Tensor:
-    """80 × 3000 log-mel of a (≤ 30 s) recording, decoded by the specialist's own reader."""
+    """n_mels × 3000 log-mel of a (≤ 30 s) recording (80 bins for Whisper base, 128 for large-v3), decoded by
+    the specialist's own reader."""
     audio = read_audio(path, max_seconds=30.0)
     return torch.from_numpy(feature_extractor(audio, sampling_rate=16_000, return_tensors="np").input_features[0])
 
@@ -136,7 +141,7 @@ def build_model(cfg: dict[str, Any], constants: dict[str, Any]) -> Any:
             raise ValueError(f"model.dims.ffn must be 4 × d_model ({4 * dims['d_model']}), not {dims['ffn']}")
         config = WhisperConfig(
             vocab_size=51865,
-            num_mel_bins=80,
+            num_mel_bins=int(dims.get("mel_bins", 80)),
             d_model=dims["d_model"],
             encoder_layers=dims["layers"],
             decoder_layers=dims["layers"],
@@ -198,30 +203,32 @@ def greedy_hf(model: Any, input_features: torch.Tensor, constants: dict[str, Any
 def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the recipe entry-point signature
     cfg = load_config(config, overrides)
     seed = int(cfg.get("seed", 0))
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1:
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = torch.device(cfg.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    run = setup(cfg)  # seed, device, process group (training/common.py)
+    device = run.device
     out_dir = _path(cfg["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    # ---- data
+    # ---- model
+    tokenizer, constants = load_tokenizer(cfg.get("tokenizer", "packaged"))
+    model = build_model(cfg, constants).to(device)
+
+    # ---- data: log-mel features sized by the model's config (80 bins for base, 128 for large-v3)
     from transformers import WhisperFeatureExtractor
 
-    tokenizer, constants = load_tokenizer(cfg.get("tokenizer", "packaged"))
-    feature_extractor = WhisperFeatureExtractor(feature_size=80)
+    init = cfg["model"].get("init", "tiny")
+    if init != "tiny" and (_path(init) / "preprocessor_config.json").is_file():
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(str(_path(init)))
+    else:
+        feature_extractor = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
+    if feature_extractor.feature_size != model.config.num_mel_bins:
+        raise ValueError(
+            f"{init}: the feature extractor makes {feature_extractor.feature_size} mel bins, "
+            f"the model expects {model.config.num_mel_bins}"
+        )
     pairs = read_pairs(cfg["data"])
     examples = [(features(feature_extractor, audio), *targets(tokenizer, text)) for audio, text in pairs]
-    print(f"speech recipe: {len(examples)} recordings, device {device}, world {world}", flush=True)
+    run.log(f"speech recipe: {len(examples)} recordings, {model.config.num_mel_bins} mel bins, device {device}, world {run.world}")
 
-    # ---- model
-    model = build_model(cfg, constants).to(device)
     frozen = bool(cfg["model"].get("freeze_encoder", False))
     if frozen:
         # A frozen encoder gives the same output every step: compute it once per recording.
@@ -229,7 +236,7 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
         with torch.no_grad():
             encoded = [model.model.encoder(f[None].to(device)).last_hidden_state[0].cpu() for f, _, _ in examples]
         examples = [(e, ids, lab) for e, (_, ids, lab) in zip(encoded, examples, strict=True)]
-    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    trained = ddp(model, run)
     train = cfg["train"]
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
@@ -242,13 +249,26 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
         lambda step: min(1.0, (step + 1) / max(1, warmup)) * max(0.0, 1 - step / max(1, steps)) if warmup else 1.0,
     )
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.get("precision", "fp32"))
-    draw = random.Random(seed + rank)
+    draw = random.Random(seed + run.rank)
+
+    # ---- resume: with `resume: true`, continue after the last checkpoint of an interrupted run (written every
+    # train.checkpoint_every steps: model, optimizer, schedule, step and every rank's batch-drawing state)
+    resume_path, start = out_dir / "resume.pt", 0
+    if cfg.get("resume") and resume_path.is_file():
+        state = torch.load(resume_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        draw.setstate(state["draws"][run.rank])
+        start = int(state["step"]) + 1
+        run.log(f"speech recipe: resumed from {resume_path} after step {state['step']}")
+    every = int(train.get("checkpoint_every") or 0)
 
     # ---- loop
-    log = (out_dir / "train_log.jsonl").open("w")
+    log = (out_dir / "train_log.jsonl").open("a" if start else "w") if run.main else None
     started = time.perf_counter()
     model.train()
-    for step in range(steps):
+    for step in range(start, steps):
         batch = collate([examples[draw.randrange(len(examples))] for _ in range(int(train["batch_size"]))])
         batch = {k: v.to(device) for k, v in batch.items()}
         if frozen:
@@ -260,7 +280,7 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        if rank == 0 and (step % int(train.get("log_every", 10)) == 0 or step == steps - 1):
+        if log is not None and (step % int(train.get("log_every", 10)) == 0 or step == steps - 1):
             record = {
                 "step": step,
                 "loss": round(loss.item(), 4),
@@ -268,17 +288,26 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
                 "s": round(time.perf_counter() - started, 1),
             }
             log.write(json.dumps(record) + "\n")
-            print(f"step {step} loss {record['loss']}", flush=True)
-    log.close()
+            run.log(f"step {step} loss {record['loss']}")
+            log.flush()
+        if every and (step + 1) % every == 0 and step + 1 < steps:
+            draws = gather_objects(run, draw.getstate())
+            state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "schedule": schedule.state_dict(), "draws": draws}  # fmt: skip
+            run.on_main(save_atomic, state, resume_path)
+            run.log(f"speech recipe: checkpoint after step {step}")
+    if log is not None:
+        log.close()
+    run.finished("speech", steps, loss.item())
 
-    # ---- checkpoint: HF folder, openai-whisper .pt, CTranslate2
-    if rank == 0:
-        model = model.float().cpu().eval()
+    # ---- checkpoint: HF folder, openai-whisper .pt, CTranslate2 (rank 0 writes, every rank waits)
+    def save() -> None:
+        cpu_model = model.float().cpu().eval()
         hf_dir = out_dir / "hf"
-        model.save_pretrained(hf_dir)
+        cpu_model.save_pretrained(hf_dir)
         tokenizer.save_pretrained(hf_dir)
         feature_extractor.save_pretrained(hf_dir)
-        export_openai(model, out_dir / "whisper.pt")
+        export_openai(cpu_model, out_dir / "whisper.pt")
         export_ctranslate2(hf_dir, out_dir / "ct2", cfg.get("export", {}).get("ct2_quantization"))
         (out_dir / "export.json").write_text(
             json.dumps(
@@ -292,7 +321,9 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
                 indent=1,
             )
         )
+        resume_path.unlink(missing_ok=True)  # the run is complete: nothing left to resume
         print(f"speech recipe: wrote {out_dir}/hf, whisper.pt, ct2", flush=True)
-    if world > 1:
-        torch.distributed.destroy_process_group()
+
+    run.on_main(save)
+    run.close()
     return out_dir
