@@ -29,7 +29,7 @@ MAX_SCANS = 4
 
 
 def read_suite(path: Path) -> list[dict[str, Any]]:
-    from medagent.specialists.raddiag.labels import vocabulary
+    from medagent.specialists.raddiag import vocabulary
 
     labels = vocabulary()
     codes = set(c for c in labels.codes if c)
@@ -54,7 +54,7 @@ def read_suite(path: Path) -> list[dict[str, Any]]:
 
 def label_scores(probs: np.ndarray, label: str) -> float:
     """A disorder's probability, or an ICD-10-CM code's best disorder probability."""
-    from medagent.specialists.raddiag.labels import vocabulary
+    from medagent.specialists.raddiag import vocabulary
 
     labels = vocabulary()
     column = labels.index(label)
@@ -65,7 +65,7 @@ def label_scores(probs: np.ndarray, label: str) -> float:
 
 def ranked_labels(probs: np.ndarray, kind: str) -> list[str]:
     """Disorder names (kind 'disorder') or codes (kind 'code', each at its best disorder) by probability."""
-    from medagent.specialists.raddiag.labels import vocabulary
+    from medagent.specialists.raddiag import vocabulary
 
     labels = vocabulary()
     order = np.argsort(-probs, kind="stable")
@@ -78,7 +78,7 @@ def score(cases: list[dict[str, Any]], ks: list[int]) -> dict[str, Any]:
     """Top-k hit rates and AUCs from per-case probability vectors (`probs`) and true `labels`."""
     from sklearn.metrics import roc_auc_score
 
-    from medagent.specialists.raddiag.labels import vocabulary
+    from medagent.specialists.raddiag import vocabulary
 
     n_disorders = len(vocabulary())
     n_codes = len(set(c for c in vocabulary().codes if c))
@@ -114,9 +114,7 @@ def score(cases: list[dict[str, Any]], ks: list[int]) -> dict[str, Any]:
 
 
 def evaluate(suite: Path, checkpoint: Path, ks: list[int], device: str = "cpu") -> dict[str, Any]:
-    from medagent.specialists.raddiag.infer import probabilities
-    from medagent.specialists.raddiag.load import load_raddiag
-    from medagent.specialists.raddiag.preprocess import Scan, prepare_case
+    from medagent.specialists.raddiag import Scan, load_raddiag, prepare_case, probabilities
     from medagent.tools.medio import read_volume, sniff
 
     loaded = load_raddiag(checkpoint, device)

@@ -10,7 +10,9 @@ _WHERE = {
     "load_raddiag": "load",
     "vocabulary": "labels",
     "prepare_case": "preprocess",
+    "Scan": "preprocess",
     "diagnose": "infer",
+    "probabilities": "infer",
 }
 __all__ = sorted(_WHERE)
 __getattr__ = lazy_exports(__name__, _WHERE)

@@ -30,6 +30,9 @@ ALLOWED = {
     ("tools/safeio.py", "_current"): "the intake limits in force, no model",
     ("evals/suite.py", "BUILTIN"): "the registry of built-in suite builders (functions), no model",
     ("tools/payloads.py", "payload_models"): "tool name -> payload model class (pydantic classes), no model",
+    ("specialists/raddiag/labels.py", "vocabulary"): "RadDiag's 5,569 disorder names and ICD-10 codes, two committed "
+                                                     "JSON files, no model",
+    ("specialists/raddiag/labels.py", "_name_index"): "name -> column of that vocabulary, no model",
 }
 CONTAINERS = {"dict", "defaultdict", "OrderedDict", "WeakValueDictionary", "ModelPool"}
 CACHE_DECORATORS = {"cache", "lru_cache"}
