@@ -14,9 +14,11 @@ same number of batches, and no sample is left out of an epoch.
 
 from __future__ import annotations
 
+import math
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -79,6 +81,31 @@ class Run:
         if self.distributed and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+
+
+@contextmanager
+def threads(cfg: dict[str, Any]) -> Iterator[None]:
+    """The config's `threads:` for torch while the recipe runs (tiny smoke models run several times faster on one
+    thread), the caller's count restored afterwards so a test process is not left single-threaded."""
+    previous = torch.get_num_threads()
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: int, min_ratio: float = 0.0) -> Any:
+    """Linear warm-up over `warmup` steps, then cosine down to `min_ratio` of the peak at step `total`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def gather_objects(run: Run, value: T) -> list[T]:

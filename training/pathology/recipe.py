@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from medagent.specialists.pathology.labels import TEMPLATES
 from medagent.specialists.pathology.load import CONFIG_NAME, load_tokenizer
 from medagent.specialists.pathology.model import KEP, KEPConfig, PathBert, published_config, published_state_dict
 from medagent.specialists.pathology.preprocess import kep_transform, to_rgb
-from medagent.training.common import Run, ddp, rank_batches, setup
+from medagent.training.common import Run, ddp, rank_batches, setup, threads, warmup_cosine
 from medagent.training.config import load_config
 
 # --------------------------------------------------------------------------------------------------
@@ -225,27 +224,10 @@ def multi_positive_nce(features: torch.Tensor, groups: torch.Tensor, temperature
 # Loop helpers
 
 
-def schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int, min_ratio: float):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the entry-point signature)
     cfg = load_config(config, overrides)
-    # Tiny smoke towers run several times faster on one thread (2+ threads only add sync overhead); the
-    # caller's thread count is restored afterwards so a test process is not left single-threaded.
-    previous_threads = torch.get_num_threads()
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    try:
+    with threads(cfg):  # a smoke run's `threads: 1`, restored afterwards (training/common.py)
         return train(cfg)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def train(cfg: dict[str, Any]) -> Path:
@@ -309,7 +291,7 @@ def train(cfg: dict[str, Any]) -> Path:
     encoder_opt = torch.optim.AdamW(encoder.parameters(), lr=float(s1["lr"]), weight_decay=float(s1["weight_decay"]))
     per_epoch1 = len(rank_batches(len(knowledge_texts), int(s1["batch_size"]), run, seed + 1, 0))
     steps1 = int(s1["epochs"]) * per_epoch1
-    sched1 = schedule(encoder_opt, steps1, int(s1.get("warmup", 0)), float(s1.get("min_lr_ratio", 0.0)))
+    sched1 = warmup_cosine(encoder_opt, steps1, int(s1.get("warmup", 0)), float(s1.get("min_lr_ratio", 0.0)))
     encoder.train()
     step = 0
     for epoch in range(int(s1["epochs"])):
@@ -337,7 +319,7 @@ def train(cfg: dict[str, Any]) -> Path:
     train_model = ddp(model, run, find_unused_parameters=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(s2["lr"]), weight_decay=float(s2["weight_decay"]))
     steps2 = int(s2["epochs"]) * len(rank_batches(len(pairs), int(s2["batch_size"]), run, seed + 2, 0))
-    sched2 = schedule(optimizer, steps2, int(s2.get("warmup", 0)), float(s2.get("min_lr_ratio", 0.0)))
+    sched2 = warmup_cosine(optimizer, steps2, int(s2.get("warmup", 0)), float(s2.get("min_lr_ratio", 0.0)))
     weights = (float(s2["loss_weights"]["image_text"]), float(s2["loss_weights"]["text_knowledge"]))
     transform = kep_transform(kep_cfg.image_size, kep_cfg.variant)
     contrastive = clip_loss()

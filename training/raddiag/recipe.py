@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 from pathlib import Path
@@ -41,6 +40,7 @@ from medagent.specialists.raddiag.load import load_raddiag, save_checkpoint
 from medagent.specialists.raddiag.model import RadDiagConfig, build_model, published_config
 from medagent.specialists.raddiag.preprocess import Scan, prepare_case
 from medagent.tools.errors import MedagentError
+from medagent.training.common import ddp, rank_share, setup, threads, warmup_cosine
 from medagent.training.config import load_config
 
 # ---------------------------------------------------------------- data
@@ -131,19 +131,6 @@ def build(cfg: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
-def schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_ratio: float, min_lr_ratio: float):  # noqa: ANN201
-    """Linear warm-up over `warmup_ratio` of the steps, then cosine down to `min_lr_ratio` of the peak."""
-    warmup = max(1, round(steps * warmup_ratio))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -151,20 +138,13 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
     cfg = load_config(config, overrides)
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    random.seed(cfg["seed"])
-    torch.manual_seed(cfg["seed"])
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world = 0, 1
-    device = cfg["device"]
-    if distributed:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        if backend == "nccl":
-            device = f"cuda:{os.environ['LOCAL_RANK']}"
-            torch.cuda.set_device(device)
+    with threads(cfg):  # a smoke run's `threads: 1`, restored afterwards
+        return train(cfg, out)
+
+
+def train(cfg: dict[str, Any], out: Path) -> Path:
+    run = setup(cfg)  # seed, device, process group (training/common.py)
+    device = run.device
 
     # Data
     data = cfg["data"]
@@ -173,26 +153,27 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
     else:
         manifest, root = Path(data["manifest"]).expanduser(), Path(data.get("root") or ".").expanduser()
     cases = read_cases(manifest, root)
-    mine = cases[rank::world]
+    mine = rank_share(cases, run)  # the same number of cases on every rank
 
     # Model
     model = build(cfg).to(device).train()
     config = model.config
     classes = config.num_classes
-    net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    net = ddp(model, run)
     train = cfg["train"]
     batch_size = int(train["batch_size"])
     steps_per_epoch = math.ceil(len(mine) / batch_size)
     total = steps_per_epoch * int(train["epochs"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(train["lr"]), weight_decay=float(train["weight_decay"]))
-    scheduler = schedule(optimizer, total, float(train["warmup_ratio"]), float(train.get("min_lr_ratio", 0.0)))
+    warmup = max(1, round(total * float(train["warmup_ratio"])))
+    scheduler = warmup_cosine(optimizer, total, warmup, float(train.get("min_lr_ratio", 0.0)))
     # The authors' start_class / end_class: train on a column range only (head / medium / tail training).
     start_class, end_class = train.get("start_class") or 0, train.get("end_class") or classes
     pos_weight = torch.full((end_class - start_class,), float(train["pos_weight"]), device=device)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
     # Loop
-    rng = random.Random(cfg["seed"] + rank)
+    rng = random.Random(cfg["seed"] + run.rank)
     history = []
     for epoch in range(int(train["epochs"])):
         order = list(mine)
@@ -213,15 +194,17 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
             scheduler.step()
             losses.append(float(loss.detach()))
         history.append({"epoch": epoch, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0]})
-        if rank == 0 and (epoch % int(train.get("log_every", 1)) == 0 or epoch == int(train["epochs"]) - 1):
-            print(f"epoch {epoch} loss {history[-1]['loss']:.4f}", file=sys.stderr)
+        if epoch % int(train.get("log_every", 1)) == 0 or epoch == int(train["epochs"]) - 1:
+            run.log(f"epoch {epoch} loss {history[-1]['loss']:.4f}")
+    run.finished("raddiag", len(history) * steps_per_epoch, history[-1]["loss"])
 
     # Checkpoint: the published layout, so `[raddiag] path = <output_dir>` serves it
-    if rank == 0:
+    def write() -> None:
         save_checkpoint(model.cpu().eval(), out)
         (out / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
-    if distributed:
-        torch.distributed.destroy_process_group()
+
+    run.on_main(write)
+    run.close()
     return out
 
 
