@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from medagent.specialists import _checkpoints as checkpoints
 from medagent.specialists.pathology.model import (
     KEEP,
     KEP,
@@ -52,38 +53,12 @@ class LoadedKEP:
 
 def find_weights(path: Path) -> Path:
     """The weights file in a checkpoint folder (or the file itself)."""
-    path = Path(path).expanduser()
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such KEP checkpoint file or folder")
-    for name in WEIGHT_NAMES:
-        if (path / name).is_file():
-            return path / name
-    epochs = sorted(path.glob("epoch_*.pt"), key=lambda p: p.stat().st_mtime)
-    if epochs:
-        return epochs[-1]
-    raise CheckpointError(f"{path}: no KEP weights found (expected one of {', '.join(WEIGHT_NAMES)} or epoch_*.pt)")
+    return checkpoints.find_weights(path, WEIGHT_NAMES, "KEP", CheckpointError, glob="epoch_*.pt")
 
 
 def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
     """A flat state_dict from a plain dict, `{'state_dict': ...}` or a DDP (`module.`) checkpoint."""
-    try:
-        if weights.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw: Any = load_file(str(weights))
-        else:
-            raw = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"{weights}: not a readable PyTorch checkpoint ({exc})") from exc
-    for wrapper in ("state_dict", "model", "model_state_dict"):
-        if isinstance(raw, dict) and isinstance(raw.get(wrapper), dict):
-            raw = raw[wrapper]
-            break
-    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise CheckpointError(f"{weights}: expected a state_dict of tensors")
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in raw.items()}
+    return checkpoints.read_state_dict(weights, CheckpointError)
 
 
 def detect_variant(keys: list[str] | set[str]) -> Variant:
@@ -168,14 +143,7 @@ def keep_config_from_hf(path: Path, vocab_size: int = 30522) -> KEPConfig:
 
 def strict_load(model: KEP | KEEP, state: dict[str, torch.Tensor], source: Path) -> None:
     """load_state_dict(strict=True), with a readable message naming the first mismatches."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {list(state[k].shape)} != {list(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
+    missing, unexpected, wrong = checkpoints.mismatches(model.state_dict(), state)
     if missing or unexpected or wrong:
         parts = []
         if missing:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from medagent.specialists import _checkpoints as checkpoints
 from medagent.specialists.pmcclip.model import PMCCLIP, PMCCLIPConfig, published_config
 
 WEIGHT_NAMES = ("checkpoint.pt", "pytorch_model.bin", "model.pt")
@@ -39,28 +40,12 @@ class LoadedPMCCLIP:
 
 def find_weights(path: Path) -> Path:
     """The weights file in a checkpoint folder (or the file itself)."""
-    path = Path(path).expanduser()
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such PMC-CLIP checkpoint file or folder")
-    for name in WEIGHT_NAMES:
-        if (path / name).is_file():
-            return path / name
-    raise CheckpointError(f"{path}: no PMC-CLIP weights found (expected {' or '.join(WEIGHT_NAMES)})")
+    return checkpoints.find_weights(path, WEIGHT_NAMES, "PMC-CLIP", CheckpointError)
 
 
 def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
     """The flat state_dict of an open_clip training checkpoint (`state_dict`, `module.` prefix) or a plain one."""
-    try:
-        raw: Any = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"{weights}: not a readable PyTorch checkpoint ({exc})") from exc
-    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
-        raw = raw["state_dict"]
-    if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise CheckpointError(f"{weights}: expected a state_dict of tensors (open_clip's checkpoint['state_dict'])")
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in raw.items()}
+    return checkpoints.read_state_dict(weights, CheckpointError)
 
 
 def config_for(folder: Path, state: dict[str, torch.Tensor]) -> PMCCLIPConfig:
@@ -76,10 +61,7 @@ def config_for(folder: Path, state: dict[str, torch.Tensor]) -> PMCCLIPConfig:
 
 def strict_load(model: PMCCLIP, state: dict[str, torch.Tensor], source: Path) -> None:
     """load_state_dict(strict=True), failing with one line that names the mismatched keys."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {list(state[k].shape)} != {list(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    missing, unexpected, wrong = checkpoints.mismatches(model.state_dict(), state)
     if missing or unexpected or wrong:
         parts = []
         for what, keys in (("missing", missing), ("unexpected", unexpected), ("with other shapes", wrong)):

@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from medagent.specialists import _checkpoints as checkpoints
 from medagent.specialists.raddiag.model import RadDiagConfig, RadNet, build_model, published_config
 
 WEIGHT_NAMES = ("pytorch_model.bin", "pytorch_model_32_late.bin", "model.safetensors", "model.pt")
@@ -56,32 +56,11 @@ def is_optional(key: str) -> bool:
 
 def find_weights(path: Path) -> Path:
     """The weights file in a checkpoint folder (or the file itself)."""
-    path = Path(path).expanduser()
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such RadDiag checkpoint file or folder")
-    for name in WEIGHT_NAMES:
-        if (path / name).is_file():
-            return path / name
-    raise CheckpointError(f"{path}: no RadDiag weights found (expected one of {', '.join(WEIGHT_NAMES)})")
+    return checkpoints.find_weights(path, WEIGHT_NAMES, "RadDiag", CheckpointError)
 
 
 def read_state_dict(weights: Path) -> dict[str, torch.Tensor]:
-    try:
-        if weights.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw: Any = load_file(str(weights))
-        else:
-            raw = torch.load(weights, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{weights}: not a readable PyTorch checkpoint ({exc})") from exc
-    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
-        raw = raw["state_dict"]
-    if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise CheckpointError(f"{weights}: expected a state_dict of tensors")
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in raw.items()}
+    return checkpoints.read_state_dict(weights, CheckpointError)
 
 
 def config_for(folder: Path, state: dict[str, torch.Tensor]) -> RadDiagConfig:
@@ -101,10 +80,7 @@ def config_for(folder: Path, state: dict[str, torch.Tensor]) -> RadDiagConfig:
 def check_keys(model: RadNet, state: dict[str, torch.Tensor], source: Path) -> list[str]:
     """The optional keys the file lacks; a CheckpointError for anything else that does not fit."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not is_optional(k)]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {list(state[k].shape)} != {list(v.shape)}" for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]  # fmt: skip
+    missing, unexpected, wrong = checkpoints.mismatches(expected, state, optional=is_optional)
     if missing or unexpected or wrong:
         parts = []
         if missing:
