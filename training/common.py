@@ -167,6 +167,18 @@ def setup(cfg: dict[str, Any]) -> Run:
     return Run(rank=rank, world=world, device=device)
 
 
+def uses_fsdp(cfg: dict[str, Any], run: Run) -> bool:
+    """The config's `strategy:` (ddp, the default, or fsdp): True when FSDP shards the model in this run (several
+    processes); fsdp on a CPU device is refused."""
+    strategy = cfg.get("strategy", "ddp")
+    if strategy not in ("ddp", "fsdp"):
+        raise ConfigError(f"strategy: '{strategy}' is not ddp or fsdp")
+    fsdp = run.distributed and strategy == "fsdp"
+    if fsdp and run.device.type != "cuda":
+        raise ConfigError("strategy: fsdp needs CUDA devices; on CPU use strategy=ddp")
+    return fsdp
+
+
 def ddp(model: torch.nn.Module, run: Run, **kwargs: Any) -> torch.nn.Module:
     """The model under DistributedDataParallel when there are several processes, else itself."""
     if not run.distributed:

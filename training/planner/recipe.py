@@ -25,7 +25,7 @@ from typing import Any
 
 from medagent.agent.llm.base import render_alpaca
 from medagent.tools.errors import ConfigError
-from medagent.training.common import ddp, rank_share, setup
+from medagent.training.common import ddp, rank_share, setup, uses_fsdp
 from medagent.training.config import load_config
 
 
@@ -116,12 +116,7 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
     base_dir.mkdir(parents=True, exist_ok=True)
     run = setup(cfg)  # seed, device, process group (training/common.py)
     device = run.device
-    strategy = cfg.get("strategy", "ddp")
-    if strategy not in ("ddp", "fsdp"):
-        raise ConfigError(f"strategy: '{strategy}' is not ddp or fsdp")
-    fsdp = run.distributed and strategy == "fsdp"
-    if fsdp and device.type != "cuda":
-        raise ConfigError("strategy: fsdp needs CUDA devices; on CPU use strategy=ddp")
+    fsdp = uses_fsdp(cfg, run)  # `strategy: ddp | fsdp`; fsdp only with several CUDA processes
 
     # 1. data
     examples = load_examples(cfg["data"])

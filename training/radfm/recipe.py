@@ -29,8 +29,7 @@ import torch
 from medagent.specialists.radfm.load import load_radfm, save_checkpoint
 from medagent.specialists.radfm.preprocess import build_prompt, image_to_tensor, stack_images, volume_to_tensor
 from medagent.specialists.radfm.tiny import build_tiny
-from medagent.tools.errors import ConfigError
-from medagent.training.common import ddp, rank_share, setup
+from medagent.training.common import ddp, rank_share, setup, uses_fsdp
 from medagent.training.config import load_config as read_config
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
@@ -142,12 +141,7 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
     out.mkdir(parents=True, exist_ok=True)
     run = setup(cfg)  # seed, device, process group (training/common.py)
     device = run.device
-    strategy = cfg.get("strategy", "ddp")
-    if strategy not in ("ddp", "fsdp"):
-        raise ConfigError(f"strategy: '{strategy}' is not ddp or fsdp")
-    fsdp = run.distributed and strategy == "fsdp"
-    if fsdp and device.type != "cuda":
-        raise ConfigError("strategy: fsdp needs CUDA devices; on CPU use strategy=ddp")
+    fsdp = uses_fsdp(cfg, run)  # `strategy: ddp | fsdp`; fsdp only with several CUDA processes
 
     # Data
     pairs = read_pairs(cfg["data"])
