@@ -21,7 +21,7 @@ def test_one_device_key_and_the_old_ones_are_refused_with_the_new_spelling(monke
         resolve_device("tpu", 0, False)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gives")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU; the test checks the refusal a machine without one gives")
 def test_asking_for_cuda_without_a_gpu_says_so() -> None:
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         resolve_device("cuda:1", 0, False)
