@@ -57,18 +57,17 @@ def solve(
     """Solve one case (case.json, or a FHIR R4 Bundle): writes result.json, report.md and trace.jsonl."""
     from medagent.agent.outputs import output_folder, write_outputs
     from medagent.tools.config import load_settings
-    from medagent.tools.fhir import read_bundle, result_bundle, sniff_fhir, write_case_folder
+    from medagent.tools.fhir import read_fhir, result_bundle, write_case_folder
     from medagent.tools.intake import intake
     from medagent.tools.paths import child
 
     settings = load_settings(config)
     if allow_outside_paths:
         settings.agent.allow_outside_paths = True
-    converted = None
-    if sniff_fhir(case_file):  # a FHIR R4 Bundle: converted now (bad input said before anything is written)
+    converted = read_fhir(case_file)  # a FHIR R4 Bundle, converted now (bad input said before anything is written)
+    if converted is not None:
         from medagent.tools.intake import parse_case
 
-        converted = read_bundle(case_file)
         case_id = parse_case(converted.case, str(case_file)).id
         inputs = [case_file, *(p for p in converted.files.values() if isinstance(p, Path))]
     else:

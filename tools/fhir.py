@@ -79,28 +79,35 @@ def is_bundle(raw: object) -> bool:
     return isinstance(raw, dict) and raw.get("resourceType") == "Bundle"
 
 
-def sniff_fhir(path: Path) -> bool:
-    """True when the file is a JSON object with a top-level `resourceType` (FHIR: read_bundle says whether it is a
-    Bundle); anything else, unreadable files included, is left to case intake and its messages."""
+def _read_json(path: Path, limits: Limits) -> object:
+    """The file as JSON within the case size limit; base64 content may make one string as long as the file."""
+    data = read_limited(path, limits.case_bytes, "FHIR bundle")
+    return load_json(decode_utf8(data, str(path)), str(path), replace(limits, text_chars=max(limits.case_bytes, limits.text_chars)))
+
+
+def read_fhir(path: Path, limits: Limits | None = None) -> ConvertedBundle | None:
+    """The case a FHIR file makes (read once), or None when it is not FHIR: not a regular file (a FIFO is never
+    opened), or not a JSON object with a top-level `resourceType`. None leaves the file to case intake and its
+    messages; a FHIR resource that is not a valid R4 Bundle is refused here in one line."""
+    limits = limits or current()
     try:
-        if not path.is_file():  # a FIFO, device or folder is never opened here: intake refuses it in one line
-            return False
+        if not path.is_file():
+            return None
         with path.open("rb") as handle:
             head = handle.read(4096)
         if b'"resourceType"' not in head or head.lstrip()[:1] != b"{":
-            return False
-        raw = json.loads(read_limited(path, current().case_bytes, "FHIR bundle"))
-    except (OSError, ValueError, CaseError):
-        return False
-    return isinstance(raw, dict) and "resourceType" in raw
+            return None
+        raw = _read_json(path, limits)
+    except (OSError, CaseError):
+        return None
+    if not (isinstance(raw, dict) and "resourceType" in raw):
+        return None
+    return bundle_to_case(raw, str(path), path.parent)
 
 
 def read_bundle(path: Path, limits: Limits | None = None) -> ConvertedBundle:
-    """A FHIR bundle file -> a case. Base64 content may make single strings as long as the file itself."""
-    limits = limits or current()
-    data = read_limited(path, limits.case_bytes, "FHIR bundle")
-    raw = load_json(decode_utf8(data, str(path)), str(path), replace(limits, text_chars=max(limits.case_bytes, limits.text_chars)))
-    return bundle_to_case(raw, str(path), path.parent)
+    """A FHIR bundle file -> a case."""
+    return bundle_to_case(_read_json(path, limits or current()), str(path), path.parent)
 
 
 def _validated(raw: dict, source: str) -> Any:
