@@ -61,3 +61,15 @@ def mismatches(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
     wrong = [f"{k} {list(state[k].shape)} != {list(v.shape)}" for k, v in expected.items()
              if k in state and state[k].shape != v.shape]  # fmt: skip
     return missing, unexpected, wrong
+
+
+def summary(missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
+    """One line naming the first mismatches: "2 missing (e.g. a, b), 1 unexpected (e.g. c)"."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if wrong:
+        parts.append(f"{len(wrong)} with other shapes (e.g. {'; '.join(wrong[:2])})")
+    return ", ".join(parts)

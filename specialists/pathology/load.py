@@ -145,15 +145,9 @@ def strict_load(model: KEP | KEEP, state: dict[str, torch.Tensor], source: Path)
     """load_state_dict(strict=True), with a readable message naming the first mismatches."""
     missing, unexpected, wrong = checkpoints.mismatches(model.state_dict(), state)
     if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            parts.append(f"{len(wrong)} with other shapes (e.g. {'; '.join(wrong[:2])})")
         raise CheckpointError(
-            f"{source}: weights do not fit the KEP {model.config.variant} architecture: " + ", ".join(parts)
+            f"{source}: weights do not fit the KEP {model.config.variant} architecture: "
+            + checkpoints.summary(missing, unexpected, wrong)
         )
     model.load_state_dict(state, strict=True)
 

@@ -82,15 +82,9 @@ def check_keys(model: RadNet, state: dict[str, torch.Tensor], source: Path) -> l
     expected = model.state_dict()
     missing, unexpected, wrong = checkpoints.mismatches(expected, state, optional=is_optional)
     if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            parts.append(f"{len(wrong)} with other shapes (e.g. {'; '.join(wrong[:2])})")
         raise CheckpointError(
-            f"{source}: weights do not fit the RadDiag {model.config.fusion}-fusion architecture: " + ", ".join(parts)
+            f"{source}: weights do not fit the RadDiag {model.config.fusion}-fusion architecture: "
+            + checkpoints.summary(missing, unexpected, wrong)
         )
     return [k for k in expected if k not in state]
 
