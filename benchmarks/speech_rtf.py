@@ -3,7 +3,7 @@
 Builds a dictation of `--minutes` from the committed example recordings (speech with natural pauses),
 transcribes it through the same code path as `speech.transcribe` (windowed reader, silence skip,
 prompt), and prints the real-time factor (processing seconds / audio seconds) beside the target 0.25,
-with the machine it ran on. Run by hand: `python benchmarks/speech_rtf.py [--minutes 2] [--beam-size 1]`.
+with the machine it ran on. Run by hand: `python benchmarks/speech_rtf.py [--minutes 2] [--beam-size 1] [--no-vad]`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from medagent.specialists.speech.audio import read_audio
 from medagent.specialists.speech.infer import transcribe
 from medagent.specialists.speech.load import load_runtime
 from medagent.specialists.speech.model import DecodeOptions
-from medagent.tools.config import MEDICAL_PROMPT, cache_root
+from medagent.tools.config import MEDICAL_PROMPT, SpeechSettings, cache_root
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "audio"
 TARGET_RTF = 0.25
@@ -51,11 +51,12 @@ def dictation(minutes: float, out: Path, source: Path | None = None) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=2.0)
-    parser.add_argument("--beam-size", type=int, default=1)
+    parser.add_argument("--beam-size", type=int, default=SpeechSettings().beam_size)
     parser.add_argument("--threads", type=int, default=0, help="faster-whisper CPU threads (0 = its default)")
     parser.add_argument("--runtime", default="faster-whisper")
     parser.add_argument("--audio", type=Path, default=None, help="folder of WAVs to build the dictation from")
     parser.add_argument("--no-fallback", action="store_true", help="greedy only, no temperature retries")
+    parser.add_argument("--no-vad", action="store_true", help="leave out voice-activity detection (on by default)")
     parser.add_argument(
         "--model", type=Path, default=None, help="CT2 folder or openai-whisper .pt; default: packaged base"
     )
@@ -71,7 +72,8 @@ def main() -> None:
         )  # fmt: skip
         load_s = time.perf_counter() - started
         options = DecodeOptions(
-            beam_size=args.beam_size, initial_prompt=MEDICAL_PROMPT, temperature_fallback=not args.no_fallback
+            beam_size=args.beam_size, initial_prompt=MEDICAL_PROMPT, temperature_fallback=not args.no_fallback,
+            vad=not args.no_vad,
         )
         transcript = transcribe(runtime, audio, options)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -83,6 +85,7 @@ def main() -> None:
         "model": runtime.model,
         "beam_size": args.beam_size,
         "temperature_fallback": not args.no_fallback,
+        "vad": not args.no_vad,
         "audio_source": str(args.audio or "examples/audio"),
         "audio_s": transcript.duration_s,
         "load_s": round(load_s, 2),

@@ -19,8 +19,8 @@ Metric definitions (per item; `aggregate` averages them over the items that have
 - error_evidence: tool results flagged as errors; attachment_errors: those of calls that examined an
   attachment (a bad input must end in a refusal or one of these, never in a silent result).
 - grounded_share: supported report sentences / report sentences (when grounding ran);
-- wer / rtf: word error rate of the first transcript against `expected.transcript` (normalised: case,
-  punctuation, numbers; evals/speech.py) and the transcription's real-time factor;
+- wer / rtf: word error rate of the first transcript against `expected.transcript` (Whisper's English text
+  normaliser, counted by jiwer; evals/speech.py) and the transcription's real-time factor;
 - turns / questions / evidence_cited (dialogue items): patient turns, history-taking questions asked,
   distinct evidence ids cited in the final report;
 - vqa_closed_correct / vqa_open_recall: VQA-RAD closed-question exactness and open-question token recall

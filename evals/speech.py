@@ -3,10 +3,13 @@
 Items: the opening of each AgentClinic history (demographics, history, presenting symptoms), spoken by
 espeak-ng and converted to 16 kHz mono with sox. Nothing is installed here: when espeak-ng or sox is
 missing, the suite stops and names the Debian packages (`make speech-tools` installs them visibly).
-WER is computed after normalising case, punctuation, hyphens and numbers ("Sixty-two" = "62"), on the
-whole corpus (errors summed over items / reference words summed), as is customary.
+WER is counted by jiwer after Whisper's own English text normaliser (case, punctuation, numbers as digits,
+one spelling), on the whole corpus (errors summed over items / reference words summed), as is customary.
+Each faster-whisper model gets two rows: medagent's defaults (`[speech]`: beam, VAD, vocabulary prompt) and
+the plain library (faster-whisper's own `transcribe`, beam 5, no prompt) on the same audio, scored the same.
+The transcriber never sees an item's reference text.
 
-Run it: `python -m medagent.evals.speech --limit 10 [--model NAME=RUNTIME:PATH ...]`.
+Run it: `python -m medagent.evals.speech --limit 30 [--model NAME=RUNTIME:PATH ...]`.
 """
 
 from __future__ import annotations
@@ -22,76 +25,47 @@ from pathlib import Path
 from typing import Any
 
 from medagent.evals.suite import dev_file
+from medagent.tools.config import SpeechSettings
 
 DEBIAN_PACKAGES = {"espeak-ng": "espeak-ng", "sox": "sox"}
 HISTORY_WORDS = 45  # ~15 s of speech per item at espeak-ng's 160 words/min
 
-UNITS = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen"
-).split()
-TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-SYMBOLS = {"%": " percent ", "°c": " degrees celsius ", "°f": " degrees fahrenheit ", "&": " and ", "/": " per "}
-
-
 # ------------------------------------------------------------------ normalisation and WER
 
 
-def _number_words_to_digits(words: list[str]) -> list[str]:
-    """'sixty two' -> '62', 'one hundred and five' -> '105' (0-999 is what histories say)."""
-    out: list[str] = []
-    i = 0
-    while i < len(words):
-        word = words[i]
-        value, used = None, 0
-        if word in UNITS:
-            value, used = UNITS.index(word), 1
-        elif word in TENS[2:]:
-            value, used = TENS.index(word) * 10, 1
-            if i + 1 < len(words) and words[i + 1] in UNITS[1:10]:
-                value, used = value + UNITS.index(words[i + 1]), 2
-        if value is not None and i + used < len(words) and words[i + used] == "hundred" and value < 10:
-            value, used = value * 100, used + 1
-            rest = words[i + used :]
-            skip = 1 if rest[:1] == ["and"] else 0
-            tail = _number_words_to_digits(rest[skip : skip + 2])
-            if tail and tail[0].isdigit() and int(tail[0]) < 100:
-                value += int(tail[0])
-                used += skip + (2 if len(tail) == 1 and len(rest[skip : skip + 2]) == 2 else 1)
-        if value is None:
-            out.append(word)
-            i += 1
-        else:
-            out.append(str(value))
-            i += used
-    return out
+def _normaliser():  # noqa: ANN202 - whisper.normalizers.EnglishTextNormalizer
+    # Whisper's own English normaliser (the one its papers score with): case, punctuation, spelled-out
+    # numbers ("sixty-two" = "62"), British/American spellings, contractions. openai-whisper is installed
+    # by `make setup` (--no-deps). Built per call (it reads a small spelling table), so nothing is cached here.
+    from whisper.normalizers import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()
 
 
 def normalise(text: str) -> list[str]:
-    """Lower case, no punctuation, hyphens split, numbers as digits: the words WER compares."""
-    text = text.lower()
-    for symbol, spoken in SYMBOLS.items():
-        text = text.replace(symbol, spoken)
-    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)  # 1,000 -> 1000
-    text = re.sub(r"(?<=\d)\.(?=\d)", " point ", text)
-    text = re.sub(r"[-–—]", " ", text)
-    text = re.sub(r"[^a-z0-9' ]+", " ", text).replace("'", "")
-    return _number_words_to_digits(text.split())
+    """The words WER compares: Whisper's English normaliser applied, split on spaces.
+
+    Its one rule that does not fit here is dropped: it deletes words in parentheses and brackets (in its
+    benchmarks' transcripts they mark sounds, not speech), but every word of these references is spoken."""
+    return _normaliser()(re.sub(r"[()\[\]<>]", " ", text)).split()
 
 
-def edit_distance(reference: list[str], hypothesis: list[str]) -> int:
-    previous = list(range(len(hypothesis) + 1))
-    for i, ref_word in enumerate(reference, 1):
-        current = [i] + [0] * len(hypothesis)
-        for j, hyp_word in enumerate(hypothesis, 1):
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word))
-        previous = current
-    return previous[-1]
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(substitutions + deletions + insertions, reference words) after `normalise`, counted by jiwer."""
+    import jiwer
+
+    ref, hyp = " ".join(normalise(reference)), " ".join(normalise(hypothesis))
+    if not ref:
+        return len(hyp.split()), 0
+    if not hyp:
+        return len(ref.split()), len(ref.split())
+    out = jiwer.process_words(ref, hyp)
+    return out.substitutions + out.deletions + out.insertions, len(ref.split())
 
 
 def wer(reference: str, hypothesis: str) -> float:
-    ref = normalise(reference)
-    return edit_distance(ref, normalise(hypothesis)) / max(1, len(ref))
+    errors, words = word_errors(reference, hypothesis)
+    return errors / max(1, words)
 
 
 # ------------------------------------------------------------------ items
@@ -168,8 +142,32 @@ def build_items(data_dir: Path | None, limit: int | None, audio_dir: Path) -> li
 # ------------------------------------------------------------------ scoring one model
 
 
+def _row(item: dict[str, Any], hypothesis: str, rtf: float) -> tuple[dict[str, Any], int, int]:
+    errors, words = word_errors(item["text"], hypothesis)
+    row = {"id": item["id"], "wer": round(errors / max(1, words), 4), "rtf": round(rtf, 3),
+           "reference": item["text"], "hypothesis": hypothesis}  # fmt: skip
+    return row, errors, words
+
+
+def _summary(name: str, runtime: str, settings: str, rows: list, errors: int, words: int, audio_s: float,
+             elapsed_s: float) -> dict[str, Any]:  # fmt: skip
+    return {"model": name, "runtime": runtime, "settings": settings, "items": len(rows),
+            "wer": round(errors / max(1, words), 4), "errors": errors, "words": words,
+            "real_time_factor": round(elapsed_s / audio_s, 3) if audio_s else None,
+            "audio_s": round(audio_s, 1), "rows": rows}  # fmt: skip
+
+
+def describe(options: Any) -> str:
+    prompt = "no prompt" if not options.initial_prompt else (
+        "medical prompt" if options.initial_prompt == SpeechSettings().initial_prompt else "own prompt")
+    return (f"beam {options.beam_size}, {prompt}, VAD {'on' if options.vad else 'off'}, "
+            f"language {options.language or 'detected'}")  # fmt: skip
+
+
 def evaluate_model(name: str, runtime: Any, items: list[dict[str, Any]], options: Any) -> dict[str, Any]:
-    """Transcribe every item with one loaded runtime; corpus WER and real-time factor."""
+    """Transcribe every item with one loaded runtime through medagent's transcriber; corpus WER and RTF.
+
+    The transcriber is given `options` and the audio, nothing else: no item's reference text reaches it."""
     from medagent.specialists.speech import transcribe
 
     errors = words = 0
@@ -177,49 +175,68 @@ def evaluate_model(name: str, runtime: Any, items: list[dict[str, Any]], options
     rows = []
     for item in items:
         transcript = transcribe(runtime, Path(item["audio"]), options)
-        ref, hyp = normalise(item["text"]), normalise(transcript.text)
-        distance = edit_distance(ref, hyp)
-        errors, words = errors + distance, words + len(ref)
+        row, e, w = _row(item, transcript.text, transcript.real_time_factor)
+        rows.append(row)
+        errors, words = errors + e, words + w
         audio_s, elapsed_s = audio_s + transcript.duration_s, elapsed_s + transcript.elapsed_s
-        rows.append({"id": item["id"], "wer": round(distance / max(1, len(ref)), 4),
-                     "rtf": round(transcript.real_time_factor, 3),
-                     "reference": item["text"], "hypothesis": transcript.text})  # fmt: skip
-    return {
-        "model": name,
-        "runtime": runtime.name,
-        "items": len(items),
-        "wer": round(errors / max(1, words), 4),
-        "real_time_factor": round(elapsed_s / audio_s, 3) if audio_s else None,
-        "audio_s": round(audio_s, 1),
-        "rows": rows,
-    }
+    return _summary(name, runtime.name, describe(options), rows, errors, words, audio_s, elapsed_s)
+
+
+def evaluate_plain(name: str, model_dir: Path, items: list[dict[str, Any]], beam_size: int = 5) -> dict[str, Any]:
+    """The plain library, for comparison: faster-whisper's `WhisperModel.transcribe` on each whole file with its
+    own defaults (no prompt, no VAD, its decoding of the file) except beam 5, the same model folder and CPU int8."""
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(model_dir), device="cpu", compute_type="int8", local_files_only=True)
+    errors = words = 0
+    audio_s = elapsed_s = 0.0
+    rows = []
+    for item in items:
+        started = time.perf_counter()
+        segments, info = model.transcribe(item["audio"], beam_size=beam_size)
+        text = " ".join(s.text.strip() for s in segments)  # a generator: decoding happens here
+        took = time.perf_counter() - started
+        row, e, w = _row(item, text, took / info.duration if info.duration else 0.0)
+        rows.append(row)
+        errors, words = errors + e, words + w
+        audio_s, elapsed_s = audio_s + info.duration, elapsed_s + took
+    return _summary(name, "faster-whisper (plain)", f"beam {beam_size}, no prompt, VAD off, library defaults",
+                    rows, errors, words, audio_s, elapsed_s)  # fmt: skip
 
 
 def report_table(results: list[dict[str, Any]]) -> str:
+    import os
+
     lines = [
-        f"Speech suite on {platform.machine()} ({__import__('os').cpu_count()} CPUs), {time.strftime('%Y-%m-%d')}",
+        f"Speech suite on {platform.machine()} ({platform.processor() or 'cpu'}, {os.cpu_count()} CPUs), "
+        f"{time.strftime('%Y-%m-%d')}; WER after Whisper's English normaliser, counted by jiwer over the corpus",
         "",
-        "| model | runtime | items | audio (s) | WER | real-time factor |",
-        "|---|---|---|---|---|---|",
+        "| model | runtime | settings | items | audio (s) | WER | real-time factor |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['model']} | {r['runtime']} | {r['items']} | {r['audio_s']} | {r['wer']:.1%} "
+            f"| {r['model']} | {r['runtime']} | {r['settings']} | {r['items']} | {r['audio_s']} | {r['wer']:.1%} "
             f"| {r['real_time_factor']} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medagent.specialists.speech import DecodeOptions, load_runtime
-    from medagent.tools.config import MEDICAL_PROMPT, cache_root
+    from medagent.specialists.speech import DecodeOptions, assemble_packaged_base, load_runtime
+    from medagent.tools.config import cache_root
 
+    defaults = SpeechSettings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="folder holding agentclinic/dev.jsonl")
     parser.add_argument("--limit", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("runs/speech-suite"))
-    parser.add_argument("--beam-size", type=int, default=1)
+    parser.add_argument("--beam-size", type=int, default=defaults.beam_size)
     parser.add_argument("--no-prompt", action="store_true", help="leave out the medical vocabulary prompt")
+    parser.add_argument("--prompt", default=None, help="another vocabulary prompt instead of [speech] initial_prompt")
+    parser.add_argument("--no-vad", action="store_true", help="leave out voice-activity detection")
+    parser.add_argument("--language", default=defaults.language, help="e.g. en; default: detected")
+    parser.add_argument("--no-plain", action="store_true", help="leave out the plain faster-whisper row")
     parser.add_argument(
         "--model", action="append", default=[],
         help="NAME=faster-whisper:CT2_DIR or NAME=openai-whisper:FILE.pt; default: the packaged Whisper base",
@@ -230,7 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, FileNotFoundError) as exc:
         print(f"speech suite: {exc}")
         return 2
-    options = DecodeOptions(beam_size=args.beam_size, initial_prompt=None if args.no_prompt else MEDICAL_PROMPT)
+    # medagent's defaults ([speech] in medagent.toml), changed only by the flags above.
+    options = DecodeOptions(
+        language=args.language, beam_size=args.beam_size, vad=defaults.vad and not args.no_vad,
+        initial_prompt=None if args.no_prompt else (args.prompt or defaults.initial_prompt),
+        temperature_fallback=defaults.temperature_fallback,
+    )  # fmt: skip
     results = []
     for spec in args.model or ["whisper-base=faster-whisper:"]:
         name, _, rest = spec.partition("=")
@@ -242,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         results.append(evaluate_model(name, runtime, items, options))
         print(report_table(results[-1:]).splitlines()[-1], flush=True)
+        if runtime_name == "faster-whisper" and not args.no_plain:
+            folder = Path(path) if path else assemble_packaged_base(cache_root())
+            results.append(evaluate_plain(name, folder, items))
+            print(report_table(results[-1:]).splitlines()[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     (args.out / "report.md").write_text(report_table(results) + "\n")

@@ -188,7 +188,7 @@ def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     floor = ctx.settings.speech.trust_negation_from
     # A negation heard in a low-confidence segment is reported, not used: a misheard "no" flips a finding.
     pairs = [(m, {**m.as_dict(), **heard(m.span)}) for m in excluded]
-    low = [(m, row) for m, row in pairs if row.get("segment_confidence", 1.0) < floor]
+    low = [(m, row) for m, row in pairs if _heard_badly(row, floor)]
     doubtful = [row for _, row in low]
     excluded = [m for m, row in pairs if (m, row) not in low]
     excluded_rows = [row for _, row in pairs if row not in doubtful]
@@ -230,12 +230,27 @@ def link(args: LinkArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         summary += f"; measurements argue against: {', '.join(d['label'] for d in payload['against'])}"
     if doubtful:
         summary += "; not used, heard with low confidence: " + ", ".join(
-            f"no {d['label'].lower()} ('{d['text']}', segment confidence {d['segment_confidence']:.2f})" for d in doubtful)
-    unsure = [row for row in present_rows if row.get("segment_confidence") is not None and row["segment_confidence"] < floor]
+            f"no {d['label'].lower()} ('{d['text']}', {_how_heard(d)})" for d in doubtful)
+    unsure = [row for row in present_rows if _heard_badly(row, floor)]
     if unsure:
         summary += "; heard with low confidence: " + ", ".join(
-            f"{d['label']} (segment confidence {d['segment_confidence']:.2f})" for d in unsure)
+            f"{d['label']} ({_how_heard(d)})" for d in unsure)
     return [EvidenceDraft(summary=summary, payload=payload, confidence=None)]
+
+
+NO_SPEECH_THRESHOLD = 0.6  # Whisper's own: above it, a segment is more likely not speech at all
+
+
+def _heard_badly(row: dict, floor: float) -> bool:
+    """A phrase from a transcript segment Whisper was unsure of: low confidence, or probably not speech."""
+    return row.get("segment_confidence", 1.0) < floor or row.get("segment_no_speech_prob", 0.0) > NO_SPEECH_THRESHOLD
+
+
+def _how_heard(row: dict) -> str:
+    said = f"segment confidence {row['segment_confidence']:.2f}"
+    if row.get("segment_no_speech_prob", 0.0) > NO_SPEECH_THRESHOLD:
+        said += f", no-speech probability {row['segment_no_speech_prob']:.2f}"
+    return said
 
 
 def _segment_confidences(args: LinkArgs, ctx: ToolContext):  # noqa: ANN202 - span -> {"segment_confidence": c} or {}
@@ -251,12 +266,21 @@ def _segment_confidences(args: LinkArgs, ctx: ToolContext):  # noqa: ANN202 - sp
         return lambda span: {}
     bounds, offset = [], 0
     for segment in transcript.segments:
-        bounds.append((offset, offset + len(segment.text), float(segment.confidence)))
+        bounds.append((offset, offset + len(segment.text), segment))
         offset += len(segment.text) + 1
 
     def confidence(span: tuple[int, int] | list[int]) -> dict:
-        found = [c for start, end, c in bounds if start < span[1] and span[0] < end]
-        return {"segment_confidence": round(min(found), 3)} if found else {}
+        # The least sure of the segments the phrase touches (a phrase rarely spans two), with Whisper's own figures.
+        found = [s for start, end, s in bounds if start < span[1] and span[0] < end]
+        if not found:
+            return {}
+        worst = min(found, key=lambda s: float(s.confidence))
+        row = {"segment_confidence": round(float(worst.confidence), 3)}
+        if worst.avg_logprob is not None:
+            row["segment_avg_logprob"] = round(float(worst.avg_logprob), 3)
+        if worst.no_speech_prob is not None:
+            row["segment_no_speech_prob"] = round(float(worst.no_speech_prob), 3)
+        return row
 
     return confidence
 

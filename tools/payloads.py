@@ -263,6 +263,8 @@ class TranscriptPayload(Payload):
     language_probability: Number | None
     duration_s: Number
     silent_s: Number
+    non_speech_s: Number = Field(default=0, description="seconds the voice-activity detector judged not speech")
+    prompt: str | None = Field(default=None, description="the vocabulary prompt Whisper was given (never the history)")
     runtime: str
     model: str
     real_time_factor: Number
@@ -358,6 +360,8 @@ class Mention(Part):
     score: Number
     segment_confidence: Number | None = Field(
         default=None, description="for text from a transcript: the confidence of the segment the phrase was heard in")
+    segment_avg_logprob: Number | None = Field(default=None, description="that segment's average token log-probability")
+    segment_no_speech_prob: Number | None = Field(default=None, description="that segment's no-speech probability")
 
 
 class DerivedPhenotype(Part):

@@ -20,6 +20,8 @@ from medagent.tools.pool import ModelPool
 from medagent.tools.registry import AttachmentArgs, Build, Tool, ToolContext
 
 QUOTE_WORDS = 60  # the summary quotes about this many words; the payload keeps everything
+CONTEXT_TERMS = 24  # case words added to the vocabulary prompt (Whisper keeps at most ~220 prompt tokens)
+DEFAULT_QUESTION = "What is the most likely diagnosis?"
 
 
 class TranscribeArgs(AttachmentArgs):
@@ -91,7 +93,8 @@ def doctor(settings: Settings) -> list[str]:
     from medagent.specialists.speech.load import packaged_model_dir
 
     speech = settings.speech
-    lines = [f"speech runtime: {speech.runtime} on {speech.device}, beam {speech.beam_size}"]
+    lines = [f"speech runtime: {speech.runtime} on {speech.device}, beam {speech.beam_size}, "
+             f"voice-activity detection {'on' if speech.vad else 'off'}"]
     if speech.runtime == "faster-whisper" and speech.ct2_dir is None:
         folder = packaged_model_dir(cache_root(settings))
         state = "assembled" if (folder / "SHA256SUMS").is_file() else "assembled on first use"
@@ -132,6 +135,42 @@ def _quote(segments: list) -> tuple[str, float, float, bool]:
     return text, chosen[0].start, chosen[-1].end, len(chosen) < len(segments)
 
 
+def case_vocabulary(ctx: ToolContext) -> list[str]:
+    """Words this recording is likely to use, from the case's *other* fields: the names of its findings, the
+    labels of its coded phenotypes (from the knowledge graph) and a question that is not the default one.
+
+    Never the typed history or another transcript: a dictation is often the very text of the history, and a
+    prompt holding it would hand Whisper the answer (and hide its errors)."""
+    case = ctx.case
+    words = [f.name for f in case.findings]
+    coded = case.phenotypes.present + case.phenotypes.excluded
+    if coded:
+        from medagent.tools.knowledge import knowledge_graph
+
+        try:
+            graph = knowledge_graph(ctx.settings, ctx.pool)
+        except UnavailableError:  # no graph could be read: the prompt goes without the labels
+            graph = None
+        for term in coded if graph is not None else []:
+            index = graph.resolve(term)
+            if index is not None:
+                words.append(graph.labels[index])
+    if case.question.strip() and case.question.strip() != DEFAULT_QUESTION:
+        words.append(case.question.strip())
+    return list(dict.fromkeys(w.strip() for w in words if w.strip()))[:CONTEXT_TERMS]
+
+
+def prompt_for(ctx: ToolContext) -> str | None:
+    """The vocabulary prompt: the configured medical prompt, then the case's own words (`case_vocabulary`)."""
+    speech = ctx.settings.speech
+    parts = [speech.initial_prompt or ""]
+    if speech.case_context:
+        words = case_vocabulary(ctx)
+        if words:
+            parts.append("This case: " + ", ".join(words) + ".")
+    return " ".join(p for p in parts if p) or None
+
+
 def transcribe_attachment(args: TranscribeArgs, ctx: ToolContext) -> list[EvidenceDraft]:
     from medagent.specialists.speech.audio import AudioError
     from medagent.specialists.speech.infer import transcribe
@@ -142,8 +181,9 @@ def transcribe_attachment(args: TranscribeArgs, ctx: ToolContext) -> list[Eviden
     runtime = _runtime(ctx.settings, ctx.pool)
     options = DecodeOptions(
         language=args.language or speech.language,
-        initial_prompt=speech.initial_prompt or None,
+        initial_prompt=prompt_for(ctx),
         beam_size=speech.beam_size,
+        vad=speech.vad,
         word_timestamps=args.word_timestamps or speech.word_timestamps,
         temperature_fallback=speech.temperature_fallback,
         max_tokens=speech.max_tokens,
@@ -192,6 +232,8 @@ def transcribe_attachment(args: TranscribeArgs, ctx: ToolContext) -> list[Eviden
         else None,
         "duration_s": transcript.duration_s,
         "silent_s": transcript.silent_s,
+        "non_speech_s": transcript.non_speech_s,
+        "prompt": options.initial_prompt,
         "runtime": transcript.runtime,
         "model": transcript.model,
         "real_time_factor": round(transcript.real_time_factor, 3),

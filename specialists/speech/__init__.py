@@ -7,6 +7,7 @@ from medagent.specialists._exports import lazy_exports
 
 _WHERE = {
     "DecodeOptions": "model",
+    "assemble_packaged_base": "load",
     "load_runtime": "load",
     "transcribe": "infer",
 }

@@ -4,6 +4,11 @@ Windows come from the bounded-memory reader (audio.py). The language is detected
 window that holds speech, then fixed so a long dictation does not flip languages mid-way. Each window
 is prompted with the medical vocabulary prompt plus the end of the text so far, the way Whisper
 conditions on previous text inside one file.
+
+With `vad`, Silero voice-activity detection (faster-whisper's bundled model and its own
+`get_speech_timestamps`, for either engine) gates each window: one with no speech in it (noise, music,
+a long pause) is never decoded, so Whisper cannot invent words there; faster-whisper then decodes only
+the speech inside the windows that remain and maps the times back.
 """
 
 from __future__ import annotations
@@ -38,6 +43,13 @@ def _shift(segment: Segment, offset: float, limit: float) -> Segment:
                    segment.avg_logprob, segment.no_speech_prob)
 
 
+def _speech_seconds(samples) -> float:  # noqa: ANN001 - float32 16 kHz samples
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    chunks = get_speech_timestamps(samples, VadOptions(), sampling_rate=SAMPLE_RATE)
+    return sum(c["end"] - c["start"] for c in chunks) / SAMPLE_RATE
+
+
 def transcribe(
     runtime: Runtime,
     path: Path,
@@ -56,13 +68,19 @@ def transcribe(
     started = time.perf_counter()
     segments: list[Segment] = []
     language, language_probability = options.language, None
-    silent_s, loudest = 0.0, -200.0
+    silent_s, non_speech_s, loudest = 0.0, 0.0, -200.0
     for window in iter_windows(stream, window_s=window_s):
         level = float(frame_loudness_dbfs(window.samples).max())
         loudest = max(loudest, level)
         if level < silence_dbfs:
             silent_s += len(window.samples) / SAMPLE_RATE
             continue
+        if options.vad:
+            seconds = len(window.samples) / SAMPLE_RATE
+            speech = _speech_seconds(window.samples)
+            non_speech_s += seconds - speech
+            if speech == 0.0:
+                continue
         result = runtime.transcribe_window(
             window.samples, replace(options, language=language), _prompt(options.initial_prompt, segments)
         )
@@ -79,7 +97,9 @@ def transcribe(
     if duration and silent_s >= duration - 1e-6:
         notes.append(f"no speech: the recording is silent (loudest 20 ms at {loudest:.0f} dBFS)")
     elif not segments:
-        notes.append("no speech was recognised")
+        notes.append("no speech was recognised" + (" (the voice-activity detector heard none)" if options.vad else ""))
+    if non_speech_s >= 1.0 and segments:
+        notes.append(f"{non_speech_s:.0f} s judged not speech by the voice-activity detector (not decoded)")
     return Transcript(
         text=" ".join(s.text for s in segments),
         segments=segments,
@@ -90,6 +110,7 @@ def transcribe(
         runtime=runtime.name,
         model=runtime.model,
         silent_s=round(silent_s, 3),
+        non_speech_s=round(non_speech_s, 3),
         truncated=stream.truncated,
         notes=notes,
     )

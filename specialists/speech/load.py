@@ -153,7 +153,8 @@ class FasterWhisperRuntime:
             initial_prompt=prompt,
             word_timestamps=options.word_timestamps,
             temperature=list(temperatures(options)),
-            vad_filter=False,  # silence is handled by the caller; VAD would need another model
+            # faster-whisper's bundled Silero VAD model (faster_whisper/assets): only speech is decoded.
+            vad_filter=options.vad,
             max_new_tokens=options.max_tokens,
             without_timestamps=options.without_timestamps,
         )

@@ -55,6 +55,7 @@ class Transcript:
     runtime: str
     model: str
     silent_s: float = 0.0  # audio skipped as silence (never sent to the model)
+    non_speech_s: float = 0.0  # audio the VAD judged not speech (noise, music, pauses): not decoded
     truncated: bool = False  # the file ended before its header said it would
     notes: list[str] = field(default_factory=list)
 
@@ -72,6 +73,9 @@ class DecodeOptions:
     temperature_fallback: bool = True  # retry hotter when a decode repeats itself or is improbable
     without_timestamps: bool = False  # one segment per window, no time tokens decoded (faster; coarser times)
     max_tokens: int | None = None  # cap on text tokens decoded per window (None: the model's limit, 224)
+    # Silero voice-activity detection (the model faster-whisper ships): windows with no speech are not decoded,
+    # and faster-whisper decodes only the speech inside a window (times mapped back to the recording).
+    vad: bool = False
 
 
 class Runtime(Protocol):

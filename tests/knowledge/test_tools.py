@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -161,10 +162,12 @@ def test_calls_that_cannot_succeed_are_rejected_before_they_run(graph):
     assert reason == "knowledge.rank: unknown HPO term id(s): HP:9999999 (expected ids like HP:0001250)"
 
 
-@pytest.mark.parametrize("heard", [0.3, 0.8])
-def test_a_negation_heard_with_low_confidence_is_reported_not_used(tmp_path, graph, heard):
-    segments = [{"start": 0.0, "end": 2.0, "text": "I have a bad headache.", "confidence": 0.9},
-                {"start": 2.0, "end": 4.5, "text": "I do not have any chest pain.", "confidence": heard}]  # fmt: skip
+@pytest.mark.parametrize(("heard", "no_speech"), [(0.3, 0.02), (0.8, 0.02), (0.8, 0.9)])
+def test_a_negation_heard_with_low_confidence_is_reported_not_used(tmp_path, graph, heard, no_speech):
+    segments = [{"start": 0.0, "end": 2.0, "text": "I have a bad headache.", "confidence": 0.9, "avg_logprob": -0.105,
+                 "no_speech_prob": 0.01},
+                {"start": 2.0, "end": 4.5, "text": "I do not have any chest pain.", "confidence": heard,
+                 "avg_logprob": round(math.log(heard), 3), "no_speech_prob": no_speech}]  # fmt: skip
     transcript = " ".join(s["text"] for s in segments)
     speech = Evidence(id="E1", tool="speech.transcribe", call_id="C1", summary="Speech", attachment="a1", payload={
         "transcript": transcript, "segments": segments, "language": "en", "language_probability": 0.99,
@@ -176,11 +179,15 @@ def test_a_negation_heard_with_low_confidence_is_reported_not_used(tmp_path, gra
     [evidence] = tool.run(tool.args.model_validate({"text": transcript, "source": "E1"}),
                           ToolContext(case, tmp_path, tmp_path, SETTINGS, evidence_so_far=[speech]))
     payload = evidence.payload
-    assert [(m["id"], m["segment_confidence"]) for m in payload["present"]] == [("HP:0002315", 0.9)]
-    if heard < SETTINGS.speech.trust_negation_from:
+    # each phrase carries the figures of the segment it was heard in
+    assert [(m["id"], m["segment_confidence"], m["segment_avg_logprob"], m["segment_no_speech_prob"])
+            for m in payload["present"]] == [("HP:0002315", 0.9, -0.105, 0.01)]  # fmt: skip
+    if heard < SETTINGS.speech.trust_negation_from or no_speech > 0.6:
         assert "HP:0100749" not in payload["excluded_ids"] and payload["excluded"] == []
-        assert [(m["id"], m["segment_confidence"]) for m in payload["doubtful"]] == [("HP:0100749", heard)]
-        assert f"not used, heard with low confidence: no chest pain ('chest pain', segment confidence {heard:.2f})" in evidence.summary
+        assert [(m["id"], m["segment_confidence"], m["segment_no_speech_prob"]) for m in payload["doubtful"]] == [
+            ("HP:0100749", heard, no_speech)]
+        said = f"segment confidence {heard:.2f}" + (f", no-speech probability {no_speech:.2f}" if no_speech > 0.6 else "")
+        assert f"not used, heard with low confidence: no chest pain ('chest pain', {said})" in evidence.summary
     else:
         assert payload["excluded_ids"] == ["HP:0100749"] and payload["doubtful"] == []
         assert "low confidence" not in evidence.summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import pytest
 import soundfile
 
 from medagent.specialists.speech.load import PACKAGED_SHA256, assemble_packaged_base, packaged_model_dir
-from medagent.tools.config import Settings
-from medagent.tools.contracts import Attachment, AttachmentKind, Case
+from medagent.tools.config import Settings, SpeechSettings
+from medagent.tools.contracts import Attachment, AttachmentKind, Case, Measurement, Phenotypes
 from medagent.tools.errors import CaseError
 from medagent.tools.registry import Registry, ToolContext
 from medagent.tools.speech import TOOLS, TranscribeArgs, transcribe_attachment
@@ -118,3 +119,62 @@ def test_bad_files_give_a_clear_error(settings: Settings, tmp_path: Path, conten
     (tmp_path / "bad.wav").write_bytes(content)
     with pytest.raises(CaseError, match=f"attachment 'audio1': .*bad.wav: .*{message}"):
         _run(settings, tmp_path, "bad.wav")
+
+
+def test_noise_music_and_pauses_are_not_decoded_and_speech_keeps_its_times(
+    settings: Settings, audio_dir: Path, tmp_path: Path
+) -> None:
+    """Speech, white noise, a chord-and-melody 'music' stretch, digital silence, speech, quiet noise: with the
+    default voice-activity detection only the two spoken stretches are decoded, at the times they were spoken."""
+    rate, rng = 16_000, np.random.default_rng(0)
+    first = soundfile.read(audio_dir / "chest_pain.wav", dtype="float32")[0]
+    second = soundfile.read(audio_dir / "interview_no_pain.flac", dtype="float32")[0]
+    t = np.arange(12 * rate) / rate
+    chord = sum(0.15 * np.sin(2 * np.pi * f * t) for f in (220, 277, 330, 440))
+    melody = 0.3 * np.sin(2 * np.pi * np.repeat(rng.choice([262, 294, 330, 392, 440, 523], 30), int(0.4 * rate))[: len(t)] * t)
+    parts = [first, 0.1 * rng.standard_normal(12 * rate), chord + melody, np.zeros(8 * rate), second,
+             0.03 * rng.standard_normal(10 * rate)]  # fmt: skip
+    starts = np.cumsum([0] + [len(p) for p in parts]) / rate
+    soundfile.write(tmp_path / "mixed.wav", np.concatenate(parts).astype(np.float32), rate)
+    assert settings.speech.vad  # the default
+
+    evidence, duration = _run(settings, tmp_path, "mixed.wav")
+    payload = evidence.payload
+    _check_segments(payload, duration)
+    spoken = [(starts[0], starts[1]), (starts[4], starts[5])]
+    for segment in payload["segments"]:  # every segment lies in a spoken stretch (0.5 s of padding allowed)
+        assert any(a - 0.5 <= segment["start"] and segment["end"] <= b + 0.5 for a, b in spoken), payload["segments"]
+    assert "chest pain" in payload["transcript"].lower() and "cough" in payload["transcript"].lower()
+    late = next(s for s in payload["segments"] if "cough" in s["text"].lower())
+    assert late["start"] >= starts[4] - 0.5  # not at the 30 s window edge, where it lies without VAD
+    assert payload["non_speech_s"] >= 0.8 * (duration - (starts[1] - starts[0]) - (starts[5] - starts[4]))
+    assert any("judged not speech" in note for note in payload["notes"])
+
+
+def test_the_vocabulary_prompt_takes_the_case_words_but_never_the_history(
+    audio_dir: Path, spoken: dict[str, str], tmp_path: Path
+) -> None:
+    """The recording dictates the typed history word for word: the prompt holds the findings' names, the coded
+    phenotypes' labels and the question, and not one word of the history that the configured prompt lacks."""
+    # the run-wide cache root, whose knowledge graph labels the coded phenotypes; case words are off by default
+    settings = Settings(speech=SpeechSettings(case_context=True))
+    shutil.copy(audio_dir / "chest_pain.wav", tmp_path / "dictation.wav")
+    history = spoken["chest_pain.wav"]
+    case = Case(
+        id="dictated", history=history, question="Is this an acute coronary syndrome?",
+        findings=[Measurement(name="troponin I", value=2.1, unit="ng/mL")],
+        phenotypes=Phenotypes(present=["HP:0002094"]),
+        attachments=[Attachment(id="audio1", kind=AttachmentKind.audio, path="dictation.wav")],
+    )  # fmt: skip
+    ctx = ToolContext(case=case, case_dir=tmp_path, artifacts_dir=tmp_path / "out", settings=settings)
+    [evidence] = transcribe_attachment(TranscribeArgs(attachment="audio1"), ctx)
+    prompt = evidence.payload["prompt"]
+    assert prompt.startswith(settings.speech.initial_prompt)
+    added = prompt[len(settings.speech.initial_prompt):]
+    assert "troponin I" in added and "Dyspnea" in added and "acute coronary syndrome" in added
+    words = lambda text: set(re.findall(r"[a-z]+", text.lower()))  # noqa: E731
+    assert not (words(history) - words(settings.speech.initial_prompt)) & words(added), added
+    assert "crushing chest pain" in evidence.payload["transcript"].lower()
+    [plain] = transcribe_attachment(TranscribeArgs(attachment="audio1"), ToolContext(
+        case=case, case_dir=tmp_path, artifacts_dir=tmp_path / "out2", settings=Settings()))  # fmt: skip
+    assert plain.payload["prompt"] == settings.speech.initial_prompt

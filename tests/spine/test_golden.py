@@ -3,7 +3,8 @@
 tests/data/golden/multimodal_rule_result.json was written by `medagent solve examples/multimodal_case.json`
 (rule planner) at commit a46c3f9, before the execution core was redesigned, and written again when measurements
 began to count as counter-evidence (a low haemoglobin lowers polycythaemia vera: issue 25) and DICOM SEG output was
-added; nothing else changed then. Everything must match except
+added, and when the speech defaults became beam 5 with voice-activity detection (issue 26: the interview is now
+heard as "I am an abdominal pain...", with no "no" to flip it); nothing else changed then. Everything must match except
 what measures time (timings, the transcript's real-time factor); numbers are compared to 6 significant
 digits, so a different CPU's last-bit rounding does not count as a change.
 
