@@ -142,15 +142,17 @@ def build_items(data_dir: Path | None, limit: int | None, audio_dir: Path) -> li
 # ------------------------------------------------------------------ scoring one model
 
 
-def _row(item: dict[str, Any], hypothesis: str, rtf: float) -> tuple[dict[str, Any], int, int]:
-    errors, words = word_errors(item["text"], hypothesis)
-    row = {"id": item["id"], "wer": round(errors / max(1, words), 4), "rtf": round(rtf, 3),
-           "reference": item["text"], "hypothesis": hypothesis}  # fmt: skip
-    return row, errors, words
-
-
-def _summary(name: str, runtime: str, settings: str, rows: list, errors: int, words: int, audio_s: float,
-             elapsed_s: float) -> dict[str, Any]:  # fmt: skip
+def _score(name: str, runtime: str, settings: str, items: list[dict[str, Any]], hear: Any) -> dict[str, Any]:
+    """Corpus WER and RTF of `hear(item) -> (text, audio seconds, seconds taken)` over the items, with a row each."""
+    errors = words = 0
+    audio_s = elapsed_s = 0.0
+    rows = []
+    for item in items:
+        text, seconds, took = hear(item)
+        e, w = word_errors(item["text"], text)
+        rows.append({"id": item["id"], "wer": round(e / max(1, w), 4), "rtf": round(took / seconds if seconds else 0.0, 3),
+                     "reference": item["text"], "hypothesis": text})  # fmt: skip
+        errors, words, audio_s, elapsed_s = errors + e, words + w, audio_s + seconds, elapsed_s + took
     return {"model": name, "runtime": runtime, "settings": settings, "items": len(rows),
             "wer": round(errors / max(1, words), 4), "errors": errors, "words": words,
             "real_time_factor": round(elapsed_s / audio_s, 3) if audio_s else None,
@@ -170,16 +172,11 @@ def evaluate_model(name: str, runtime: Any, items: list[dict[str, Any]], options
     The transcriber is given `options` and the audio, nothing else: no item's reference text reaches it."""
     from medagent.specialists.speech import transcribe
 
-    errors = words = 0
-    audio_s = elapsed_s = 0.0
-    rows = []
-    for item in items:
+    def hear(item: dict[str, Any]) -> tuple[str, float, float]:
         transcript = transcribe(runtime, Path(item["audio"]), options)
-        row, e, w = _row(item, transcript.text, transcript.real_time_factor)
-        rows.append(row)
-        errors, words = errors + e, words + w
-        audio_s, elapsed_s = audio_s + transcript.duration_s, elapsed_s + transcript.elapsed_s
-    return _summary(name, runtime.name, describe(options), rows, errors, words, audio_s, elapsed_s)
+        return transcript.text, transcript.duration_s, transcript.elapsed_s
+
+    return _score(name, runtime.name, describe(options), items, hear)
 
 
 def evaluate_plain(name: str, model_dir: Path, items: list[dict[str, Any]], beam_size: int = 5) -> dict[str, Any]:
@@ -188,20 +185,15 @@ def evaluate_plain(name: str, model_dir: Path, items: list[dict[str, Any]], beam
     from faster_whisper import WhisperModel
 
     model = WhisperModel(str(model_dir), device="cpu", compute_type="int8", local_files_only=True)
-    errors = words = 0
-    audio_s = elapsed_s = 0.0
-    rows = []
-    for item in items:
+
+    def hear(item: dict[str, Any]) -> tuple[str, float, float]:
         started = time.perf_counter()
         segments, info = model.transcribe(item["audio"], beam_size=beam_size)
         text = " ".join(s.text.strip() for s in segments)  # a generator: decoding happens here
-        took = time.perf_counter() - started
-        row, e, w = _row(item, text, took / info.duration if info.duration else 0.0)
-        rows.append(row)
-        errors, words = errors + e, words + w
-        audio_s, elapsed_s = audio_s + info.duration, elapsed_s + took
-    return _summary(name, "faster-whisper (plain)", f"beam {beam_size}, no prompt, VAD off, library defaults",
-                    rows, errors, words, audio_s, elapsed_s)  # fmt: skip
+        return text, info.duration, time.perf_counter() - started
+
+    return _score(name, "faster-whisper (plain)", f"beam {beam_size}, no prompt, VAD off, library defaults", items,
+                  hear)  # fmt: skip
 
 
 def report_table(results: list[dict[str, Any]]) -> str:

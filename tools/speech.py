@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import Field
 
 from medagent.tools.config import Settings, cache_root
-from medagent.tools.contracts import AttachmentKind, EvidenceDraft
+from medagent.tools.contracts import AttachmentKind, Case, EvidenceDraft
 from medagent.tools.errors import CaseError, UnavailableError
 from medagent.tools.payloads import TranscriptPayload
 from medagent.tools.pool import ModelPool
@@ -21,7 +21,6 @@ from medagent.tools.registry import AttachmentArgs, Build, Tool, ToolContext
 
 QUOTE_WORDS = 60  # the summary quotes about this many words; the payload keeps everything
 CONTEXT_TERMS = 24  # case words added to the vocabulary prompt (Whisper keeps at most ~220 prompt tokens)
-DEFAULT_QUESTION = "What is the most likely diagnosis?"
 
 
 class TranscribeArgs(AttachmentArgs):
@@ -155,7 +154,7 @@ def case_vocabulary(ctx: ToolContext) -> list[str]:
             index = graph.resolve(term)
             if index is not None:
                 words.append(graph.labels[index])
-    if case.question.strip() and case.question.strip() != DEFAULT_QUESTION:
+    if case.question.strip() and case.question != Case.model_fields["question"].default:
         words.append(case.question.strip())
     return list(dict.fromkeys(w.strip() for w in words if w.strip()))[:CONTEXT_TERMS]
 
