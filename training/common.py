@@ -10,6 +10,11 @@ Every rank must run the same number of steps, or the collectives of the longer r
 helpers here pad rather than drop: torch's `DistributedSampler` with `drop_last=False` repeats the first indices
 of the shuffled order until it divides by the world size, so each rank gets ceil(n / world) samples and the
 same number of batches, and no sample is left out of an epoch.
+
+What a real run needs beyond that is here too, so every recipe gets it the same way: `Stepper` (gradient
+accumulation with DDP's `no_sync`, mixed precision on CUDA, clipping, the schedule), `Resume` (a `resume.pt`
+every `train.checkpoint_every` optimizer steps, with every rank's random state; `resume=true` continues from
+it), `warmup_cosine`, and `loader` (a DataLoader with workers over this rank's padded share).
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +46,7 @@ class Run:
     rank: int
     world: int
     device: torch.device
+    group: bool = False  # a process group is up (several processes, or FSDP on one GPU)
 
     @property
     def distributed(self) -> bool:
@@ -78,7 +84,7 @@ class Run:
 
     def close(self) -> None:
         """End the process group (after a last barrier, so rank 0's writes are done)."""
-        if self.distributed and torch.distributed.is_initialized():
+        if (self.distributed or self.group) and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
@@ -162,9 +168,22 @@ def setup(cfg: dict[str, Any]) -> Run:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(cfg.get("device", "auto"), local_rank, world > 1)
-    if world > 1 and not torch.distributed.is_initialized():
+    # FSDP needs a process group even on one GPU (`strategy: fsdp` with one process shards over a world of 1:
+    # the same code path as several GPUs, which is what the one-GPU check runs).
+    one_gpu_fsdp = world == 1 and cfg.get("strategy") == "fsdp" and device.type == "cuda"
+    if (world > 1 or one_gpu_fsdp) and not torch.distributed.is_initialized():
+        if one_gpu_fsdp and "MASTER_ADDR" not in os.environ:
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1")
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Run(rank=rank, world=world, device=device)
+    return Run(rank=rank, world=world, device=device, group=torch.distributed.is_initialized())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def uses_fsdp(cfg: dict[str, Any], run: Run) -> bool:
@@ -173,7 +192,7 @@ def uses_fsdp(cfg: dict[str, Any], run: Run) -> bool:
     strategy = cfg.get("strategy", "ddp")
     if strategy not in ("ddp", "fsdp"):
         raise ConfigError(f"strategy: '{strategy}' is not ddp or fsdp")
-    fsdp = run.distributed and strategy == "fsdp"
+    fsdp = (run.distributed or run.group) and strategy == "fsdp"
     if fsdp and run.device.type != "cuda":
         raise ConfigError("strategy: fsdp needs CUDA devices; on CPU use strategy=ddp")
     return fsdp
@@ -212,3 +231,227 @@ def rank_share(items: Sequence[T], run: Run) -> list[T]:
         return []
     padded = items + [items[i % len(items)] for i in range((-len(items)) % run.world)]
     return padded[run.rank :: run.world]
+
+
+# ---------------------------------------------------------------- optimizer steps: accumulation, precision
+
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Stepper:
+    """Optimizer steps made of `train.accumulate` micro-batches each, under `train.precision`.
+
+    Per micro-batch, with `index` counting micro-batches from 0 over the whole run (`total` of them):
+
+        with stepper.micro(index):          # autocast; DDP skips the gradient all-reduce (no_sync) unless
+            loss = model(**batch).loss      # this micro-batch closes an optimizer step
+            stepper.backward(loss, index)   # loss / (micro-batches in this step), GradScaler under fp16
+        stepper.step(index)                 # on the last micro-batch of a step: unscale, clip, step, schedule
+
+    The gradient of a step is then the mean over all of its micro-batches, as one batch of that size would give
+    (tests/training/test_common.py checks it against the whole batch). When `total` does not divide by
+    `accumulate`, the last step is made of the remainder and its micro-batches are weighted by that count.
+    Precision: `fp32` (default), `bf16` (autocast to bfloat16; on CPU too, slowly), `fp16` (CUDA only, with a
+    GradScaler). Parameters stay float32 in every case: only the forward computes in the lower precision.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Any | None,
+        train: dict[str, Any],
+        run: Run,
+        total: int,
+        parameters: Iterable[torch.nn.Parameter] | None = None,
+    ) -> None:
+        self.model, self.optimizer, self.schedule, self.run = model, optimizer, schedule, run
+        self.accumulate = int(train.get("accumulate") if train.get("accumulate") is not None else 1)
+        if self.accumulate < 1:
+            raise ConfigError(f"train.accumulate: {self.accumulate} must be 1 or more")
+        precision = str(train.get("precision", "fp32"))
+        if precision not in PRECISIONS:
+            raise ConfigError(f"train.precision: '{precision}' is not fp32, bf16 or fp16")
+        if precision == "fp16" and run.device.type != "cuda":
+            raise ConfigError("train.precision: fp16 needs a CUDA device (on CPU use bf16 or fp32)")
+        self.dtype = PRECISIONS[precision]
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+        self.clip = float(train.get("grad_clip", 1.0) or 0.0)
+        self.total = int(total)
+        self.parameters = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
+
+    @staticmethod
+    def steps_for(total: int, train: dict[str, Any]) -> int:
+        """Optimizer steps that `total` micro-batches make (for the schedule's length)."""
+        return math.ceil(int(total) / int(train.get("accumulate", 1) or 1))
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.total / self.accumulate)
+
+    def closes(self, index: int) -> bool:
+        """True when micro-batch `index` is the last of its optimizer step."""
+        return (index + 1) % self.accumulate == 0 or index + 1 == self.total
+
+    def step_of(self, index: int) -> int:
+        """The optimizer step (from 0) that micro-batch `index` belongs to."""
+        return index // self.accumulate
+
+    def _share(self, index: int) -> int:
+        start = self.step_of(index) * self.accumulate
+        return min(self.accumulate, self.total - start)
+
+    @contextmanager
+    def micro(self, index: int) -> Iterator[None]:
+        sync = self.closes(index) or not hasattr(self.model, "no_sync")
+        with nullcontext() if sync else self.model.no_sync():
+            with torch.autocast(self.run.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                yield
+
+    def backward(self, loss: torch.Tensor, index: int) -> None:
+        self.scaler.scale(loss / self._share(index)).backward()
+
+    def step(self, index: int) -> bool:
+        """Closes the optimizer step on its last micro-batch (else does nothing); True when it stepped."""
+        if not self.closes(index):
+            return False
+        if self.clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.schedule is not None:
+            self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+
+# ---------------------------------------------------------------- resumable checkpoints
+
+
+class Resume:
+    """`resume.pt` in the output folder: written every `train.checkpoint_every` optimizer steps (0: never),
+    atomically, by rank 0; with `resume: true` the same command continues after the last one.
+
+    It holds the model (only the parameters that train, plus buffers: a frozen 7B base is not copied into every
+    checkpoint), the optimizer, the schedule, the GradScaler, the step, and every rank's random state (Python,
+    torch, CUDA, and any `random.Random` / `torch.Generator` a recipe draws its batches with), so the resumed
+    run draws the very batches the interrupted one would have. Model and optimizer go through
+    torch.distributed.checkpoint's `get_state_dict` / `set_state_dict` with full state dicts, which read the same
+    under a plain module, DDP and FSDP (under FSDP every rank takes part in gathering). The finished run removes
+    the file (`done`).
+    """
+
+    def __init__(self, run: Run, folder: Path, cfg: dict[str, Any]) -> None:
+        self.run, self.path = run, Path(folder) / "resume.pt"
+        self.every = int(cfg.get("train", {}).get("checkpoint_every") or 0)
+        self.wanted = bool(cfg.get("resume", False))
+
+    def _options(self, **kwargs: Any) -> Any:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(full_state_dict=True, ignore_frozen_params=True, **kwargs)
+
+    def _randoms(self, draws: dict[str, Any]) -> dict[str, Any]:
+        mine: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+        if self.run.device.type == "cuda":
+            mine["cuda"] = torch.cuda.get_rng_state(self.run.device)
+        for name, draw in draws.items():
+            mine[name] = draw.get_state() if isinstance(draw, torch.Generator) else draw.getstate()
+        return mine
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, **others: Any) -> None:
+        """After optimizer step `step` (from 0) when it falls on the interval. `others`: objects with
+        state_dict() (schedule, scaler) and random draws (random.Random, torch.Generator)."""
+        if not self.every or (step + 1) % self.every:
+            return
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(model, optimizer, options=self._options(cpu_offload=True))
+        draws = {k: v for k, v in others.items() if isinstance(v, (random.Random, torch.Generator))}
+        state = {
+            "step": step,
+            "model": model_state,
+            "optimizer": optim_state,
+            "others": {k: v.state_dict() for k, v in others.items() if k not in draws},
+            "randoms": gather_objects(self.run, self._randoms(draws)),
+            "world": self.run.world,
+        }
+        self.run.on_main(save_atomic, state, self.path)
+        self.run.log(f"checkpoint after step {step}: {self.path}")
+
+    def load(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, **others: Any) -> int:
+        """The first optimizer step to run: 0 for a new run, else the one after the checkpoint's (whose state
+        is then loaded into `model`, `optimizer` and `others`)."""
+        if not self.wanted:
+            return 0
+        if not self.path.is_file():
+            self.run.log(f"resume: no {self.path} yet, starting from step 0")
+            return 0
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state["world"] != self.run.world:
+            raise ConfigError(
+                f"resume: {self.path} was written by {state['world']} processes, this run has {self.run.world}; "
+                "resume with the same number (each rank's batch order is in it)"
+            )
+        set_state_dict(
+            model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+            options=self._options(strict=False),
+        )  # fmt: skip
+        mine = state["randoms"][self.run.rank]
+        random.setstate(mine["python"])
+        torch.set_rng_state(mine["torch"])
+        if "cuda" in mine and self.run.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], self.run.device)
+        for name, value in others.items():
+            if isinstance(value, torch.Generator):
+                value.set_state(mine[name])
+            elif isinstance(value, random.Random):
+                value.setstate(mine[name])
+            else:
+                value.load_state_dict(state["others"][name])
+        self.run.log(f"resumed from {self.path} after step {state['step']}")
+        return int(state["step"]) + 1
+
+    def done(self) -> None:
+        """The run finished: nothing is left to resume (rank 0 removes the file)."""
+        self.run.on_main(self.path.unlink, missing_ok=True)
+
+
+# ---------------------------------------------------------------- data loading
+
+
+def loader(
+    dataset: Sequence[Any], batch_size: int, run: Run, seed: int, workers: int = 0, collate: Callable | None = None,
+    shuffle: bool = True,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over this rank's padded share (`sampler`): every rank the same number of batches, read by
+    `workers` processes (0: in this process). Call `.sampler.set_epoch(epoch)` before each epoch."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler(dataset, run, seed, shuffle), num_workers=workers,
+        collate_fn=collate, persistent_workers=workers > 0, drop_last=False,
+    )  # fmt: skip
+
+
+class TrainLog:
+    """`train_log.jsonl` in the output folder, one JSON record per logged step, written by rank 0 and flushed
+    at once (a killed run keeps what it logged); a resumed run appends to it."""
+
+    def __init__(self, run: Run, folder: Path, append: bool) -> None:
+        self.run = run
+        self.path = Path(folder) / "train_log.jsonl"
+        self.file = self.path.open("a" if append else "w", encoding="utf-8") if run.main else None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.file is not None:
+            import json
+
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None

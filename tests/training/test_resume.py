@@ -1,4 +1,9 @@
-"""Kill a training run, resume it, and get the loss curve of a run that was never interrupted (speech recipe)."""
+"""Kill a training run, resume it, and get the loss curve of a run that was never interrupted.
+
+Each recipe writes `resume.pt` every `train.checkpoint_every` optimizer steps (training/common.py's Resume) and
+logs its losses to `train_log.jsonl`; the run is started as a user starts it (`python -m medagent.cli train`),
+killed with SIGKILL once a checkpoint is on disk, and resumed with `resume=true`.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from medagent.training.speech.recipe import main
+import pytest
+
+from medagent.training.radfm.recipe import main as radfm_main
+from medagent.training.speech.recipe import main as speech_main
 
 REPO = Path(__file__).resolve().parents[2]
-SMOKE = REPO / "training" / "speech" / "configs" / "smoke.yaml"
-RUN = ["train.steps=40", "train.log_every=1", "train.checkpoint_every=10"]
+# recipe -> (entry point, overrides, the checkpoint to kill after, the steps the curve has, what the run leaves)
+RECIPES = {
+    "speech": (speech_main, ["train.steps=40", "train.log_every=1", "train.checkpoint_every=10"], 19, 40, "whisper.pt"),
+    # 120 micro-batches in optimizer steps of 2 (accumulation), a checkpoint every 10 steps: killed after step 29
+    # (micro-batch 59), resumed at micro-batch 60.
+    "radfm": (radfm_main, ["train.accumulate=2", "train.checkpoint_every=10"], 29, 120, "model"),
+}
 
 
 def curve(folder: Path) -> dict[int, float]:
@@ -21,33 +34,36 @@ def curve(folder: Path) -> dict[int, float]:
     return {row["step"]: row["loss"] for row in rows}
 
 
-def test_a_killed_run_resumes_from_its_checkpoint_with_the_same_loss_curve(tmp_path: Path) -> None:
-    reference = curve(main(SMOKE, [f"output_dir={tmp_path / 'whole'}", *RUN]))
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_a_killed_run_resumes_from_its_checkpoint_with_the_same_loss_curve(name: str, tmp_path: Path) -> None:
+    main, run, kill_after, length, product = RECIPES[name]
+    smoke = REPO / "training" / name / "configs" / "smoke.yaml"
+    main(smoke, [f"output_dir={tmp_path / 'whole'}", *run])
+    reference = curve(tmp_path / "whole")
+    assert sorted(reference) == list(range(length))
 
-    # The same run as a user starts it, killed (SIGKILL) once its step-20 checkpoint is on disk.
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "medagent.cli", "train", "speech", "--config", str(SMOKE),
-               f"output_dir={killed}", *RUN]  # fmt: skip
+    command = [sys.executable, "-m", "medagent.cli", "train", name, "--config", str(smoke), f"output_dir={killed}", *run]
     env = {**os.environ, "OMP_NUM_THREADS": str(os.environ.get("OMP_NUM_THREADS", "1"))}
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     seen = []
     try:
         for line in process.stdout:
             seen.append(line)
-            if "checkpoint after step 19" in line:
+            if f"checkpoint after step {kill_after}:" in line:
                 process.kill()
                 break
     finally:
         process.kill()
         process.wait(timeout=60)
-    assert any("checkpoint after step 19" in line for line in seen), "".join(seen[-40:])
-    assert (killed / "resume.pt").is_file() and not (killed / "whisper.pt").exists()
-    assert max(curve(killed)) < 39  # it really stopped early
+    assert any(f"checkpoint after step {kill_after}:" in line for line in seen), "".join(seen[-40:])
+    assert (killed / "resume.pt").is_file() and not (killed / product).exists()
+    assert max(curve(killed)) < length - 1  # it really stopped early
 
-    out = main(SMOKE, [f"output_dir={killed}", *RUN, "resume=true"])
-    resumed = curve(out)
-    assert sorted(resumed) == list(range(40))
+    main(smoke, [f"output_dir={killed}", *run, "resume=true"])
+    resumed = curve(killed)
+    assert sorted(resumed) == list(range(length))
     assert all(abs(resumed[step] - reference[step]) <= 1e-3 + 1e-3 * reference[step] for step in reference), (
         [(step, reference[step], resumed[step]) for step in reference if resumed[step] != reference[step]]
     )
-    assert (out / "whisper.pt").is_file() and not (out / "resume.pt").exists()  # finished: nothing left to resume
+    assert (killed / product).exists() and not (killed / "resume.pt").exists()  # finished: nothing to resume

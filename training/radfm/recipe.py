@@ -11,9 +11,14 @@ them. `fold` is optional; `data.fold` keeps only matching lines. VQA-RAD's dev.j
 report generation, put the instruction in `question` and the report in `answer`.
 
 Multi-process: run under torchrun (training/common.py sets up the device and the process group). `strategy: fsdp`
-shards the language model's decoder layers with FSDP (CUDA only; not yet run on a multi-GPU machine);
-`strategy: ddp` replicates the model (what the CPU/gloo test runs). Every rank gets the same number of batches
-(the shuffled batch list is padded by its first batches up to a multiple of the world size).
+shards the language model's decoder layers with FSDP (CUDA only, on one GPU too; not yet run on a multi-GPU
+machine); `strategy: ddp` replicates the model (what the CPU/gloo test runs). Every rank gets the same number of
+batches (the shuffled batch list is padded by its first batches up to a multiple of the world size).
+
+A real run (training/common.py): `train.accumulate` micro-batches per optimizer step, a warm-up + cosine schedule
+over the optimizer steps (`warmup`, `min_lr_ratio`), `precision` bf16/fp16 autocast on CUDA, `num_workers`
+DataLoader processes that read and collate the scans, and `checkpoint_every` + `resume: true` to continue a killed
+run with the same loss curve (tests/training/test_resume.py kills one and resumes it).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch
 from medagent.specialists.radfm.load import load_radfm, save_checkpoint
 from medagent.specialists.radfm.preprocess import build_prompt, image_to_tensor, stack_images, volume_to_tensor
 from medagent.specialists.radfm.tiny import build_tiny
-from medagent.training.common import ddp, rank_share, setup, uses_fsdp
+from medagent.training.common import Resume, Stepper, TrainLog, ddp, rank_share, setup, uses_fsdp, warmup_cosine
 from medagent.training.config import load_config as read_config
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
@@ -190,57 +195,78 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
         model = ddp(model, run, find_unused_parameters=True)
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=cfg["train"]["lr"], weight_decay=cfg["train"]["weight_decay"])
+    train = cfg["train"]
+    optimizer = torch.optim.AdamW(parameters, lr=train["lr"], weight_decay=train["weight_decay"])
     count = sum(p.numel() for p in parameters)
     run.log(f"radfm recipe: {len(pairs)} pairs, {count:,} trainable parameters, device {device}, world {run.world}")
 
-    # Loop
-    rng = random.Random(cfg["seed"])  # the same on every rank: one global batch list, shared out by rank_share
-    history = []
-    step = 0
-    for epoch in range(cfg["train"]["epochs"]):
-        epoch_batches = batches(pairs, cfg["train"]["batch_size_2d"], cfg["train"]["batch_size_3d"], rng)
-        for batch in rank_share(epoch_batches, run):
-            tensors = collate(
-                batch,
-                tokenizer,
-                bundle.config.perceiver.num_latents,
-                size,
-                cfg["data"]["max_depth"],
-                cfg["train"]["max_length"],
-            )
+    # Steps: every rank gets ceil(batches / world) micro-batches an epoch; `accumulate` of them make one
+    # optimizer step (training/common.py's Stepper: DDP no_sync, the precision's autocast, clipping, schedule).
+    per_epoch = len(rank_share(batches(pairs, train["batch_size_2d"], train["batch_size_3d"], random.Random(0)), run))
+    total = per_epoch * train["epochs"]
+    steps = Stepper.steps_for(total, train)
+    schedule = warmup_cosine(optimizer, steps, int(train.get("warmup", 0)), float(train.get("min_lr_ratio", 0.0)))
+    stepper = Stepper(model, optimizer, schedule, train, run, total, parameters)
+    resume = Resume(run, out, cfg)  # `resume: true` continues after out/resume.pt
+    start = resume.load(model, optimizer, schedule=schedule, scaler=stepper.scaler) * stepper.accumulate
+    log = TrainLog(run, out, append=start > 0)
+
+    def collate_batch(batch: list[dict]) -> dict[str, torch.Tensor]:
+        return collate(batch, tokenizer, bundle.config.perceiver.num_latents, size, cfg["data"]["max_depth"],
+                       train["max_length"])  # fmt: skip
+
+    # Loop: the batch list is drawn from one seed on every rank (then shared out by rank_share), so a resumed run
+    # redraws the same lists and skips the micro-batches it already ran; workers read and collate the scans.
+    rng = random.Random(cfg["seed"])
+    last_loss = float("nan")
+    index = 0
+    for epoch in range(train["epochs"]):
+        mine = rank_share(batches(pairs, train["batch_size_2d"], train["batch_size_3d"], rng), run)
+        skip = min(len(mine), max(0, start - index))
+        index += skip
+        workers = int(train.get("num_workers", 0))
+        data = torch.utils.data.DataLoader(mine[skip:], batch_size=None, collate_fn=collate_batch, num_workers=workers)
+        for tensors in data:
             tensors = {k: v.to(device) for k, v in tensors.items()}
             tensors["vision_x"] = tensors["vision_x"].to(bundle.model.embedding_layer.fc.weight.dtype)
-            loss = model(**tensors).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
-            history.append({"step": step, "epoch": epoch, "loss": round(float(loss.detach()), 5)})
-            if step % cfg["train"]["log_every"] == 0:
-                run.log(f"step {step} epoch {epoch} loss {history[-1]['loss']:.4f}")
-            step += 1
-    run.finished("radfm", step, history[-1]["loss"])
+            with stepper.micro(index):
+                loss = model(**tensors).loss
+                stepper.backward(loss, index)
+            stepper.step(index)
+            record = {"step": index, "epoch": epoch, "loss": round(float(loss.detach()), 5),
+                      "lr": schedule.get_last_lr()[0]}  # fmt: skip
+            last_loss = record["loss"]
+            log.write(record)
+            if index % train["log_every"] == 0:
+                run.log(f"step {index} epoch {epoch} loss {record['loss']:.4f}")
+            if stepper.closes(index) and index + 1 < total:
+                resume.save(stepper.step_of(index), model, optimizer, schedule=schedule, scaler=stepper.scaler)
+            index += 1
+    log.close()
+    run.finished("radfm", steps, last_loss)  # optimizer steps
 
     # Merge LoRA into the weights and save in the published layout. Under FSDP the parameters are gathered to
     # their full shapes first (summon_full_params), so the merge sees whole matrices.
     # Rank 0 writes; every rank waits for it (training/common.py's on_main).
     if fsdp:
         with FullyShardedDataParallel.summon_full_params(model, writeback=False, offload_to_cpu=True):
-            run.on_main(_merge_and_save, bundle, tokenizer, out, history, cfg)
+            run.on_main(_merge_and_save, bundle, tokenizer, out, cfg)
     else:
-        run.on_main(_merge_and_save, bundle, tokenizer, out, history, cfg)
+        run.on_main(_merge_and_save, bundle, tokenizer, out, cfg)
+    resume.done()
     run.close()
     return out / "model"
 
 
-def _merge_and_save(bundle: Any, tokenizer: Any, out: Path, history: list, cfg: dict) -> Path:
+def _merge_and_save(bundle: Any, tokenizer: Any, out: Path, cfg: dict) -> Path:
     target = out / "model"
     bundle.model.lang_model = bundle.model.lang_model.merge_and_unload()
     bundle.model.tie_embeddings()
     bundle.model.eval()
     save_checkpoint(bundle.model, tokenizer, target)
-    (out / "history.json").write_text(json.dumps(history), encoding="utf-8")
+    # The whole run's curve from train_log.jsonl (a resumed run logged some steps twice: the last record wins).
+    records = {r["step"]: r for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())}
+    (out / "history.json").write_text(json.dumps([records[k] for k in sorted(records)]), encoding="utf-8")
     (out / "config.json").write_text(json.dumps(cfg, indent=2, default=str), encoding="utf-8")
     return target
 

@@ -9,9 +9,13 @@ ctranslate2's converter), so both runtimes of specialists/speech load the result
 Targets are Whisper's transcription prompt without timestamps:
 `<|startoftranscript|><|en|><|transcribe|><|notimestamps|> text<|endoftext|>`.
 
-Resumable: with `train.checkpoint_every: N` the run writes `resume.pt` (model, optimizer, schedule, step,
-every rank's batch-drawing state) every N steps, atomically; the same command with `resume=true` continues
-from it and gives the same loss curve (tests/training/test_resume.py kills a run and resumes it).
+Resumable: with `train.checkpoint_every: N` the run writes `resume.pt` (training/common.py's Resume: model,
+optimizer, schedule, step, random states) every N optimizer steps, atomically; the same command with
+`resume=true` continues from it and gives the same loss curve (tests/training/test_resume.py kills a run and
+resumes it). Each micro-batch's recordings are drawn up front from the rank's seed, so the resumed run trains on
+what the interrupted one would have. `train.accumulate` micro-batches make an optimizer step; `precision`
+bf16/fp16 autocasts on CUDA; audio is read and featurised per batch in `num_workers` DataLoader processes
+(streamed: the log-mels of a large data set are never all in memory).
 
 Data: JSONL `{"audio": path, "text": transcript}` (paths relative to the JSONL), or a folder with a
 `transcripts.json` `{file: text}` map (the smoke config uses the committed espeak-ng phrases).
@@ -31,7 +35,7 @@ from typing import Any
 import torch
 
 from medagent.specialists.speech.audio import read_audio
-from medagent.training.common import ddp, gather_objects, save_atomic, setup
+from medagent.training.common import Resume, Stepper, TrainLog, ddp, setup
 from medagent.training.config import load_config
 from medagent.training.speech.export import export_ctranslate2, export_openai
 
@@ -114,6 +118,21 @@ def targets(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
     """(decoder input ids, labels): the prompt + text, and the same shifted left and ended by EOT."""
     ids = PREFIX + tokenizer.encode(" " + text.strip(), add_special_tokens=False)
     return ids, ids[1:] + [EOT]
+
+
+class Recordings(torch.utils.data.Dataset):
+    """(log-mel, decoder ids, labels) of recording `i`, read and featurised when a batch asks for it (in
+    DataLoader workers with `train.num_workers`), so the features of a large data set are never all in memory."""
+
+    def __init__(self, pairs: list[tuple[Path, str]], feature_extractor: Any, tokenizer: Any) -> None:
+        self.pairs, self.feature_extractor = pairs, feature_extractor
+        self.targets = [targets(tokenizer, text) for _, text in pairs]  # token ids: small, tokenised once
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[int], list[int]]:
+        return (features(self.feature_extractor, self.pairs[index][0]), *self.targets[index])
 
 
 def collate(batch: list[tuple[torch.Tensor, list[int], list[int]]]) -> dict[str, torch.Tensor]:
@@ -226,16 +245,12 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
             f"the model expects {model.config.num_mel_bins}"
         )
     pairs = read_pairs(cfg["data"])
-    examples = [(features(feature_extractor, audio), *targets(tokenizer, text)) for audio, text in pairs]
-    run.log(f"speech recipe: {len(examples)} recordings, {model.config.num_mel_bins} mel bins, device {device}, world {run.world}")
+    recordings = Recordings(pairs, feature_extractor, tokenizer)
+    run.log(f"speech recipe: {len(pairs)} recordings, {model.config.num_mel_bins} mel bins, device {device}, world {run.world}")
 
     frozen = bool(cfg["model"].get("freeze_encoder", False))
-    if frozen:
-        # A frozen encoder gives the same output every step: compute it once per recording.
+    if frozen:  # train the decoder only; the encoder runs without gradients
         model.model.encoder.requires_grad_(False)
-        with torch.no_grad():
-            encoded = [model.model.encoder(f[None].to(device)).last_hidden_state[0].cpu() for f, _, _ in examples]
-        examples = [(e, ids, lab) for e, (_, ids, lab) in zip(encoded, examples, strict=True)]
     trained = ddp(model, run)
     train = cfg["train"]
     optimizer = torch.optim.AdamW(
@@ -243,61 +258,55 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
         lr=float(train["lr"]),
         weight_decay=float(train.get("weight_decay", 0.0)),
     )
+    # `train.steps` optimizer steps of `accumulate` micro-batches each (training/common.py's Stepper)
     steps, warmup = int(train["steps"]), int(train.get("warmup_steps", 0))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: min(1.0, (step + 1) / max(1, warmup)) * max(0.0, 1 - step / max(1, steps)) if warmup else 1.0,
     )
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.get("precision", "fp32"))
+    accumulate = int(train.get("accumulate", 1))
+    stepper = Stepper(trained, optimizer, schedule, train, run, steps * accumulate)
+
+    # Every micro-batch's recordings, drawn up front from this rank's seed: a resumed run skips the ones already
+    # trained on and draws exactly what the interrupted run would have.
     draw = random.Random(seed + run.rank)
+    plan = [[draw.randrange(len(recordings)) for _ in range(int(train["batch_size"]))] for _ in range(stepper.total)]
 
     # ---- resume: with `resume: true`, continue after the last checkpoint of an interrupted run (written every
-    # train.checkpoint_every steps: model, optimizer, schedule, step and every rank's batch-drawing state)
-    resume_path, start = out_dir / "resume.pt", 0
-    if cfg.get("resume") and resume_path.is_file():
-        state = torch.load(resume_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        draw.setstate(state["draws"][run.rank])
-        start = int(state["step"]) + 1
-        run.log(f"speech recipe: resumed from {resume_path} after step {state['step']}")
-    every = int(train.get("checkpoint_every") or 0)
+    # train.checkpoint_every steps: model, optimizer, schedule, step, random states; training/common.py)
+    resume = Resume(run, out_dir, cfg)
+    start = resume.load(model, optimizer, schedule=schedule, scaler=stepper.scaler) * accumulate
+    data = torch.utils.data.DataLoader(
+        recordings, batch_sampler=plan[start:], collate_fn=collate, num_workers=int(train.get("num_workers", 0))
+    )
 
     # ---- loop
-    log = (out_dir / "train_log.jsonl").open("a" if start else "w") if run.main else None
+    log = TrainLog(run, out_dir, append=start > 0)
     started = time.perf_counter()
     model.train()
-    for step in range(start, steps):
-        batch = collate([examples[draw.randrange(len(examples))] for _ in range(int(train["batch_size"]))])
+    for index, batch in enumerate(data, start=start):
         batch = {k: v.to(device) for k, v in batch.items()}
         if frozen:
-            batch["encoder_outputs"] = (batch.pop("input_features"),)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            with torch.no_grad():
+                batch["encoder_outputs"] = (model.model.encoder(batch.pop("input_features")).last_hidden_state,)
+        with stepper.micro(index):
             loss = trained(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), float(train.get("grad_clip", 1.0)))
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if log is not None and (step % int(train.get("log_every", 10)) == 0 or step == steps - 1):
+            stepper.backward(loss, index)
+        if not stepper.step(index):
+            continue
+        step = stepper.step_of(index)
+        if step % int(train.get("log_every", 10)) == 0 or step == steps - 1:
             record = {
                 "step": step,
                 "loss": round(loss.item(), 4),
                 "lr": schedule.get_last_lr()[0],
                 "s": round(time.perf_counter() - started, 1),
             }
-            log.write(json.dumps(record) + "\n")
+            log.write(record)
             run.log(f"step {step} loss {record['loss']}")
-            log.flush()
-        if every and (step + 1) % every == 0 and step + 1 < steps:
-            draws = gather_objects(run, draw.getstate())
-            state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "schedule": schedule.state_dict(), "draws": draws}  # fmt: skip
-            run.on_main(save_atomic, state, resume_path)
-            run.log(f"speech recipe: checkpoint after step {step}")
-    if log is not None:
-        log.close()
+        if step + 1 < steps:
+            resume.save(step, model, optimizer, schedule=schedule, scaler=stepper.scaler)
+    log.close()
     run.finished("speech", steps, loss.item())
 
     # ---- checkpoint: HF folder, openai-whisper .pt, CTranslate2 (rank 0 writes, every rank waits)
@@ -321,9 +330,9 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
                 indent=1,
             )
         )
-        resume_path.unlink(missing_ok=True)  # the run is complete: nothing left to resume
         print(f"speech recipe: wrote {out_dir}/hf, whisper.pt, ct2", flush=True)
 
     run.on_main(save)
+    resume.done()  # the run is complete: nothing left to resume
     run.close()
     return out_dir
