@@ -301,12 +301,15 @@ class Stepper:
         start = self.step_of(index) * self.accumulate
         return min(self.accumulate, self.total - start)
 
+    def autocast(self) -> Any:
+        """The precision's autocast (also for evaluation inside a run); a no-op for fp32."""
+        return torch.autocast(self.run.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
     @contextmanager
     def micro(self, index: int) -> Iterator[None]:
         sync = self.closes(index) or not hasattr(self.model, "no_sync")
-        with nullcontext() if sync else self.model.no_sync():
-            with torch.autocast(self.run.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                yield
+        with nullcontext() if sync else self.model.no_sync(), self.autocast():
+            yield
 
     def backward(self, loss: torch.Tensor, index: int) -> None:
         self.scaler.scale(loss / self._share(index)).backward()
@@ -317,7 +320,10 @@ class Stepper:
             return False
         if self.clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.clip)
+            if hasattr(self.model, "clip_grad_norm_"):  # FSDP: the norm over every rank's shards
+                self.model.clip_grad_norm_(self.clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.parameters, self.clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.schedule is not None:

@@ -156,6 +156,7 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - read 
         optimizer.zero_grad()
         if step % cfg["train"]["log_every"] == 0 or step == steps - 1:
             print(f"step {step + 1}/{steps} loss {loss.item():.4f} ({time.perf_counter() - started:.0f} s)")
+    run.finished("knowledge", steps, loss.item())
     model.eval()
 
     # Save in the format the linker loads, then measure the held-out recall again.

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import glob
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 from medagent.agent.llm.base import render_alpaca
 from medagent.tools.errors import ConfigError
-from medagent.training.common import ddp, rank_share, setup, uses_fsdp
+from medagent.training.common import Resume, Stepper, TrainLog, ddp, rank_share, setup, uses_fsdp, warmup_cosine
 from medagent.training.config import load_config
 
 
@@ -167,15 +166,22 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
     train = cfg["train"]
     encoded = [encode(*split(e, template, tokenizer), tokenizer, train["max_length"]) for e in examples]
     encoded = rank_share(encoded, run)  # every rank an equal share (padded); each draws its batches from its own
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train["lr"], weight_decay=train.get("weight_decay", 0.0))
-    steps, warmup = train["steps"], max(1, int(train["steps"] * train.get("warmup", 0.03)))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=train["lr"], weight_decay=train.get("weight_decay", 0.0))
+    # `train.steps` optimizer steps of `accumulate` micro-batches (training/common.py's Stepper: DDP no_sync,
+    # precision autocast, clipping at max_grad_norm); warm-up over `warmup` (a fraction) of them, then cosine.
+    steps, accumulate = int(train["steps"]), int(train.get("accumulate", 1))
+    schedule = warmup_cosine(optimizer, steps, max(1, round(steps * float(train.get("warmup", 0.03)))))
+    stepper = Stepper(model, optimizer, schedule, {**train, "grad_clip": train.get("max_grad_norm", 1.0)}, run,
+                      steps * accumulate, parameters)  # fmt: skip
     batch_size = train["batch_size"]
-    generator = torch.Generator().manual_seed(cfg.get("seed", 0))
-    log = []
+    generator = torch.Generator().manual_seed(cfg.get("seed", 0))  # each rank draws from its own share
+    resume = Resume(run, out, cfg)  # `resume: true` continues after out/resume.pt
+    start = resume.load(model, optimizer, schedule=schedule, scaler=stepper.scaler, draw=generator) * accumulate
+    log = TrainLog(run, out, append=start > 0)
     model.train()
     started = time.monotonic()
-    for step in range(steps):
+    for index in range(start, stepper.total):
         batch = [encoded[i] for i in torch.randint(len(encoded), (batch_size,), generator=generator).tolist()]
         width = max(len(ids) for ids, _ in batch)
         ids = torch.full((batch_size, width), tokenizer.pad_token_id)
@@ -185,15 +191,18 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
             ids[row, : len(tokens)] = torch.tensor(tokens)
             labels[row, : len(targets)] = torch.tensor(targets)
             mask[row, : len(tokens)] = 1
-        loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], train.get("max_grad_norm", 1.0))
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        log.append({"step": step + 1, "loss": round(loss.item(), 5)})
-        if (step + 1) % train.get("log_every", 10) == 0 or step + 1 == steps:
-            run.log(f"step {step + 1}/{steps} loss {loss.item():.4f} ({time.monotonic() - started:.1f} s, {width} tokens)")
+        with stepper.micro(index):
+            loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+            stepper.backward(loss, index)
+        if not stepper.step(index):
+            continue
+        step = stepper.step_of(index) + 1  # counted from 1 in the log
+        log.write({"step": step, "loss": round(loss.item(), 5), "lr": schedule.get_last_lr()[0]})
+        if step % train.get("log_every", 10) == 0 or step == steps:
+            run.log(f"step {step}/{steps} loss {loss.item():.4f} ({time.monotonic() - started:.1f} s, {width} tokens)")
+        if step < steps:
+            resume.save(step - 1, model, optimizer, schedule=schedule, scaler=stepper.scaler, draw=generator)
+    log.close()
     run.finished("planner", steps, loss.item())
 
     # 5. checkpoint: the adapter, beside the base it belongs to (rank 0 writes, every rank waits)
@@ -201,7 +210,9 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
 
     def save() -> None:
         unwrapped.save_pretrained(str(out / "adapter"))
-        (out / "train_log.json").write_text(json.dumps({"examples": len(examples), "template": template, "log": log}, indent=1))
+        records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        curve = list({r["step"]: r for r in records}.values())  # a resumed run logged some steps twice
+        (out / "train_log.json").write_text(json.dumps({"examples": len(examples), "template": template, "log": curve}, indent=1))
 
     if fsdp:  # FSDP shards the adapter too: gather full tensors first, or rank 0 would save only its shard
         from torch.distributed.fsdp import FullyShardedDataParallel
@@ -210,5 +221,6 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
             run.on_main(save)
     else:
         run.on_main(save)
+    resume.done()
     run.close()
     return out

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medagent.training.common import ddp, sampler, setup
+from medagent.training.common import Resume, Stepper, TrainLog, ddp, sampler, setup
 from medagent.training.config import load_config
 
 
@@ -153,6 +153,23 @@ def write_bundle(cfg: dict[str, Any], state_dict: dict[str, torch.Tensor], folde
     return folder
 
 
+class Best:
+    """The best validation Dice so far and the weights that gave it (kept in the resume checkpoint)."""
+
+    def __init__(self) -> None:
+        self.dice, self.state = -1.0, None
+
+    def update(self, dice: float, network: torch.nn.Module) -> None:
+        if dice > self.dice:
+            self.dice, self.state = dice, {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+
+    def state_dict(self) -> dict:
+        return {"dice": self.dice, "state": self.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dice, self.state = state["dice"], state["state"]
+
+
 def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the recipe entry point's signature
     """Train as `config` says and return the bundle folder written under output_dir."""
     from monai.data import CacheDataset, DataLoader, decollate_batch
@@ -210,31 +227,52 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
     model = ddp(network, run)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.Adam(model.parameters(), lr=float(cfg["train"]["lr"]))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     dice_metric = DiceMetric(include_background=False, reduction="mean")
     out_channels = int(cfg["network"]["out_channels"])
     to_label = Compose([AsDiscrete(argmax=True, to_onehot=out_channels)])
     to_onehot = Compose([AsDiscrete(to_onehot=out_channels)])
 
-    # --- loop ----------------------------------------------------------------------------------
-    best_dice, best_state, step, epoch = -1.0, None, 0, 0
-    total = int(cfg["train"]["steps"])
-    while step < total:
+    # --- steps: `train.steps` optimizer steps of `accumulate` micro-batches (training/common.py's Stepper: DDP
+    # no_sync, clipping if `grad_clip`, fp16 autocast + GradScaler on CUDA with `amp: true`, as MONAI's spleen
+    # recipe trains); `checkpoint_every` + `resume: true` continue a killed run (Resume).
+    train = dict(cfg["train"])
+    train.setdefault("precision", "fp16" if amp else "fp32")
+    train.setdefault("grad_clip", 0)  # MONAI's spleen recipe does not clip
+    total = int(train["steps"])
+    stepper = Stepper(model, optimiser, None, train, run, total * int(train.get("accumulate", 1)))
+    best = Best()
+    resume = Resume(run, output, cfg)
+    start = resume.load(model, optimiser, scaler=stepper.scaler, best=best) * stepper.accumulate
+    log = TrainLog(run, output, append=start > 0)
+
+    # --- loop: the epoch's order comes from the sampler (set_epoch) and its random crops from the transforms'
+    # seed + epoch, so a resumed run replays the epoch it was in and skips the batches already trained on.
+    index, epoch, per_epoch = 0, 0, len(train_loader)
+    while index < stepper.total:
         train_sampler.set_epoch(epoch)
+        train_transform.set_random_state(seed=int(cfg["seed"]) + epoch)
+        if index + per_epoch <= start:  # the whole epoch is done already
+            index, epoch = index + per_epoch, epoch + 1
+            continue
         epoch += 1
         for batch in train_loader:
+            if index < start:  # replayed for the crops' random state, not trained on
+                index += 1
+                continue
             model.train()
             images, labels = batch["image"].to(device), batch["label"].to(device)
-            optimiser.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, enabled=amp):
+            with stepper.micro(index):
                 loss = loss_fn(model(images), labels)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            step += 1
-            if step % int(cfg["train"]["val_every"]) == 0 or step == total:
+                stepper.backward(loss, index)
+            stepped = stepper.step(index)
+            index += 1
+            if not stepped:
+                continue
+            step = stepper.step_of(index - 1) + 1
+            log.write({"step": step, "loss": round(loss.item(), 5)})
+            if step % int(train["val_every"]) == 0 or step == total:
                 model.eval()
-                with torch.no_grad(), torch.autocast(device_type=device.type, enabled=amp):
+                with torch.no_grad(), stepper.autocast():
                     for sample in val_set:
                         image = sample["image"].unsqueeze(0).to(device)
                         logits = sliding_window_inference(
@@ -249,17 +287,19 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
                 dice = float(dice_metric.aggregate().item())
                 dice_metric.reset()
                 run.log(f"step {step}/{total} loss {loss.item():.4f} val dice {dice:.4f}")
-                if dice > best_dice:
-                    best_dice = dice
-                    best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
-            if step >= total:
+                best.update(dice, network)
+            if step < total:
+                resume.save(step - 1, model, optimiser, scaler=stepper.scaler, best=best)
+            if index >= stepper.total:
                 break
-
+    log.close()
+    step = total
     run.finished("segmentation", step, loss.item())
 
     # --- checkpoint: a MONAI bundle (rank 0 writes it, every rank waits) ------------------------
     bundle = output / "bundle" / cfg["name"]
-    run.on_main(write_bundle, cfg, best_state or network.state_dict(), bundle, best_dice)
+    run.on_main(write_bundle, cfg, best.state or network.state_dict(), bundle, best.dice)
+    resume.done()
     run.close()
     return bundle
 
