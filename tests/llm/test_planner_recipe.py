@@ -17,6 +17,7 @@ from medagent.agent.api import run_loaded
 from medagent.agent.llm.local import TransformersBackend
 from medagent.agent.sft import convert, trace_examples
 from medagent.tools.config import Settings
+from medagent.tools.errors import ConfigError
 from medagent.tools.intake import load_case
 from medagent.tools.registry import all_tools
 
@@ -121,3 +122,25 @@ def test_sft_uses_the_planner_turn_when_the_trace_has_one():
     [example] = trace_examples(trace.events)
     assert example["messages"][:2] == messages
     assert json.loads(example["messages"][2]["content"]) == {"calls": [{"tool": "imaging.describe", "arguments": {"attachment": "a"}}]}
+
+
+def test_alpaca_records_as_the_authors_sft_data_comes_train_with_their_prompt(tmp_path):
+    from medagent.training.planner.recipe import load_examples, split
+
+    rows = [
+        {"instruction": "You are a doctor. Answer the question.", "input": "###Question: Fever? ###Options: A. yes B. no", "output": "A"},
+        {"instruction": "Define anaemia.", "input": "", "output": "A low haemoglobin."},
+    ]  # fmt: skip
+    (tmp_path / "sft.json").write_text(json.dumps(rows))
+    examples = load_examples({"examples": str(tmp_path / "sft.json")})
+    prompt, reply = split(examples[0], "alpaca", None)
+    # PMC-LLaMA's prompt (../shared/MODELS.md section 2): instruction, input, then the response marker.
+    assert prompt.endswith(
+        "### Instruction:\nYou are a doctor. Answer the question.\n\n"
+        "### Input:\n###Question: Fever? ###Options: A. yes B. no\n\n### Response:\n"
+    ) and reply == "A"
+    prompt, reply = split(examples[1], "alpaca", None)
+    assert "### Input:" not in prompt and prompt.endswith("### Instruction:\nDefine anaemia.\n\n### Response:\n")
+    (tmp_path / "bad.jsonl").write_text('{"question": "x"}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl:1: an example needs `messages`"):
+        load_examples({"examples": str(tmp_path / "bad.jsonl")})

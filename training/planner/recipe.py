@@ -12,6 +12,12 @@ Several processes (training/common.py): `strategy: fsdp` (CUDA only; the adapter
 before rank 0 saves it) or `strategy: ddp` (what the CPU/gloo test runs); every rank runs `train.steps` steps.
 
     medagent train planner --config training/planner/configs/smoke.yaml data.traces='[run1/trace.jsonl]'
+
+Data: `data.traces` (medagent trace.jsonl files: each planning step becomes one example) and/or `data.examples`,
+a JSONL (or JSON list) of `{"messages": [...]}` chats (agent/sft.py writes them) or of Alpaca records
+`{"instruction", "input", "output"}` as the authors' SFT data comes (PMC-LLaMA's axiong/pmc_llama_instructions,
+MMedLM's instruction sets). Real runs (training/common.py): `train.accumulate`, `precision`, a warm-up + cosine
+schedule, `checkpoint_every` + `resume: true` (tests/training/test_resume.py kills a run and resumes it).
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ def load_examples(data: dict[str, Any]) -> list[dict[str, Any]]:
         path = Path(data["examples"])
         if not path.is_file():
             raise ConfigError(f"data.examples {path}: not found")
-        examples += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        text = path.read_text(encoding="utf-8")
+        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+        examples += [as_chat(row, f"{path}:{number}") for number, row in enumerate(rows, start=1)]
     for pattern in data.get("traces") or []:
         paths = sorted(glob.glob(str(pattern)))
         if not paths:
@@ -49,6 +57,21 @@ def load_examples(data: dict[str, Any]) -> list[dict[str, Any]]:
     if not examples:
         raise ConfigError("data: no training examples (set data.examples or data.traces; rule-planner traces need a planner llm_turn or the cases)")
     return examples
+
+
+def as_chat(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """An example as chat messages: agent/sft.py's `{"messages": [...]}`, or the Alpaca record PMC-LLaMA's and
+    MMedLM's SFT data use (`{"instruction", "input", "output"}`, e.g. axiong/pmc_llama_instructions): the
+    instruction becomes the system turn, the input (when there is one) the user turn, the output the reply, so
+    render_alpaca gives back the authors' `### Instruction / ### Input / ### Response` prompt."""
+    if "messages" in row:
+        return row
+    if "instruction" in row and "output" in row:
+        messages = [{"role": "system", "content": str(row["instruction"])}]
+        if str(row.get("input") or "").strip():
+            messages.append({"role": "user", "content": str(row["input"])})
+        return {"messages": [*messages, {"role": "assistant", "content": str(row["output"])}]}
+    raise ConfigError(f"{where}: an example needs `messages` or Alpaca's `instruction` and `output`")
 
 
 def split(example: dict[str, Any], template: str, tokenizer: Any) -> tuple[str, str]:

@@ -8,7 +8,9 @@ Data: a JSONL file, one pair per line:
 `image` (or a list `images`) is relative to `data.image_root` (default: the JSONL's folder); 2D pictures
 (png/jpeg) and volumes (NIfTI `.nii`/`.nii.gz`, or a DICOM series folder) are both accepted; a batch never mixes
 them. `fold` is optional; `data.fold` keeps only matching lines. VQA-RAD's dev.jsonl already has this shape. For
-report generation, put the instruction in `question` and the report in `answer`.
+report generation, put the instruction in `question` and the report in `answer`. The authors train from per-data-set
+CSVs (HF chaoyi-wu/RadFM_data_csv; columns differ by data set) read by their own dataset classes; this recipe does
+not read those CSVs directly: write one JSONL line per (scan(s), question, answer) from them.
 
 Multi-process: run under torchrun (training/common.py sets up the device and the process group). `strategy: fsdp`
 shards the language model's decoder layers with FSDP (CUDA only, on one GPU too; not yet run on a multi-GPU
