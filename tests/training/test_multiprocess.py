@@ -146,21 +146,10 @@ def test_planner_two_processes_save_an_adapter_that_learned(tmp_path: Path) -> N
 
     from medagent.agent.llm.base import render_alpaca
 
-    # Four planning examples in agent/sft.py's format (the one-process round trip, with traces from real runs,
-    # is tests/llm/test_planner_recipe.py: 3.5 min; 12 steps here).
-    examples = [
-        {"messages": [
-            {"role": "system", "content": "Plan the tool calls for the case."},
-            {"role": "user", "content": f"<case>Patient {n}: {part} pain; attachment {part}{n} ({kind}).</case>"},
-            {"role": "assistant", "content": json.dumps({"calls": [{"tool": tool, "arguments": {"attachment": f"{part}{n}"}}]})},
-        ]}
-        for n, (part, kind, tool) in enumerate(
-            [("chest", "image", "imaging.describe"), ("knee", "CT", "imaging.ct_quant"),
-             ("hand", "image", "imaging.describe"), ("spine", "CT", "imaging.ct_quant")]
-        )
-    ]  # fmt: skip
-    path = tmp_path / "examples.jsonl"
-    path.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    # Four planning examples in agent/sft.py's format, committed (the one-process round trip, with traces from
+    # real runs, is tests/llm/test_planner_recipe.py: 3.5 min; 12 steps here).
+    path = REPO / "tests" / "data" / "planner" / "examples.jsonl"
+    examples = [json.loads(line) for line in path.read_text().splitlines()]
     overrides = [f"data.examples={path}", f"output_dir={tmp_path / 'run'}", "train.steps=12", "model.vocab_size=400"]
     _, finished = torchrun("planner", overrides)
     assert finished[0][0] == finished[1][0] == 12
@@ -184,3 +173,24 @@ def test_planner_two_processes_save_an_adapter_that_learned(tmp_path: Path) -> N
     before = loss(base)
     tuned = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter")).eval()
     assert loss(tuned) < before / 2
+
+
+def test_raddiag_two_processes_rank_each_volumes_own_disorder_first(tmp_path: Path) -> None:
+    from medagent.specialists.raddiag.infer import diagnose
+    from medagent.specialists.raddiag.load import load_raddiag
+    from medagent.specialists.raddiag.preprocess import prepare_case
+    from medagent.training.config import load_config
+    from medagent.training.raddiag.recipe import read_scan
+
+    _, finished = torchrun("raddiag", [f"output_dir={tmp_path}"])
+    # 8 synthetic cases over 2 ranks in batches of 4: one batch an epoch on each rank (one process: two).
+    epochs = load_config(REPO / "training" / "raddiag" / "configs" / "smoke.yaml", [])["train"]["epochs"]
+    assert finished[0][0] == finished[1][0] == epochs
+    trained = load_raddiag(tmp_path)
+    folder = tmp_path / "synthetic"
+    rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    hits = 0
+    for row in rows:  # as tests/raddiag/test_recipe.py asserts for the one-process run
+        (top,) = diagnose(trained, prepare_case([read_scan(folder / row["scans"][0]["path"], "CT")], trained.config), top=1)
+        hits += top.disorder == row["labels"][0]
+    assert hits >= 7, f"{hits} of {len(rows)} volumes ranked their own disorder first"
