@@ -258,6 +258,36 @@ class RadFMSettings(Section):
     max_new_tokens: int = Field(default=64, ge=1, le=512, description="Longest answer, in tokens")
 
 
+class VQASettings(Section):
+    """Which model answers `imaging.vqa` (tools/radfm.py)."""
+
+    backend: Literal["auto", "radfm", "medvint"] = Field(
+        default="auto",
+        description="auto: RadFM for volumes, MedVInT-TD for a single 2D image when [medvint] path is set (else RadFM); "
+        "radfm or medvint: that model only (MedVInT-TD refuses volumes)",
+    )
+
+
+class MedVInTSettings(Section):
+    """MedVInT-TD 2D medical VQA (specialists/medvint), imaging.vqa's backend for single 2D images: needs local weights.
+
+    The checkpoints are on the Hugging Face hub (`xmcmic/MedVInT-TD`, MIT): download one HF-Trainer checkpoint
+    folder yourself (medagent never downloads) and point `path` at it. When its `pytorch_model.bin` holds only the
+    LoRA and the vision/decoder weights, `llama_path` names the LLaMA it was trained on (an HF folder).
+    """
+
+    path: Path | None = Field(
+        default=None, description="Folder with MedVInT-TD's pytorch_model.bin (and the LLaMA tokenizer; see `medagent doctor`)"
+    )
+    llama_path: Path | None = Field(
+        default=None,
+        description="HF LLaMA folder (config.json, weights, tokenizer) with the base weights, when the checkpoint lacks them",
+    )
+    dtype: Literal["bf16", "fp16", "fp32"] = Field(default="bf16", description="Weight dtype; bf16 needs ~14 GiB")
+    device: str = Field(default="cuda", description="'cuda', 'cuda:N' or 'cpu' (tiny test models only)")
+    max_new_tokens: int = Field(default=50, ge=1, le=512, description="Longest answer to an open question, in tokens")
+
+
 class PathologySettings(Section):
     """KEP pathology zero-shot classification (specialists/pathology): needs local weights.
 
@@ -405,6 +435,8 @@ class Settings(Section):
     speech: SpeechSettings = Field(default_factory=SpeechSettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
     radfm: RadFMSettings = Field(default_factory=RadFMSettings)
+    vqa: VQASettings = Field(default_factory=VQASettings)
+    medvint: MedVInTSettings = Field(default_factory=MedVInTSettings)
     pathology: PathologySettings = Field(default_factory=PathologySettings)
     pmcclip: PMCCLIPSettings = Field(default_factory=PMCCLIPSettings)
 

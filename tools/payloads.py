@@ -338,14 +338,29 @@ class SimilarPayload(Payload):
 # ------------------------------------------------------------------ imaging.vqa
 
 
+class VQAChoice(Part):
+    letter: str
+    text: str
+    probability: Number = Field(description="next-token probability of the option's letter among the options")
+
+
 class VQAPayload(Payload):
-    """imaging.vqa: RadFM's answer to one question."""
+    """imaging.vqa: RadFM's or MedVInT-TD's answer to one question (`model` says which answered, `backend_reason` why)."""
 
     question: str
-    answer: str
+    answer: str = Field(description="the generated answer; for a multiple-choice question the chosen option's text")
     model: str
     input_shape: list[int]
-    generated: str
+    generated: str = Field(description="how the answer was produced: 'greedy', or next-token logits over the options")
+    backend: Literal["radfm", "medvint"] | None = None
+    backend_reason: str | None = None
+    choices: list[VQAChoice] | None = Field(default=None, description="MedVInT-TD: the options, each with its probability")
+    chosen: str | None = Field(default=None, description="MedVInT-TD: the letter of the chosen option")
+    score: Number | None = Field(default=None, description="MedVInT-TD: the chosen option's probability among the options")
+    generated_text: str | None = Field(default=None, description="MedVInT-TD: its free continuation after the prompt")
+    similarity_choice: str | None = Field(
+        default=None, description="the letter of the option the generated text is most similar to (difflib ratio)")
+    similarity: Number | None = Field(default=None, description="that similarity, 0..1")
 
 
 # ------------------------------------------------------------------ knowledge.link
