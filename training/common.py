@@ -342,16 +342,25 @@ class Resume:
     It holds the model (only the parameters that train, plus buffers: a frozen 7B base is not copied into every
     checkpoint), the optimizer, the schedule, the GradScaler, the step, and every rank's random state (Python,
     torch, CUDA, and any `random.Random` / `torch.Generator` a recipe draws its batches with), so the resumed
-    run draws the very batches the interrupted one would have. Model and optimizer go through
-    torch.distributed.checkpoint's `get_state_dict` / `set_state_dict` with full state dicts, which read the same
-    under a plain module, DDP and FSDP (under FSDP every rank takes part in gathering). The finished run removes
-    the file (`done`).
+    run draws the very batches the interrupted one would have. A plain or DDP model is saved with its own
+    state_dict and the optimizer's index-keyed one (which loads back state for exactly the parameters that had
+    some); under FSDP, torch.distributed.checkpoint's `get_state_dict` / `set_state_dict` gather full state dicts
+    (every rank takes part). DCP's name-keyed optimizer state loses parameters a model registers under two names
+    (MONAI's UNet), which is why it is not used for the others. The finished run removes the file (`done`).
     """
 
     def __init__(self, run: Run, folder: Path, cfg: dict[str, Any]) -> None:
         self.run, self.path = run, Path(folder) / "resume.pt"
-        self.every = int(cfg.get("train", {}).get("checkpoint_every") or 0)
+        self.every = int((cfg.get("train") or {}).get("checkpoint_every") or 0)
         self.wanted = bool(cfg.get("resume", False))
+
+    def saved_step(self) -> int:
+        """The optimizer step resume.pt was written after; -1 when there is nothing to resume. For a recipe that
+        must know before loading which part of the run the checkpoint holds (pathology's two stages); mmap, so the
+        tensors are not read."""
+        if not (self.wanted and self.path.is_file()):
+            return -1
+        return int(torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)["step"])
 
     def _options(self, **kwargs: Any) -> Any:
         from torch.distributed.checkpoint.state_dict import StateDictOptions
@@ -371,9 +380,7 @@ class Resume:
         state_dict() (schedule, scaler) and random draws (random.Random, torch.Generator)."""
         if not self.every or (step + 1) % self.every:
             return
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        model_state, optim_state = get_state_dict(model, optimizer, options=self._options(cpu_offload=True))
+        model_state, optim_state = self._state(model, optimizer)
         draws = {k: v for k, v in others.items() if isinstance(v, (random.Random, torch.Generator))}
         state = {
             "step": step,
@@ -394,18 +401,13 @@ class Resume:
         if not self.path.is_file():
             self.run.log(f"resume: no {self.path} yet, starting from step 0")
             return 0
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
         state = torch.load(self.path, map_location="cpu", weights_only=True)
         if state["world"] != self.run.world:
             raise ConfigError(
                 f"resume: {self.path} was written by {state['world']} processes, this run has {self.run.world}; "
                 "resume with the same number (each rank's batch order is in it)"
             )
-        set_state_dict(
-            model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-            options=self._options(strict=False),
-        )  # fmt: skip
+        self._restore(model, optimizer, state["model"], state["optimizer"])
         mine = state["randoms"][self.run.rank]
         random.setstate(mine["python"])
         torch.set_rng_state(mine["torch"])
@@ -421,9 +423,58 @@ class Resume:
         self.run.log(f"resumed from {self.path} after step {state['step']}")
         return int(state["step"]) + 1
 
+    @staticmethod
+    def _sharded(model: torch.nn.Module) -> bool:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return any(isinstance(module, FullyShardedDataParallel) for module in model.modules())
+
+    def _state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+        if self._sharded(model):
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
+            return get_state_dict(model, optimizer, options=self._options(cpu_offload=True))
+        module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        frozen = {name for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        weights = {k: v.detach().cpu() for k, v in module.state_dict().items() if k not in frozen}
+        return weights, optimizer.state_dict()
+
+    def _restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optim: dict) -> None:
+        if not self._sharded(model):
+            module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+            missing, unexpected = module.load_state_dict(weights, strict=False)
+            frozen = {name for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+            if unexpected or set(missing) - frozen:
+                raise ConfigError(
+                    f"resume: {self.path} does not fit this model (missing {sorted(set(missing) - frozen)[:3]}, "
+                    f"unexpected {sorted(unexpected)[:3]}); was it written by another config?"
+                )
+            optimizer.load_state_dict(optim)
+            return
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim, options=self._options(strict=False))
+        # DCP gives every trainable parameter an optimizer state, a made-up one (step 1, zero moments) where the
+        # checkpoint has none (a parameter that was frozen when it was written): drop those, so its first real
+        # update starts from scratch as in the uninterrupted run.
+        saved, names = set(optim["state"]), {}
+        for name, parameter in model.named_parameters(remove_duplicate=False):
+            names.setdefault(parameter, set()).add(_clean_name(name))
+        for parameter, aliases in names.items():
+            if not aliases & saved:
+                optimizer.state.pop(parameter, None)
+
     def done(self) -> None:
         """The run finished: nothing is left to resume (rank 0 removes the file)."""
         self.run.on_main(self.path.unlink, missing_ok=True)
+
+
+def _clean_name(name: str) -> str:
+    """A parameter's name without the wrappers' prefixes (DDP, FSDP, activation checkpointing), as
+    torch.distributed.checkpoint's state dicts name it."""
+    for wrapper in ("module.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module."):
+        name = name.replace(wrapper, "")
+    return name
 
 
 # ---------------------------------------------------------------- data loading
@@ -437,8 +488,14 @@ def loader(
     `workers` processes (0: in this process). Call `.sampler.set_epoch(epoch)` before each epoch."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler(dataset, run, seed, shuffle), num_workers=workers,
-        collate_fn=collate, persistent_workers=workers > 0, drop_last=False,
+        collate_fn=collate, persistent_workers=workers > 0, drop_last=False, generator=generator(seed, run),
     )  # fmt: skip
+
+
+def generator(seed: int, run: Run) -> torch.Generator:
+    """A DataLoader's own generator: without one, every pass over a DataLoader takes a draw from torch's global
+    random state (its workers' base seed), so a resumed run that skips epochs would shift the dropout masks."""
+    return torch.Generator().manual_seed(int(seed) * 1000 + run.rank)
 
 
 class TrainLog:

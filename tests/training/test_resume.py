@@ -15,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from medagent.training.pathology.recipe import main as pathology_main
+from medagent.training.planner.recipe import main as planner_main
+from medagent.training.raddiag.recipe import main as raddiag_main
 from medagent.training.radfm.recipe import main as radfm_main
+from medagent.training.segmentation.recipe import main as segmentation_main
 from medagent.training.speech.recipe import main as speech_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,6 +29,34 @@ RECIPES = {
     # 120 micro-batches in optimizer steps of 2 (accumulation), a checkpoint every 10 steps: killed after step 29
     # (micro-batch 59), resumed at micro-batch 60.
     "radfm": (radfm_main, ["train.accumulate=2", "train.checkpoint_every=10"], 29, 120, "model"),
+    # Two stages, one step counter: 10 stage-1 steps (0-9), then 30 one-batch epochs in optimizer steps of 2 (10-24);
+    # the towers stay frozen for 12 epochs (steps 10-15), so the kill after step 14 lands in stage 2 with frozen
+    # towers: the resumed run skips stage 1 and takes its BERT (tower and frozen copy) from the checkpoint.
+    "pathology": (
+        pathology_main,
+        ["stage1.epochs=10", "stage2.epochs=30", "stage2.accumulate=2", "stage2.freeze_epochs=12",
+         "train.checkpoint_every=3"],
+        14, 25, "pytorch_model.bin",
+    ),  # fmt: skip
+    # 40 epochs of 2 micro-batches, optimizer steps of 2: killed after step 19 (epoch 19), resumed at epoch 20.
+    "raddiag": (
+        raddiag_main,
+        ["train.accumulate=2", "train.checkpoint_every=5"], 19, 40, "pytorch_model.bin",
+    ),  # fmt: skip
+    # 20 optimizer steps of 2 micro-batches drawn by the rank's generator (its state is in the checkpoint).
+    "planner": (
+        planner_main,
+        [f"data.examples={REPO / 'tests' / 'data' / 'planner' / 'examples.jsonl'}", "model.vocab_size=400",
+         "train.steps=20", "train.accumulate=2", "train.checkpoint_every=5"],
+        9, 20, "adapter",
+    ),  # fmt: skip
+    # 4 volumes in batches of 2 (2 micro-batches an epoch), optimizer steps of 2: killed after step 5; the best
+    # validation Dice so far and its weights come back from the checkpoint.
+    "segmentation": (
+        segmentation_main,
+        ["train.steps=10", "train.accumulate=2", "train.val_every=5", "train.checkpoint_every=2"],
+        5, 10, "bundle",
+    ),  # fmt: skip
 }
 
 

@@ -18,11 +18,22 @@ Output folder = a KEP checkpoint that specialists/pathology loads: `pytorch_mode
 (`{'state_dict': ...}` in the published key layout, plus the frozen `knowledge.*` BERT as KEP's
 training checkpoints carry), `kep_config.json`, and the tokenizer files.
 
-Data (gpu.yaml): image-text pairs as JSONL (`{"image": path, "caption": text}`, optional `"label"`) or
-CSV with `image` and `caption` (optional `label`) columns (OpenPath / Quilt-1M exports), image paths relative to `image_root`;
-knowledge as JSONL `{"disease": name, "text": one fact}`. `smoke.yaml` makes synthetic H&E-like
-pairs and knowledge texts itself. Multi-GPU: launch with torchrun (training/common.py: both stages under DDP,
-every rank the same number of batches; features are gathered across ranks for the contrastive losses).
+Data. The authors' stage 2 reads a tab-separated CSV (`DATASET.CSV_SEPARATOR '\t'`) with an `image_name` and a
+`caption` column, image names relative to `DATASET.IMG_DIR` (their `dataset/OpenPath_train_example.csv`); their
+stage 1 reads PathKT CSVs of synonyms, definitions and histology/cytology features per disease (not released).
+Ours (gpu.yaml): image-text pairs as JSONL (`{"image": path, "caption": text}`, optional `"label"`) or a
+comma-separated CSV with `image` and `caption` (optional `label`) columns (OpenPath / Quilt-1M exports), image paths
+relative to `image_root`; knowledge as JSONL `{"disease": name, "text": one fact}`. `smoke.yaml` makes synthetic
+H&E-like pairs and knowledge texts itself. Multi-GPU: launch with torchrun (training/common.py: both stages under
+DDP, every rank the same number of batches; features are gathered across ranks for the contrastive losses).
+
+A real run (training/common.py): each stage's optimizer steps are `accumulate` micro-batches (Stepper: DDP
+no_sync, clipping with `grad_clip`, the warm-up + cosine schedule over optimizer steps), `train.precision`
+bf16/fp16 autocast for both stages (the old top-level `amp: true` still means bf16 on CUDA), stage 2's images
+decoded and transformed in `stage2.num_workers` DataLoader processes. Resumable: `train.checkpoint_every` optimizer
+steps, counted over stage 1 and then stage 2 as one run, write `resume.pt`; `resume: true` continues after it (a run
+interrupted in stage 2 skips stage 1: the text tower and the frozen knowledge copy, stage 1's result, come from the
+checkpoint) with the same loss curve in `train_log.jsonl` (tests/training/test_resume.py kills one in stage 2).
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +54,20 @@ from medagent.specialists.pathology.labels import TEMPLATES
 from medagent.specialists.pathology.load import CONFIG_NAME, load_tokenizer
 from medagent.specialists.pathology.model import KEP, KEPConfig, PathBert, published_config, published_state_dict
 from medagent.specialists.pathology.preprocess import kep_transform, to_rgb
-from medagent.training.common import Run, ddp, rank_batches, setup, threads, warmup_cosine
+from medagent.training.common import Resume, Run, Stepper, TrainLog, ddp, rank_batches, setup, threads, warmup_cosine
 from medagent.training.config import load_config
 
 # --------------------------------------------------------------------------------------------------
 # Config
+
+
+def shared_settings(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """`train:`, what both stages share (precision, checkpoint_every); a stage's own keys win over it. A config
+    from before `train.precision` with the top-level `amp: true` gets bf16 autocast on CUDA (fp32 on CPU), as then."""
+    shared = dict(cfg.get("train") or {})
+    if "precision" not in shared and cfg.get("amp"):
+        shared["precision"] = "bf16" if device.type == "cuda" else "fp32"
+    return shared
 
 
 # --------------------------------------------------------------------------------------------------
@@ -86,6 +107,24 @@ SYNTHETIC_CLASSES = {
     "stroma": (("connective tissue",), ("pink collagen fibres", "sparse spindle nuclei", "fibrous tissue")),
     "adipose tissue": (("fat",), ("empty round fat cells", "thin membranes", "pale vacuolated tissue")),
 }
+
+
+class PairImages(torch.utils.data.Dataset):
+    """(pixels, index) of pair `index`: its image decoded and transformed when a batch asks for it, in
+    `stage2.num_workers` DataLoader processes (0: in this one)."""
+
+    def __init__(self, pairs: list[tuple[Any, str, str]], transform: Any) -> None:
+        self.pairs, self.transform = pairs, transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        item = self.pairs[index][0]
+        if isinstance(item, Image.Image):  # synthetic pairs hold their images
+            return self.transform(to_rgb(item)), index
+        with Image.open(item) as picture:
+            return self.transform(to_rgb(picture)), index
 
 
 def synthetic_image(label: str, size: int, seed: int) -> Image.Image:
@@ -224,6 +263,18 @@ def multi_positive_nce(features: torch.Tensor, groups: torch.Tensor, temperature
 # Loop helpers
 
 
+def micro_batches(count: int, batch_size: int, run: Run, seed: int, epochs: int, start: int) -> Iterator[list[int]]:
+    """This rank's index batches, epoch after epoch (rank_batches: shuffled by seed + epoch, padded so every rank
+    has as many), from micro-batch `start` on: a resumed run redraws the same batches and skips those it has run."""
+    per_epoch = len(rank_batches(count, batch_size, run, seed, 0))
+    for epoch in range(start // per_epoch, epochs):
+        yield from rank_batches(count, batch_size, run, seed, epoch)[max(0, start - epoch * per_epoch) :]
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
 def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the entry-point signature)
     cfg = load_config(config, overrides)
     with threads(cfg):  # a smoke run's `threads: 1`, restored afterwards (training/common.py)
@@ -236,8 +287,7 @@ def train(cfg: dict[str, Any]) -> Path:
     seed = int(cfg.get("seed", 0))
     run: Run = setup(cfg)
     device = run.device
-    amp = bool(cfg.get("amp", False)) and device.type == "cuda"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+    shared = shared_settings(cfg, device)
     out = Path(cfg["output_dir"]).expanduser()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -284,79 +334,134 @@ def train(cfg: dict[str, Any]) -> Path:
         batch = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
         return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
-    # ---- stage 1: knowledge encoder
-    s1 = cfg["stage1"]
-    encoder = model.text
-    train_encoder = ddp(encoder, run, find_unused_parameters=True)  # gradients averaged: ranks stay identical
-    encoder_opt = torch.optim.AdamW(encoder.parameters(), lr=float(s1["lr"]), weight_decay=float(s1["weight_decay"]))
+    # ---- steps: a stage's micro-batches per rank are epochs x its batches an epoch (the same on every rank);
+    # `accumulate` of them make one optimizer step. One step counter runs over both stages: stage 1's steps
+    # 0 .. steps1-1, then stage 2's; resume.pt (every train.checkpoint_every of them) holds the stage it was in.
+    shared = {"grad_clip": 0.0, **shared}  # KEP does not clip gradients (Stepper's default would clip at 1.0)
+    s1, s2 = {**shared, **cfg["stage1"]}, {**shared, **cfg["stage2"]}
     per_epoch1 = len(rank_batches(len(knowledge_texts), int(s1["batch_size"]), run, seed + 1, 0))
-    steps1 = int(s1["epochs"]) * per_epoch1
-    sched1 = warmup_cosine(encoder_opt, steps1, int(s1.get("warmup", 0)), float(s1.get("min_lr_ratio", 0.0)))
-    encoder.train()
-    step = 0
-    for epoch in range(int(s1["epochs"])):
-        for idx in rank_batches(len(knowledge_texts), int(s1["batch_size"]), run, seed + 1, epoch):
+    per_epoch2 = len(rank_batches(len(pairs), int(s2["batch_size"]), run, seed + 2, 0))
+    total1, total2 = int(s1["epochs"]) * per_epoch1, int(s2["epochs"]) * per_epoch2
+    steps1, steps2 = Stepper.steps_for(total1, s1), Stepper.steps_for(total2, s2)
+    resume = Resume(run, out, cfg)  # `resume: true` continues after out/resume.pt
+    after = resume.saved_step()  # -1: a new run; < steps1: interrupted in stage 1; else in stage 2
+    log = TrainLog(run, out, append=after >= 0)
+
+    # ---- stage 1: knowledge encoder
+    encoder = model.text
+    last = float("nan")  # the last optimizer step's loss: the mean over its micro-batches
+    if after < steps1:
+        train_encoder = ddp(encoder, run, find_unused_parameters=True)  # gradients averaged: ranks stay identical
+        encoder_opt = torch.optim.AdamW(
+            encoder.parameters(), lr=float(s1["lr"]), weight_decay=float(s1["weight_decay"])
+        )
+        sched1 = warmup_cosine(encoder_opt, steps1, int(s1.get("warmup", 0)), float(s1.get("min_lr_ratio", 0.0)))
+        stepper = Stepper(train_encoder, encoder_opt, sched1, s1, run, total1)
+        start = resume.load(encoder, encoder_opt, schedule=sched1, scaler=stepper.scaler) * stepper.accumulate
+        encoder.train()
+        losses: list[float] = []
+        batches = micro_batches(len(knowledge_texts), int(s1["batch_size"]), run, seed + 1, int(s1["epochs"]), start)
+        for index, idx in enumerate(batches, start=start):
+            epoch = index // per_epoch1
             ids, mask = tokens([knowledge_texts[i][0] for i in idx])
             groups = torch.tensor([knowledge_texts[i][1] for i in idx], device=device)
-            with autocast:
+            with stepper.micro(index):
                 loss = multi_positive_nce(
                     F.normalize(train_encoder(ids, mask).float(), dim=-1), groups, float(s1["temperature"])
                 )
-            encoder_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            encoder_opt.step()
-            sched1.step()
-            step += 1
-        if (epoch + 1) % int(s1.get("log_every", 1)) == 0:
-            run.log(f"stage1 epoch {epoch + 1}: loss {loss.item():.4f}")
-    run.finished("pathology stage1", step, loss.item())
-    del train_encoder  # its DDP hooks go with it; stage 2 wraps the whole model
+                stepper.backward(loss, index)
+            losses.append(loss.item())
+            if stepper.step(index):
+                step, last, losses = stepper.step_of(index), mean(losses), []
+                log.write({"stage": 1, "step": step, "epoch": epoch, "loss": round(last, 6),
+                           "lr": sched1.get_last_lr()[0]})  # fmt: skip
+                if step + 1 < steps1 + steps2:  # the encoder only: the rest of the model is still as it was built
+                    resume.save(step, encoder, encoder_opt, schedule=sched1, scaler=stepper.scaler)
+            if (index + 1) % per_epoch1 == 0 and (epoch + 1) % int(s1.get("log_every", 1)) == 0:
+                run.log(f"stage1 epoch {epoch + 1}: loss {loss.item():.4f}")
+        del train_encoder  # its DDP hooks go with it; stage 2 wraps the whole model
+    else:
+        run.log(f"stage1: done before the interruption (step {after}); its encoder comes from {resume.path}")
+    run.finished("pathology stage1", steps1, last)
 
     # ---- stage 2: knowledge-enhanced VLP (text tower starts from stage 1; a frozen copy gives targets)
-    s2 = cfg["stage2"]
     knowledge_bert: PathBert = copy.deepcopy(encoder).eval().requires_grad_(False)
     towers = [model.visual, model.text.bert_model]
     train_model = ddp(model, run, find_unused_parameters=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(s2["lr"]), weight_decay=float(s2["weight_decay"]))
-    steps2 = int(s2["epochs"]) * len(rank_batches(len(pairs), int(s2["batch_size"]), run, seed + 2, 0))
     sched2 = warmup_cosine(optimizer, steps2, int(s2.get("warmup", 0)), float(s2.get("min_lr_ratio", 0.0)))
-    weights = (float(s2["loss_weights"]["image_text"]), float(s2["loss_weights"]["text_knowledge"]))
-    transform = kep_transform(kep_cfg.image_size, kep_cfg.variant)
-    contrastive = clip_loss()
+    stepper = Stepper(train_model, optimizer, sched2, s2, run, total2)
+    freeze_epochs = int(s2.get("freeze_epochs", 0))
 
-    def image(item: Any) -> torch.Tensor:
-        picture = item if isinstance(item, Image.Image) else Image.open(item)
-        return transform(to_rgb(picture))
-
-    for epoch in range(int(s2["epochs"])):
-        frozen = epoch < int(s2.get("freeze_epochs", 0))
+    def freeze_towers(index: int) -> bool:
+        """Image and BERT towers frozen for micro-batch `index` when it is in one of the first freeze_epochs."""
+        frozen = index // per_epoch2 < freeze_epochs
         for tower in towers:
             tower.requires_grad_(not frozen)
-        model.train()
-        for idx in rank_batches(len(pairs), int(s2["batch_size"]), run, seed + 2, epoch):
-            pixels = torch.stack([image(pairs[i][0]) for i in idx]).to(device)
-            ids, mask = tokens([pairs[i][1] for i in idx])
-            groups = pair_groups[idx].to(device)
-            with autocast:
-                image_features, text_features, scale = train_model(pixels, ids, mask)
-                with torch.no_grad():
-                    targets = F.normalize(knowledge_bert(ids, mask).float(), dim=-1)
-                scale = scale.clamp(max=100.0)
-                loss_it = contrastive(image_features.float(), text_features.float(), scale, groups)
-                loss_tk = contrastive(text_features.float(), targets, scale, groups)
-                loss = (weights[0] * loss_it + weights[1] * loss_tk) / sum(weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sched2.step()
-            step += 1
-        if (epoch + 1) % int(s2.get("log_every", 1)) == 0:
+        return frozen
+
+    start = 0
+    if after >= steps1:  # interrupted in stage 2: the model (stage 1's text tower with it) and the frozen copy
+        start = (after + 1 - steps1) * stepper.accumulate
+        # The towers as they were at the checkpoint: still frozen, they have no optimizer state in it, and
+        # set_state_dict gives every trainable parameter without one a new state (AdamW step 1) that the
+        # interrupted run did not have: their first step after unfreezing would differ.
+        freeze_towers(start - 1)
+        resume.load(model, optimizer, schedule=sched2, scaler=stepper.scaler, knowledge=knowledge_bert)
+
+    def checkpoint(step: int) -> None:
+        # Resume keeps only the parameters that train: towers frozen for freeze_epochs (stage 1's BERT, the image
+        # tower's start) are marked trainable while it saves, and the frozen knowledge copy goes in whole.
+        held = [p for p in model.parameters() if not p.requires_grad]
+        for parameter in held:
+            parameter.requires_grad_(True)
+        resume.save(step, model, optimizer, schedule=sched2, scaler=stepper.scaler, knowledge=knowledge_bert)
+        for parameter in held:
+            parameter.requires_grad_(False)
+
+    weights = (float(s2["loss_weights"]["image_text"]), float(s2["loss_weights"]["text_knowledge"]))
+    contrastive = clip_loss()
+    images = torch.utils.data.DataLoader(
+        PairImages(pairs, kep_transform(kep_cfg.image_size, kep_cfg.variant)),
+        batch_sampler=micro_batches(len(pairs), int(s2["batch_size"]), run, seed + 2, int(s2["epochs"]), start),
+        num_workers=int(s2.get("num_workers", 0)),
+        generator=torch.Generator().manual_seed(seed),  # workers' seeds from here, not from torch's global draw
+    )
+    model.train()
+    last = float("nan")
+    parts: list[tuple[float, float, float]] = []
+    for index, (pixels, idx) in enumerate(images, start=start):
+        epoch = index // per_epoch2
+        frozen = freeze_towers(index)
+        pixels = pixels.to(device)
+        ids, mask = tokens([pairs[i][1] for i in idx.tolist()])
+        groups = pair_groups[idx].to(device)
+        with stepper.micro(index):
+            image_features, text_features, scale = train_model(pixels, ids, mask)
+            with torch.no_grad():
+                targets = F.normalize(knowledge_bert(ids, mask).float(), dim=-1)
+            scale = scale.clamp(max=100.0)
+            loss_it = contrastive(image_features.float(), text_features.float(), scale, groups)
+            loss_tk = contrastive(text_features.float(), targets, scale, groups)
+            loss = (weights[0] * loss_it + weights[1] * loss_tk) / sum(weights)
+            stepper.backward(loss, index)
+        parts.append((loss.item(), loss_it.item(), loss_tk.item()))
+        if stepper.step(index):
+            step = steps1 + stepper.step_of(index)
+            last, mean_it, mean_tk = (mean([p[k] for p in parts]) for k in range(3))
+            log.write({"stage": 2, "step": step, "epoch": epoch, "loss": round(last, 6),
+                       "image_text": round(mean_it, 6), "text_knowledge": round(mean_tk, 6),
+                       "lr": sched2.get_last_lr()[0]})  # fmt: skip
+            parts = []
+            if step + 1 < steps1 + steps2:
+                checkpoint(step)
+        if (index + 1) % per_epoch2 == 0 and (epoch + 1) % int(s2.get("log_every", 1)) == 0:
             run.log(
                 f"stage2 epoch {epoch + 1}{' (towers frozen)' if frozen else ''}: loss {loss.item():.4f} "
                 f"(image-text {loss_it.item():.4f}, text-knowledge {loss_tk.item():.4f})"
             )
-
-    run.finished("pathology", step, loss.item())
+    log.close()
+    run.finished("pathology", steps1 + steps2, last)
 
     # ---- checkpoint in the layout specialists/pathology loads (rank 0 writes, every rank waits for it)
     def save() -> None:
@@ -367,5 +472,6 @@ def train(cfg: dict[str, Any]) -> Path:
         print(f"KEP checkpoint written to {out}", flush=True)
 
     run.on_main(save)
+    resume.done()  # the run is complete: nothing left to resume
     run.close()
     return out

@@ -219,12 +219,12 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
             stepper.backward(loss, index)
         if not stepper.step(index):
             continue
-        step = stepper.step_of(index) + 1  # counted from 1 in the log
+        step = stepper.step_of(index)  # from 0 in train_log.jsonl and the checkpoints, from 1 on screen
         log.write({"step": step, "loss": round(loss.item(), 5), "lr": schedule.get_last_lr()[0]})
-        if step % train.get("log_every", 10) == 0 or step == steps:
-            run.log(f"step {step}/{steps} loss {loss.item():.4f} ({time.monotonic() - started:.1f} s, {width} tokens)")
-        if step < steps:
-            resume.save(step - 1, model, optimizer, schedule=schedule, scaler=stepper.scaler, draw=generator)
+        if (step + 1) % train.get("log_every", 10) == 0 or step + 1 == steps:
+            run.log(f"step {step + 1}/{steps} loss {loss.item():.4f} ({time.monotonic() - started:.1f} s, {width} tokens)")
+        if step + 1 < steps:
+            resume.save(step, model, optimizer, schedule=schedule, scaler=stepper.scaler, draw=generator)
     log.close()
     run.finished("planner", steps, loss.item())
 

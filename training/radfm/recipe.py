@@ -36,7 +36,17 @@ import torch
 from medagent.specialists.radfm.load import load_radfm, save_checkpoint
 from medagent.specialists.radfm.preprocess import build_prompt, image_to_tensor, stack_images, volume_to_tensor
 from medagent.specialists.radfm.tiny import build_tiny
-from medagent.training.common import Resume, Stepper, TrainLog, ddp, rank_share, setup, uses_fsdp, warmup_cosine
+from medagent.training.common import (
+    Resume,
+    Stepper,
+    TrainLog,
+    ddp,
+    generator,
+    rank_share,
+    setup,
+    uses_fsdp,
+    warmup_cosine,
+)  # fmt: skip
 from medagent.training.config import load_config as read_config
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
@@ -227,7 +237,8 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 (the en
         skip = min(len(mine), max(0, start - index))
         index += skip
         workers = int(train.get("num_workers", 0))
-        data = torch.utils.data.DataLoader(mine[skip:], batch_size=None, collate_fn=collate_batch, num_workers=workers)
+        data = torch.utils.data.DataLoader(mine[skip:], batch_size=None, collate_fn=collate_batch, num_workers=workers,
+                                           generator=generator(cfg["seed"] + epoch, run))  # fmt: skip
         for tensors in data:
             tensors = {k: v.to(device) for k, v in tensors.items()}
             tensors["vision_x"] = tensors["vision_x"].to(bundle.model.embedding_layer.fc.weight.dtype)

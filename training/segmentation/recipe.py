@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medagent.training.common import Resume, Stepper, TrainLog, ddp, sampler, setup
+from medagent.training.common import Resume, Stepper, TrainLog, ddp, generator, sampler, setup
 from medagent.training.config import load_config
 
 
@@ -219,6 +219,7 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
         batch_size=int(cfg["train"]["batch_size"]),
         sampler=train_sampler,
         num_workers=int(cfg["train"]["num_workers"]),
+        generator=generator(int(cfg["seed"]), run),
     )
     val_set = CacheDataset(val_items, val_transform, progress=False)
 
@@ -269,7 +270,7 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
             if not stepped:
                 continue
             step = stepper.step_of(index - 1) + 1
-            log.write({"step": step, "loss": round(loss.item(), 5)})
+            log.write({"step": step - 1, "loss": round(loss.item(), 5)})  # from 0, as the checkpoints count
             if step % int(train["val_every"]) == 0 or step == total:
                 model.eval()
                 with torch.no_grad(), stepper.autocast():

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from medagent.specialists.speech.audio import read_audio
-from medagent.training.common import Resume, Stepper, TrainLog, ddp, setup
+from medagent.training.common import Resume, Stepper, TrainLog, ddp, generator, setup
 from medagent.training.config import load_config
 from medagent.training.speech.export import export_ctranslate2, export_openai
 
@@ -277,7 +277,8 @@ def main(config: Path, overrides: list[str] = []) -> Path:  # noqa: B006 - the r
     resume = Resume(run, out_dir, cfg)
     start = resume.load(model, optimizer, schedule=schedule, scaler=stepper.scaler) * accumulate
     data = torch.utils.data.DataLoader(
-        recordings, batch_sampler=plan[start:], collate_fn=collate, num_workers=int(train.get("num_workers", 0))
+        recordings, batch_sampler=plan[start:], collate_fn=collate, num_workers=int(train.get("num_workers", 0)),
+        generator=generator(seed, run),
     )
 
     # ---- loop
