@@ -13,6 +13,13 @@ import typer
 
 from medagent.tools.errors import MedagentError
 
+
+def _recipe_names() -> list[str]:
+    """training/'s recipe folders, for the help text (pkgutil only lists them: nothing is imported)."""
+    from medagent.cli.recipes import recipe_names
+
+    return recipe_names()
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="medagent — local-first medical AI agent (research use only).")
 eval_app = typer.Typer(no_args_is_help=True, help="Run evaluation suites and score traces.")
 convert_app = typer.Typer(no_args_is_help=True, help="Convert other formats into case.json.")
@@ -232,7 +239,7 @@ def schema(name: str = typer.Argument(..., help="case | result | trace | evidenc
 
 @app.command()
 def train(
-    name: str = typer.Argument(..., help="recipe name: planner, knowledge, speech, segmentation, radfm, pathology, raddiag"),
+    name: str = typer.Argument(..., help="recipe name: " + ", ".join(_recipe_names())),
     config: Path = typer.Option(..., "--config", help="recipe YAML (e.g. training/NAME/configs/smoke.yaml)"),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides of the YAML"),
 ) -> None:

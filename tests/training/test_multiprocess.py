@@ -194,3 +194,17 @@ def test_raddiag_two_processes_rank_each_volumes_own_disorder_first(tmp_path: Pa
         (top,) = diagnose(trained, prepare_case([read_scan(folder / row["scans"][0]["path"], "CT")], trained.config), top=1)
         hits += top.disorder == row["labels"][0]
     assert hits >= 7, f"{hits} of {len(rows)} volumes ranked their own disorder first"
+
+
+def test_pmcclip_two_processes_rank_each_picture_own_caption_first(tmp_path: Path) -> None:
+    from medagent.training.config import load_config
+    from medagent.training.pmcclip.recipe import own_caption_ranks, read_pairs
+
+    # checkpoint_every: the resume checkpoint gathers both ranks' random states; the contrastive loss gathers
+    # both ranks' features (open_clip's gather_with_grad + local_loss), so each picture has all 8 captions as negatives.
+    log, finished = torchrun("pmcclip", [f"output_dir={tmp_path}", "train.checkpoint_every=50"])
+    epochs = load_config(REPO / "training" / "pmcclip" / "configs" / "smoke.yaml", [])["train"]["epochs"]
+    assert finished[0][0] == finished[1][0] == epochs  # 8 pairs: one batch of 4 per rank an epoch, as one process
+    assert "checkpoint after step 49" in log and not (tmp_path / "resume.pt").exists()  # removed once finished
+    ranks = own_caption_ranks(tmp_path, read_pairs({"path": str(tmp_path / "data" / "pairs.jsonl")}))
+    assert ranks.count(0) >= 7, ranks  # the one-process round trip (tests/pmcclip/test_recipe.py) asks the same

@@ -17,6 +17,7 @@ import pytest
 
 from medagent.training.pathology.recipe import main as pathology_main
 from medagent.training.planner.recipe import main as planner_main
+from medagent.training.pmcclip.recipe import main as pmcclip_main
 from medagent.training.raddiag.recipe import main as raddiag_main
 from medagent.training.radfm.recipe import main as radfm_main
 from medagent.training.segmentation.recipe import main as segmentation_main
@@ -50,6 +51,9 @@ RECIPES = {
          "train.steps=20", "train.accumulate=2", "train.checkpoint_every=5"],
         9, 20, "adapter",
     ),  # fmt: skip
+    # 60 epochs of one batch per process, optimizer steps of 2: killed after step 19, resumed at micro-batch 40.
+    "pmcclip": (pmcclip_main, ["train.accumulate=2", "train.checkpoint_every=10", "train.epochs=60"], 19, 60,
+                "checkpoint.pt"),  # fmt: skip
     # 4 volumes in batches of 2 (2 micro-batches an epoch), optimizer steps of 2: killed after step 5; the best
     # validation Dice so far and its weights come back from the checkpoint.
     "segmentation": (
