@@ -208,3 +208,17 @@ def test_pmcclip_two_processes_rank_each_picture_own_caption_first(tmp_path: Pat
     assert "checkpoint after step 49" in log and not (tmp_path / "resume.pt").exists()  # removed once finished
     ranks = own_caption_ranks(tmp_path, read_pairs({"path": str(tmp_path / "data" / "pairs.jsonl")}))
     assert ranks.count(0) >= 7, ranks  # the one-process round trip (tests/pmcclip/test_recipe.py) asks the same
+
+
+def test_the_knowledge_recipe_refuses_torchrun_in_one_line(tmp_path: Path) -> None:
+    # MiniLM trains in one process; under torchrun each rank would write the same folder. Refused before any work.
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "medagent.cli", "train", "knowledge", "--config", "training/knowledge/configs/smoke.yaml",
+        f"output_dir={tmp_path}",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode != 0
+    assert "the knowledge recipe runs in one process" in done.stderr + done.stdout
+    assert not any(tmp_path.iterdir())  # nothing written
