@@ -439,14 +439,17 @@ def speech_suite(data_dir: Path | None, limit: int | None) -> Suite:
                  description="spoken AgentClinic histories (espeak-ng), WER and real-time factor per configured model")
 
 
-# ------------------------------------------------------------------ VQA-RAD (needs RadFM weights)
+# ------------------------------------------------------------------ VQA-RAD (needs RadFM or MedVInT-TD weights)
 
 @register("vqa-rad")
 def vqa_rad_suite(data_dir: Path | None, limit: int | None) -> Suite:
     """VQA-RAD `val` fold through `imaging.vqa` (direct mode): closed accuracy and open token recall.
 
-    Needs `[radfm] path`; without it every item fails with the reason. The majority-answer and
-    always-"yes" baselines print beside the score: `python -m medagent.evals.radfm` (same items)."""
+    The configured `[vqa] backend` answers (auto: MedVInT-TD for these 2D images when `[medvint] path` is set, else
+    RadFM); each item's evidence names the model that answered and why (payload `model`, `backend_reason`). Without
+    weights every item fails with the reason. Every question is asked open, as the MedVInT-TD authors test VQA-RAD.
+    The majority-answer and always-"yes" baselines, and the models that answered: `python -m medagent.evals.radfm
+    --run RUN` on this run (or `--backend radfm|medvint` for the same items straight through the model)."""
     from medagent.evals.radfm import build_items, vqa_rad_file
 
     folder = vqa_rad_file(data_dir).parent
@@ -462,7 +465,41 @@ def vqa_rad_suite(data_dir: Path | None, limit: int | None) -> Suite:
             meta={"category": "closed" if row["closed"] else "open"},
         ))
     return Suite(name="vqa-rad", items=items, base_dir=folder, default_limit=50,
-                 description="VQA-RAD val fold (split by image) through RadFM; needs [radfm] path")
+                 description=("VQA-RAD val fold (split by image) through imaging.vqa with the configured [vqa] backend "
+                              "(RadFM or MedVInT-TD; each item's evidence names the model that answered); every "
+                              "question asked open. Baselines and the answering models: python -m "
+                              "medagent.evals.radfm --run RUN"))
+
+
+# ------------------------------------------------------------------ VQA-RAD closed questions as zero-shot classification
+
+@register("vqa-rad-zero-shot")
+def vqa_rad_zero_shot_suite(data_dir: Path | None, limit: int | None) -> Suite:
+    """VQA-RAD `val` closed questions turned into label pairs/sets (evals/pmcclip.py rules) plus one organ item per
+    image, through `imaging.classify` with those labels (direct mode). Needs `[pmcclip] path`. Accuracy with the
+    chance and majority baselines: `python -m medagent.evals.pmcclip --run RUN` on this run."""
+    from medagent.evals.pmcclip import build_items
+    from medagent.evals.radfm import vqa_rad_file
+
+    folder = vqa_rad_file(data_dir).parent
+    built = build_items(data_dir, None, fold="val")
+    items = []
+    for row in built["items"]:
+        image = Path(row["image"]).relative_to(folder)
+        case = Case(id=row["id"], question=row["question"],
+                    attachments=[Attachment(id="image", kind="image", path=str(image))])
+        items.append(SuiteItem(
+            id=row["id"], mode="direct", case=case,
+            steps=[Step(tool="imaging.classify", arguments={"attachment": "image", "labels": row["labels"]})],
+            expected=Expected(required_tools=["imaging.classify"]),
+            meta={"category": row["rule"], "labels": row["labels"], "answer": row["labels"][row["answer"]]},
+        ))
+    skipped = sum(built["skipped"].values())
+    return Suite(name="vqa-rad-zero-shot", items=items, base_dir=folder, default_limit=60,
+                 description=(f"VQA-RAD val closed questions as PMC-CLIP zero-shot classification: {len(items)} items "
+                              f"by rule ({', '.join(f'{k} {v}' for k, v in built['made'].items())}), {skipped} closed "
+                              "questions skipped (no rule turns them into labels). Accuracy, chance and majority "
+                              "baselines: python -m medagent.evals.pmcclip --run RUN"))
 
 
 # ------------------------------------------------------------------ pathology patches (needs KEP/KEEP weights)
