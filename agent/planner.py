@@ -22,12 +22,17 @@ def call_key(tool: str, arguments: dict) -> str:
     return tool + json.dumps(arguments, sort_keys=True, default=str)
 
 
+def _attachment_only(tool: Tool) -> bool:
+    return all(not f.is_required() for name, f in tool.args.model_fields.items() if name != "attachment")
+
+
 def examine_attachments(case: Case, tools: Sequence[Tool], evidence: Sequence[Evidence], calls: Sequence[ToolCall]) -> list[Proposal]:
-    """Every attachment goes to every available tool that examines its kind and modality."""
+    """Every attachment goes to every available tool that examines its kind and modality and needs nothing else
+    (a tool with other required arguments, e.g. imaging.segment_text's targets, is left to its own rules)."""
     proposals = []
     for attachment in case.attachments:
         for tool in tools:
-            if tool.fits(attachment) and "attachment" in tool.args.model_fields:
+            if tool.fits(attachment) and "attachment" in tool.args.model_fields and _attachment_only(tool):
                 what = f"{attachment.kind.value}{' ' + attachment.modality if attachment.modality else ''}"
                 proposals.append((tool.name, {"attachment": attachment.id}, f"{tool.name} examines {what} attachments"))
     return proposals

@@ -342,6 +342,27 @@ class RadDiagSettings(Section):
     top: int = Field(default=5, ge=1, le=50, description="Disorders reported per call, by probability")
 
 
+class SATSettings(Section):
+    """SAT text-prompted 3D segmentation of CT, MR and PET volumes (specialists/sat): needs local weights.
+
+    The weights are on the Hugging Face hub (`zzh99/SAT`): download the network (`Nano/` or `Pro/`) and the
+    text-encoder checkpoint published beside it yourself (medagent never downloads), add the tokenizer files of
+    `FremyCompany/BioLORD-2023-C`, and point `path` at that folder (`medagent doctor` lists what it lacks).
+    """
+
+    path: Path | None = Field(
+        default=None, description="Folder with SAT's network .pth, its text-encoder .pth and the BioLORD-2023-C tokenizer"
+    )
+    window: list[int] = Field(
+        default_factory=lambda: [288, 288, 96], min_length=3, max_length=3,
+        description="Sliding-window size in voxels of the 1x1x3 mm grid (each a multiple of 32); the authors' 288x288x96",
+    )
+    sw_batch_size: int = Field(default=1, ge=1, description="Windows per forward pass (the authors' batchsize_3d is 2)")
+    overlap: float = Field(default=0.5, ge=0, lt=1, description="Window overlap (the authors' 0.5)")
+    device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
+    dtype: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="Weight dtype")
+
+
 class CacheSettings(Section):
     """The one-time builds under the cache root (knowledge graph, dense index, assembled models)."""
 
@@ -385,6 +406,7 @@ def default_deployments() -> dict[str, DeploymentSettings]:
 
 
         "raddiag": ["imaging.diagnose"],
+        "sat": ["imaging.segment_text"],
     }
     return {name: DeploymentSettings(tools=tools) for name, tools in groups.items()}
 
@@ -442,6 +464,7 @@ class Settings(Section):
 
 
     raddiag: RadDiagSettings = Field(default_factory=RadDiagSettings)
+    sat: SATSettings = Field(default_factory=SATSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     cache_dir: Path | None = Field(default=None, description="Overrides $MEDAGENT_HOME")

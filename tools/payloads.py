@@ -234,6 +234,39 @@ class SegmentationPayload(Payload):
     dicom_seg: str | None = Field(default=None, description="whether the masks were also written as DICOM SEG, or why not")
 
 
+# ------------------------------------------------------------------ imaging.segment_text
+
+
+class SATSegmentPayload(Payload):
+    """imaging.segment_text: one structure SAT segmented (one item per structure; the run's settings repeated)."""
+
+    target: str = Field(description="the name the call gave")
+    term: str = Field(description="SAT's class it resolved to (the text prompt)")
+    region: str
+    volume_ml: Number
+    voxels: int = Field(description="voxels of the input grid in the mask")
+    voxel_volume_ml: Number
+    mask: str = Field(description="this structure's NIfTI mask, relative to the output folder")
+    model: str
+    modality: str = Field(description="SAT's modality code: ct, mri, us or pet")
+    labels: dict[str, str] = Field(description="label-map value -> SAT term")
+    window: list[int]
+    overlap: Number
+    sw_batch_size: int
+    windows: int
+    padded: bool = Field(description="the processed scan was smaller than one window and was zero-padded")
+    processed_shape: list[int]
+    processed_spacing_mm: list[Number]
+    orientation: str
+    normalisation: str
+    input_shape: list[int]
+    device: str
+    dtype: str
+    seconds: Number
+    dicom_seg: str | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
 # ------------------------------------------------------------------ speech.transcribe
 
 

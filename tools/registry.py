@@ -22,7 +22,8 @@ from medagent.tools.pool import ModelPool
 
 # Every adapter module; a new tool area adds its module here.
 ADAPTER_MODULES = ("medagent.tools.describe", "medagent.tools.imaging", "medagent.tools.speech", "medagent.tools.pathology",
-                   "medagent.tools.radfm", "medagent.tools.pmcclip", "medagent.tools.raddiag", "medagent.tools.knowledge")
+                   "medagent.tools.radfm", "medagent.tools.pmcclip", "medagent.tools.raddiag", "medagent.tools.sat",
+                   "medagent.tools.knowledge")
 
 
 class AttachmentArgs(BaseModel):
