@@ -5,7 +5,8 @@ What it checks, in this order (exit code 0 only when every PARITY and RECIPE row
 1. Machine: GPU name and memory, torch version, CUDA version, whether the GPU does bf16.
 2. Parity, one row per model: the tiny random-weight configuration of each specialist, built the way the repo's
    tests and smoke configs build it (radfm: specialists/radfm/tiny.py build_tiny; pathology: KEP-32 from
-   training/pathology/configs/smoke.yaml; pmcclip: tests/pmcclip/conftest.py's tiny config; raddiag: the early-fusion
+   training/pathology/configs/smoke.yaml; pmcclip: tests/pmcclip/conftest.py's tiny config; medvint: specialists/medvint/tiny.py build_tiny; sat: specialists/sat/load.py
+   build_tiny (the text side encoded once, the segmenter compared); raddiag: the early-fusion
    tiny config of tests/raddiag/conftest.py; speech: training/speech/recipe.py build_model with smoke.yaml's dims;
    segmentation: the MONAI spleen bundle's UNet (tests/data/imaging, as tests/imaging builds it); planner:
    training/planner/recipe.py build_model with smoke.yaml's tiny Llama; knowledge: the packaged MiniLM embedder,
@@ -89,7 +90,8 @@ RECIPES: dict[str, list[str]] = {
     "speech": ["train.steps=2", "train.precision=bf16"],
 }
 FSDP_RECIPES = ("planner", "radfm")  # their gpu.yaml says strategy: fsdp
-PARITY_MODELS = ("radfm", "pathology", "pmcclip", "raddiag", "speech", "segmentation", "planner", "knowledge")
+PARITY_MODELS = ("radfm", "pathology", "pmcclip", "medvint", "sat", "raddiag", "speech", "segmentation", "planner",
+                 "knowledge")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -218,6 +220,35 @@ def case_pmcclip(tmp: Path) -> ParityCase:
     return ParityCase(model, inputs, forward, "image+text embeddings")
 
 
+def case_medvint(tmp: Path) -> ParityCase:
+    from medagent.specialists.medvint.load import load_medvint
+    from medagent.specialists.medvint.tiny import build_tiny
+
+    folder = build_tiny(tmp / "medvint", ["question is there a mass the answer is yes no left right"], seed=0)
+    bundle = load_medvint(folder, dtype="fp32", device="cpu")
+    size = bundle.config.image_size
+    g = generator()
+    ids = bundle.tokenizer("Question: is there a mass?The Answer is:", return_tensors="pt")["input_ids"]
+    inputs = {"ids": ids, "pixels": torch.randn(1, 3, size, size, generator=g)}
+    return ParityCase(
+        bundle.model, inputs, lambda m, x: m(x["ids"], x["pixels"]), "logits",
+        bf16=lambda device: load_medvint(folder, dtype="bf16", device=str(device)).model,  # the real bf16 load
+    )  # fmt: skip
+
+
+def case_sat(tmp: Path) -> ParityCase:
+    from medagent.specialists.sat.load import build_tiny, load_sat
+
+    folder = build_tiny(tmp / "sat", seed=0)
+    loaded = load_sat(folder, device="cpu", dtype="fp32")
+    queries = loaded.queries(["liver", "spleen"], "ct").detach()[None]  # (1, 2, query_dim): the text side once
+    inputs = {"image": torch.randn(1, 3, 64, 64, 32, generator=generator()), "queries": queries}
+    return ParityCase(
+        loaded.segmenter, inputs, lambda m, x: torch.sigmoid(m(x["image"], x["queries"])), "mask probabilities",
+        bf16=lambda device: load_sat(folder, device=str(device), dtype="bf16").segmenter,  # the real bf16 load
+    )  # fmt: skip
+
+
 def case_raddiag(tmp: Path) -> ParityCase:
     from medagent.specialists.raddiag.model import RadDiagConfig, build_model
 
@@ -300,6 +331,8 @@ CASES: dict[str, Callable[[Path], ParityCase]] = {
     "radfm": case_radfm,
     "pathology": case_pathology,
     "pmcclip": case_pmcclip,
+    "medvint": case_medvint,
+    "sat": case_sat,
     "raddiag": case_raddiag,
     "speech": case_speech,
     "segmentation": case_segmentation,
