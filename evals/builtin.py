@@ -516,3 +516,15 @@ def pathology_suite(data_dir: Path | None, limit: int | None) -> Suite:
     items = [SuiteItem.model_validate(row) for row in suite_items(root)]
     return Suite(name="pathology", items=items, base_dir=root, default_limit=60,
                  description="zero-shot patch classification with KEP/KEEP; needs [pathology] path")
+
+
+# ------------------------------------------------------------------ SAT vs TotalSegmentator references (needs [sat] path)
+
+@register("sat-totalseg")
+def sat_totalseg_suite(data_dir: Path | None, limit: int | None) -> Suite:
+    """The TotalSegmentator example scans through `imaging.segment_text` (direct mode), targets = the reference's
+    labels mapped to SAT terms (evals/sat.py's tables). Needs `[sat] path`. Dice per organ, after the reference's
+    self-score: `python -m medagent.evals.sat --run RUN` on this run (or without --run: it runs this suite)."""
+    from medagent.evals.sat import build_suite
+
+    return build_suite(data_dir, limit)
