@@ -80,6 +80,8 @@ RECIPES: dict[str, list[str]] = {
     "raddiag": ["train.epochs=1"],
     # 8 synthetic pairs, one batch an epoch; bf16 autocast as gpu.yaml
     "pmcclip": ["train.epochs=2", "train.precision=bf16"],
+    # 8 synthetic rows, one batch an epoch; bf16 autocast as gpu.yaml
+    "medvint": ["train.epochs=2", "train.precision=bf16"],
     # data.limit 4 pairs (all 2D) / batch_size_2d 2 = 2 steps per epoch; bf16 + checkpointing as gpu.yaml, and a
     # resume checkpoint after step 0 (through torch.distributed.checkpoint under FSDP)
     "radfm": ["train.epochs=1", "model.dtype=bf16", "model.gradient_checkpointing=true", "train.precision=bf16",

@@ -518,3 +518,24 @@ class TrainLog:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+class BatchPlan:
+    """The run's batches of `(index, epoch)` keys, epoch by epoch (this rank's padded share of each shuffled order,
+    `rank_batches`), from micro-batch `start` on: one iterable for the whole run, as a DataLoader's
+    `batch_sampler`, so its workers start once and a resumed run skips finished batches without reading them.
+    The epoch travels with each index so a dataset can draw that sample's augmentation from (seed, epoch, index)."""
+
+    def __init__(self, count: int, batch_size: int, run: Run, seed: int, epochs: int, start: int) -> None:
+        self.count, self.batch_size, self.run, self.seed = count, batch_size, run, seed
+        self.epochs, self.start = epochs, start
+        self.per_epoch = len(rank_batches(count, batch_size, run, seed, 0))
+
+    def __len__(self) -> int:
+        return max(0, self.per_epoch * self.epochs - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for epoch in range(self.start // max(1, self.per_epoch), self.epochs):
+            batches = rank_batches(self.count, self.batch_size, self.run, self.seed, epoch)
+            for batch in batches[max(0, self.start - epoch * self.per_epoch) :]:
+                yield [(index, epoch) for index in batch]

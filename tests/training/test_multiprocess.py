@@ -222,3 +222,17 @@ def test_the_knowledge_recipe_refuses_torchrun_in_one_line(tmp_path: Path) -> No
     assert done.returncode != 0
     assert "the knowledge recipe runs in one process" in done.stderr + done.stdout
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_medvint_two_processes_answer_the_synthetic_questions(tmp_path: Path) -> None:
+    from medagent.training.config import load_config
+    from medagent.training.medvint.recipe import read_rows, right_choices
+
+    _, finished = torchrun("medvint", [f"output_dir={tmp_path}"])
+    # Eight synthetic rows, batch_size 8 per process: four rows and one batch an epoch on each rank (one process:
+    # the eight in one batch), so both ranks run train.epochs optimizer steps, as one process does.
+    epochs = load_config(REPO / "training" / "medvint" / "configs" / "smoke.yaml", [])["train"]["epochs"]
+    assert finished[0][0] == finished[1][0] == epochs
+    rows = read_rows({"path": str(tmp_path / "data" / "pairs.jsonl")})  # rank 0 drew them, rank 1 read the same files
+    right = right_choices(tmp_path / "model", rows)  # as tests/medvint/test_recipe.py asks the one-process checkpoint
+    assert sum(right) >= 7, right

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from medagent.training.medvint.recipe import main as medvint_main
 from medagent.training.pathology.recipe import main as pathology_main
 from medagent.training.planner.recipe import main as planner_main
 from medagent.training.pmcclip.recipe import main as pmcclip_main
@@ -51,6 +52,8 @@ RECIPES = {
          "train.steps=20", "train.accumulate=2", "train.checkpoint_every=5"],
         9, 20, "adapter",
     ),  # fmt: skip
+    # 40 epochs of one batch, optimizer steps of 2: killed after step 9; the LoRA + vision side come back.
+    "medvint": (medvint_main, ["train.accumulate=2", "train.checkpoint_every=10", "train.epochs=40"], 9, 40, "model"),
     # 60 epochs of one batch per process, optimizer steps of 2: killed after step 19, resumed at micro-batch 40.
     "pmcclip": (pmcclip_main, ["train.accumulate=2", "train.checkpoint_every=10", "train.epochs=60"], 19, 60,
                 "checkpoint.pt"),  # fmt: skip

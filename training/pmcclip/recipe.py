@@ -56,7 +56,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -71,7 +70,18 @@ from medagent.specialists.pmcclip.load import CONFIG_NAME, load_pmcclip, load_to
 from medagent.specialists.pmcclip.model import PMCCLIP, PMCCLIPConfig, published_config
 from medagent.specialists.pmcclip.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, pmcclip_transform, to_rgb
 from medagent.tools.errors import ConfigError
-from medagent.training.common import Resume, Run, Stepper, TrainLog, ddp, rank_batches, setup, threads, warmup_cosine
+from medagent.training.common import (
+    BatchPlan,
+    Resume,
+    Run,
+    Stepper,
+    TrainLog,
+    ddp,
+    rank_batches,
+    setup,
+    threads,
+    warmup_cosine,
+)
 from medagent.training.config import load_config
 
 # --------------------------------------------------------------------------------------------------
@@ -290,26 +300,6 @@ def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     return out
 
 
-class Plan:
-    """The run's batches of `(index, epoch)` keys, epoch by epoch (this rank's padded share of each shuffled order),
-    from micro-batch `start` on: one iterable for the whole run, so the DataLoader's workers start once."""
-
-    def __init__(self, count: int, batch_size: int, run: Run, seed: int, epochs: int, start: int) -> None:
-        self.count, self.batch_size, self.run, self.seed = count, batch_size, run, seed
-        self.epochs, self.start = epochs, start
-        self.per_epoch = len(rank_batches(count, batch_size, run, seed, 0))
-
-    def __len__(self) -> int:
-        return max(0, self.per_epoch * self.epochs - self.start)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for epoch in range(self.start // max(1, self.per_epoch), self.epochs):
-            batches = rank_batches(self.count, self.batch_size, self.run, self.seed, epoch)
-            skip = max(0, self.start - epoch * self.per_epoch)
-            for batch in batches[skip:]:
-                yield [(index, epoch) for index in batch]
-
-
 # --------------------------------------------------------------------------------------------------
 # Model and objective
 
@@ -474,7 +464,7 @@ def train(cfg: dict[str, Any]) -> Path:
                         float(train_cfg.get("mlm_rate", 0.15)) if mlm else None)  # fmt: skip
     workers = int(train_cfg.get("num_workers", 0))
     data = torch.utils.data.DataLoader(
-        dataset, batch_sampler=Plan(len(pairs), batch_size, run, seed, epochs, start), num_workers=workers,
+        dataset, batch_sampler=BatchPlan(len(pairs), batch_size, run, seed, epochs, start), num_workers=workers,
         collate_fn=partial(collate, pad_id=tokenizer.pad_token_id), pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(seed),  # workers' seeds: not drawn from the state Resume restores
     )  # fmt: skip
