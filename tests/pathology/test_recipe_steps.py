@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from medagent.training.common import Resume, Run, save_atomic
-from medagent.training.pathology.recipe import micro_batches, saved_step, shared_settings
+from medagent.training.pathology.recipe import micro_batches, shared_settings
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -27,10 +27,10 @@ def test_a_stage_resumed_at_micro_batch_k_runs_exactly_the_rest_of_the_whole_sta
 
 def test_the_checkpoint_step_is_read_only_when_resuming(tmp_path: Path) -> None:
     run = Run(rank=0, world=1, device=CPU)
-    assert saved_step(Resume(run, tmp_path, {"resume": True})) == -1  # nothing written yet
+    assert Resume(run, tmp_path, {"resume": True}).saved_step() == -1  # nothing written yet
     save_atomic({"step": 14, "model": {"w": torch.zeros(3)}}, tmp_path / "resume.pt")
-    assert saved_step(Resume(run, tmp_path, {"resume": True})) == 14
-    assert saved_step(Resume(run, tmp_path, {"resume": False})) == -1  # a new run ignores it
+    assert Resume(run, tmp_path, {"resume": True}).saved_step() == 14
+    assert Resume(run, tmp_path, {"resume": False}).saved_step() == -1  # a new run ignores it
 
 
 def test_an_old_config_with_amp_true_still_gets_bf16_on_cuda_and_fp32_on_cpu() -> None:
