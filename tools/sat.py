@@ -52,15 +52,10 @@ class SegmentTextArgs(AttachmentArgs):
 
 
 def vocabulary() -> Any:
+    """SAT's 498 classes, read each time (2 ms; no module-level cache: tests/spine/test_pool.py)."""
     from medagent.specialists.sat.vocabulary import load_vocabulary
 
-    global _VOCABULARY
-    if _VOCABULARY is None:
-        _VOCABULARY = load_vocabulary()
-    return _VOCABULARY
-
-
-_VOCABULARY = None
+    return load_vocabulary()
 
 
 def resolve_targets(targets: list[str], modality: str | None) -> list[Any]:
@@ -281,11 +276,11 @@ def segment_text(args: SegmentTextArgs, ctx: ToolContext) -> list[EvidenceDraft]
         "notes": notes,
     }
     common = [_relative(ctx, png_path), _relative(ctx, label_path), *seg_artifacts]
-    evidence = []
+    evidence, vocab = [], vocabulary()
     for item, term in zip(classes, terms, strict=True):
         count = int(result.masks[term].sum())
         ml = round(count * voxel_ml, 2)
-        asked = [t for t in args.targets if vocabulary().canonical_term(t) == term]
+        asked = [t for t in args.targets if vocab.canonical_term(t) == term]
         named = f"{term}" + (f" (asked as '{asked[0]}')" if asked and asked[0].strip().lower() != term else "")
         summary = (
             f"SAT ({shared['model']}) on {attachment.id}: {named} {ml:.1f} mL ({count} voxels)"
