@@ -95,6 +95,27 @@ from medagent.training.common import (
     warmup_cosine,
 )
 from medagent.training.config import load_config
+from medagent.training.pictures import (
+    checkerboard as _checkerboard,
+)
+from medagent.training.pictures import (
+    disc as _disc,
+)
+from medagent.training.pictures import (
+    dots as _dots,
+)
+from medagent.training.pictures import (
+    ring as _ring,
+)
+from medagent.training.pictures import (
+    square as _square,
+)
+from medagent.training.pictures import (
+    stripes as _stripes,
+)
+from medagent.training.pictures import (
+    triangle as _triangle,
+)
 
 ANSWER_END = 1  # the authors' dataset: tokenizer.eos_token_id = 1, appended after every answer
 TASKS = ("choice", "blank")
@@ -219,45 +240,9 @@ def texts(row: Row, task: str) -> tuple[str, str]:
 # ---- the smoke run's synthetic pairs: eight pictures that differ in shape, place, colour and texture
 
 
-def _disc(draw: ImageDraw.ImageDraw, s: int) -> None:
-    draw.ellipse((s * 0.08, s * 0.08, s * 0.45, s * 0.45), fill=(250, 250, 250))
-
-
-def _square(draw: ImageDraw.ImageDraw, s: int) -> None:
-    draw.rectangle((s * 0.55, s * 0.55, s * 0.92, s * 0.92), fill=(10, 10, 10))
-
-
-def _triangle(draw: ImageDraw.ImageDraw, s: int) -> None:
-    draw.polygon([(s * 0.5, s * 0.15), (s * 0.15, s * 0.85), (s * 0.85, s * 0.85)], fill=(220, 30, 30))
-
-
-def _ring(draw: ImageDraw.ImageDraw, s: int) -> None:
-    draw.ellipse((s * 0.2, s * 0.2, s * 0.8, s * 0.8), outline=(40, 220, 60), width=max(2, s // 12))
-
-
-def _stripes(draw: ImageDraw.ImageDraw, s: int) -> None:
-    for y in range(0, s, max(4, s // 8)):
-        draw.rectangle((0, y, s, y + max(2, s // 16)), fill=(30, 60, 230))
-
-
-def _checkerboard(draw: ImageDraw.ImageDraw, s: int) -> None:
-    step = max(4, s // 8)
-    for y in range(0, s, step):
-        for x in range(0, s, step):
-            if (x // step + y // step) % 2:
-                draw.rectangle((x, y, x + step - 1, y + step - 1), fill=(0, 0, 0))
-
-
 def _cross(draw: ImageDraw.ImageDraw, s: int) -> None:
     draw.rectangle((s * 0.1, s * 0.62, s * 0.45, s * 0.72), fill=(240, 220, 20))
     draw.rectangle((s * 0.23, s * 0.5, s * 0.33, s * 0.85), fill=(240, 220, 20))
-
-
-def _dots(draw: ImageDraw.ImageDraw, s: int) -> None:
-    rng = np.random.default_rng(7)  # the same dots every time: the picture is a fixed sample, not noise
-    for _ in range(40):
-        x, y = (float(v) for v in rng.integers(0, s, 2))
-        draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill=(255, 255, 255))
 
 
 # (question, choices, index of the answer, background, drawing): the right letters are A, B, C, D twice each, so a
