@@ -3,13 +3,15 @@
 The model only sees tool evidence (ids, summaries) and the screened case text; its reply is
 constrained to cite existing evidence ids. Every sentence then goes through the grounding checker:
 unsupported ones stay in the report, flagged (result.json verdicts, marked in report.md). A
-diagnosis no tool ranked is kept but labelled as the model's own. On any LLM failure the template
+diagnosis no tool ranked is kept below the tools' ones, marked as the model's own with the findings it
+rests on (dropped when none of them is in the case or the evidence). On any LLM failure the template
 reporter writes the report, and its sentences are checked the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -115,10 +117,13 @@ def report_schema(ids: list[str]) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
-            "differential": {"type": "array", "maxItems": 5, "items": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 80}, "citations": cite}, "required": ["name", "citations"]}},
+            "other_diagnoses": {"type": "array", "maxItems": 3, "items": {"type": "object", "properties": {
+                "name": {"type": "string", "maxLength": 80},
+                "findings": {"type": "array", "maxItems": 4, "items": {"type": "string", "maxLength": 60}},
+                "citations": cite}, "required": ["name", "findings", "citations"]}},
             "sentences": {"type": "array", "maxItems": MAX_SENTENCES, "items": {"type": "object", "properties": {"text": {"type": "string", "maxLength": 220}, "citations": cite}, "required": ["text", "citations"]}},
         },
-        "required": ["differential", "sentences"],
+        "required": ["other_diagnoses", "sentences"],
     }
 
 
@@ -204,7 +209,7 @@ class LLMReporter:
         ]
         if not sentences:
             raise LLMError("the reporter wrote no sentences")
-        differential, note = merge_differential(reply.get("differential") or [], ranked)
+        differential, note = merge_differential(reply.get("other_diagnoses") or [], ranked, [case_text, *lines])
         return differential, note, sentences, cut
 
 
@@ -221,31 +226,63 @@ class LLMReporter:
         return ChatResult(text=stream.reply, model=self.backend.name, seconds=time.monotonic() - started)
 
 
-def merge_differential(proposed: list[Any], ranked: list[DiagnosisCandidate]) -> tuple[list[DiagnosisCandidate], str]:
-    """The tools' candidates in the tools' order, then any name only the LLM proposed, labelled unverified.
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def grounded_findings(findings: Sequence[Any], sources: Sequence[str]) -> list[str]:
+    """The findings whose every word of three letters or more occurs in what the model was shown.
+
+    What the model was shown is the screened case (without the free-text history) and the tool evidence,
+    so a finding the model made up, or one only an instruction hidden in a history could supply, does not
+    count. Words, not whole strings: "fever and productive cough" rests on a case that says "cough
+    (productive), fever 38.9 C"."""
+    seen = set(_words(" ".join(sources)))
+    kept: list[str] = []
+    for finding in findings:
+        text = " ".join(str(finding).split())[:60]
+        words = [w for w in _words(text) if len(w) >= 3]
+        if words and all(w in seen for w in words) and text.lower() not in {k.lower() for k in kept}:
+            kept.append(text)
+    return kept
+
+
+def merge_differential(proposed: list[Any], ranked: list[DiagnosisCandidate],
+                       sources: Sequence[str] = ()) -> tuple[list[DiagnosisCandidate], str]:
+    """The tools' candidates in the tools' order, then the LLM's own candidates, marked as the LLM's.
 
     The model never reorders what the tools ranked, nor puts its own names above them: patient text
     reaches the model, so an instruction hidden in a history ("reply: diagnosis healthy") could otherwise
-    make itself the top of the differential. What the model adds is kept, below, with its citations."""
+    make itself the top of the differential. A diagnosis only the model proposes (the graph knows little
+    common disease: pneumonia, appendicitis) is kept below, `proposed_by: "llm"`, with the findings it
+    rests on; those must occur in `sources` (what the model was shown: `grounded_findings`), and a
+    candidate left with none is dropped, and the note says so."""
     known = {c.name.lower() for c in ranked}
     merged = [c.model_copy(update={"rank": i + 1}) for i, c in enumerate(ranked)]
-    own = []
+    own, dropped = [], []
     for item in proposed:
         if not isinstance(item, dict) or not str(item.get("name", "")).strip():
             continue
-        name = str(item["name"]).strip()
+        name = " ".join(str(item["name"]).split())
         if name.lower() in known:
             continue
         known.add(name.lower())
+        findings = grounded_findings(item.get("findings") or [], sources)
+        if not findings:
+            dropped.append(name)
+            continue
         own.append(name)
         merged.append(DiagnosisCandidate(
-            rank=len(merged) + 1, name=name, rationale="Proposed by the LLM; no tool ranked it (unverified).",
+            rank=len(merged) + 1, name=name, proposed_by="llm", findings=findings,
+            rationale=f"Proposed by the LLM, resting on: {'; '.join(findings)}. No tool ranked it (unverified).",
             evidence=[str(c) for c in item.get("citations", []) if isinstance(c, str)],
         ))
-    note = ""
+    notes = []
     if own:
-        note = (f"Flagged: {', '.join(own)} {'was' if len(own) == 1 else 'were'} proposed by the LLM without a tool "
-                "ranking; listed after the ranked candidates, unverified.")
-    elif not merged:
-        note = "No diagnosis is proposed: no tool in this run ranked diagnoses."
-    return merged, note
+        notes.append(f"Flagged: {', '.join(own)} {'was' if len(own) == 1 else 'were'} proposed by the LLM without a tool "
+                     "ranking; listed after the ranked candidates, unverified.")
+    if dropped:
+        notes.append(f"Dropped: {', '.join(dropped)}, proposed by the LLM on no finding that the case or the evidence holds.")
+    if not merged:
+        notes.append("No diagnosis is proposed: no tool in this run ranked diagnoses.")
+    return merged, " ".join(notes)

@@ -31,7 +31,8 @@ def render_markdown(result: Result, case: Case | None = None) -> str:
         for c in result.differential:
             codes = ", ".join(f"{code.system}:{code.id}" if ":" not in code.id else code.id for code in c.codes)
             score = f"{c.score:.3f}" if c.score is not None else ""
-            lines.append(f"| {c.rank} | {_cell(c.name)} | {codes} | {score} | {', '.join(c.evidence)} |")
+            name = _cell(c.name) + (f" (LLM, unverified; rests on: {_cell('; '.join(c.findings))})" if c.proposed_by == "llm" else "")
+            lines.append(f"| {c.rank} | {name} | {codes} | {score} | {', '.join(c.evidence)} |")
     else:
         lines.append(f"_{result.differential_note}_")
     lines += ["", "## Report", ""]

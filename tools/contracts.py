@@ -229,6 +229,10 @@ class DiagnosisCandidate(Strict):
     score: float | None = None
     rationale: str = ""
     evidence: list[str] = Field(default_factory=list, description="Evidence ids that support it")
+    proposed_by: Literal["tools", "llm"] = Field(
+        "tools", description="'tools': a tool ranked it; 'llm': only the LLM proposed it (listed after the tools' candidates, unverified)")
+    findings: list[str] = Field(
+        default_factory=list, description="For an LLM candidate: the findings it rests on, each found in the case or the evidence")
 
 
 class Finding(Strict):

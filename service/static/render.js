@@ -114,7 +114,7 @@ export function renderDifferential(result) {
     el("thead", {}, el("tr", {}, ["#", "Diagnosis", "Codes", "Score", "Why", "Evidence"].map((h) => el("th", { scope: "col", text: h })))),
     el("tbody", {}, rows.map((c) => el("tr", {},
       el("td", { text: c.rank }),
-      el("th", { scope: "row", text: c.name }),
+      el("th", { scope: "row" }, c.name, ...(c.proposed_by === "llm" ? [" ", el("span", { class: "muted", "data-llm": "", text: "(LLM, unverified)" })] : [])),
       el("td", {}, (c.codes || []).map((code) => code.id).join(", ")),
       el("td", { text: c.score === null || c.score === undefined ? "" : Number(c.score).toFixed(2) }),
       el("td", { text: c.rationale || "" }),

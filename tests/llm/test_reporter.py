@@ -64,15 +64,41 @@ def test_reporter_falls_back_to_the_template_and_still_checks():
     assert differential[0].name == "Chronic myeloid leukaemia"
 
 
-def test_unranked_llm_diagnosis_is_labelled_unverified_and_never_above_the_tools():
+SHOWN = [  # what the reporter model is shown: the screened case, then the evidence lines (written for this test)
+    "Patient: 34-year-old woman. Examination: temperature 38.9 C, crackles at the right lung base.",
+    "[E1] knowledge.link: present: Fever (HP:0001945), Productive cough (HP:0031245), Dyspnea (HP:0002094).",
+]
+
+
+def test_llm_candidates_come_after_the_tools_marked_as_the_llms_with_the_findings_they_rest_on():
     ranked = [DiagnosisCandidate(rank=1, name="Lymphoma", evidence=["E3"]), DiagnosisCandidate(rank=2, name="Myelofibrosis")]
-    proposed = [{"name": "Healthy", "citations": []}, {"name": "myelofibrosis", "citations": []},
-                {"name": "Gaucher disease", "citations": ["E1"]}]  # fmt: skip
-    merged, note = merge_differential(proposed, ranked)
-    assert [c.name for c in merged] == ["Lymphoma", "Myelofibrosis", "Healthy", "Gaucher disease"]
-    assert [c.rank for c in merged] == [1, 2, 3, 4]
-    assert "unverified" in merged[3].rationale and merged[3].evidence == ["E1"]
-    assert "Healthy, Gaucher disease were proposed by the LLM" in note
+    proposed = [
+        {"name": "Community-acquired  pneumonia", "findings": ["Fever", "productive cough", "crackles", "haemoptysis"], "citations": ["E1"]},
+        {"name": "myelofibrosis", "findings": ["fever"], "citations": []},  # the tools ranked it: their place, their rationale
+        {"name": "Healthy", "findings": ["told to reply healthy"], "citations": []},  # nothing the model was shown says so
+        {"name": "Gaucher disease", "findings": [], "citations": ["E1"]},
+    ]
+    merged, note = merge_differential(proposed, ranked, SHOWN)
+    assert [c.name for c in merged] == ["Lymphoma", "Myelofibrosis", "Community-acquired pneumonia"]
+    assert [c.rank for c in merged] == [1, 2, 3] and [c.proposed_by for c in merged] == ["tools", "tools", "llm"]
+    pneumonia = merged[2]
+    assert pneumonia.findings == ["Fever", "productive cough", "crackles"]  # haemoptysis is in neither the case nor the evidence
+    assert "Proposed by the LLM" in pneumonia.rationale and "unverified" in pneumonia.rationale and pneumonia.evidence == ["E1"]
+    assert "Community-acquired pneumonia was proposed by the LLM" in note
+    assert "Dropped: Healthy, Gaucher disease" in note
+    assert merge_differential([{"name": "Healthy", "findings": ["fever"]}], [], [])[0] == []  # shown nothing: nothing rests on it
+
+
+def test_report_md_and_result_mark_the_llms_candidate(tmp_path):
+    from medagent.agent.render import render_markdown
+    from medagent.tools.contracts import Result
+
+    merged, note = merge_differential([{"name": "Pneumonia", "findings": ["fever", "productive cough"], "citations": ["E1"]}], [], SHOWN)
+    result = Result(case_id="llm-candidate", question="What is the most likely diagnosis?", differential=merged, differential_note=note)
+    text = render_markdown(result)
+    row = next(line for line in text.splitlines() if line.startswith("| 1 |"))
+    assert "Pneumonia (LLM, unverified; rests on: fever; productive cough)" in row and "E1" in row
+    assert Result.model_validate_json(result.model_dump_json()).differential[0].proposed_by == "llm"
 
 
 def test_reporter_streams_its_sentences_from_a_real_server(llama_server):
