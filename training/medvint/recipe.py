@@ -83,6 +83,7 @@ from medagent.specialists.medvint.load import load_medvint, save_checkpoint
 from medagent.specialists.medvint.preprocess import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, medvint_transform
 from medagent.specialists.medvint.tiny import build_tiny
 from medagent.tools.errors import ConfigError
+from medagent.training import pictures
 from medagent.training.common import (
     BatchPlan,
     Resume,
@@ -95,27 +96,6 @@ from medagent.training.common import (
     warmup_cosine,
 )
 from medagent.training.config import load_config
-from medagent.training.pictures import (
-    checkerboard as _checkerboard,
-)
-from medagent.training.pictures import (
-    disc as _disc,
-)
-from medagent.training.pictures import (
-    dots as _dots,
-)
-from medagent.training.pictures import (
-    ring as _ring,
-)
-from medagent.training.pictures import (
-    square as _square,
-)
-from medagent.training.pictures import (
-    stripes as _stripes,
-)
-from medagent.training.pictures import (
-    triangle as _triangle,
-)
 
 ANSWER_END = 1  # the authors' dataset: tokenizer.eos_token_id = 1, appended after every answer
 TASKS = ("choice", "blank")
@@ -248,14 +228,14 @@ def _cross(draw: ImageDraw.ImageDraw, s: int) -> None:
 # (question, choices, index of the answer, background, drawing): the right letters are A, B, C, D twice each, so a
 # model that always picks one letter gets two of eight.
 SYNTHETIC = (
-    ("Where is the bright disc?", ("upper left", "lower right", "centre", "lower left"), 0, (70, 70, 70), _disc),
-    ("What shape is in the lower right?", ("circle", "square", "triangle", "cross"), 1, (200, 200, 200), _square),
-    ("What colour is the triangle?", ("blue", "green", "red", "yellow"), 2, (245, 240, 225), _triangle),
-    ("What is drawn on the black background?", ("a disc", "a square", "stripes", "a ring"), 3, (0, 0, 0), _ring),
-    ("Which way do the stripes run?", ("horizontal", "vertical", "diagonal", "circular"), 0, (235, 235, 250), _stripes),
-    ("What pattern fills the image?", ("dots", "checkerboard", "stripes", "waves"), 1, (255, 255, 255), _checkerboard),
+    ("Where is the bright disc?", ("upper left", "lower right", "centre", "lower left"), 0, (70, 70, 70), pictures.disc),
+    ("What shape is in the lower right?", ("circle", "square", "triangle", "cross"), 1, (200, 200, 200), pictures.square),
+    ("What colour is the triangle?", ("blue", "green", "red", "yellow"), 2, (245, 240, 225), pictures.triangle),
+    ("What is drawn on the black background?", ("a disc", "a square", "stripes", "a ring"), 3, (0, 0, 0), pictures.ring),
+    ("Which way do the stripes run?", ("horizontal", "vertical", "diagonal", "circular"), 0, (235, 235, 250), pictures.stripes),
+    ("What pattern fills the image?", ("dots", "checkerboard", "stripes", "waves"), 1, (255, 255, 255), pictures.checkerboard),
     ("What colour is the cross?", ("red", "blue", "yellow", "white"), 2, (90, 30, 110), _cross),
-    ("What is scattered on the grey background?", ("lines", "squares", "rings", "dots"), 3, (120, 120, 120), _dots),
+    ("What is scattered on the grey background?", ("lines", "squares", "rings", "dots"), 3, (120, 120, 120), pictures.dots),
 )
 
 

@@ -70,6 +70,7 @@ from medagent.specialists.pmcclip.load import CONFIG_NAME, load_pmcclip, load_to
 from medagent.specialists.pmcclip.model import PMCCLIP, PMCCLIPConfig, published_config
 from medagent.specialists.pmcclip.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, pmcclip_transform, to_rgb
 from medagent.tools.errors import ConfigError
+from medagent.training import pictures
 from medagent.training.common import (
     BatchPlan,
     Resume,
@@ -83,27 +84,6 @@ from medagent.training.common import (
     warmup_cosine,
 )
 from medagent.training.config import load_config
-from medagent.training.pictures import (
-    checkerboard as _checkerboard,
-)
-from medagent.training.pictures import (
-    disc as _disc,
-)
-from medagent.training.pictures import (
-    dots as _dots,
-)
-from medagent.training.pictures import (
-    ring as _ring,
-)
-from medagent.training.pictures import (
-    square as _square,
-)
-from medagent.training.pictures import (
-    stripes as _stripes,
-)
-from medagent.training.pictures import (
-    triangle as _triangle,
-)
 
 # --------------------------------------------------------------------------------------------------
 # Data
@@ -167,14 +147,14 @@ def _cross(draw: ImageDraw.ImageDraw, s: int) -> None:
 # (caption, background colour, drawing): eight pictures that differ in shape, place, colour and texture, and in
 # their background colour (a tiny random tower first tells pictures apart by their overall colour).
 SYNTHETIC = (
-    ("a bright disc in the upper left", (70, 70, 70), _disc),
-    ("a dark square in the lower right", (200, 200, 200), _square),
-    ("a red triangle in the centre", (245, 240, 225), _triangle),
-    ("a green ring on black", (0, 0, 0), _ring),
-    ("horizontal blue stripes", (235, 235, 250), _stripes),
-    ("a black and white checkerboard", (255, 255, 255), _checkerboard),
+    ("a bright disc in the upper left", (70, 70, 70), pictures.disc),
+    ("a dark square in the lower right", (200, 200, 200), pictures.square),
+    ("a red triangle in the centre", (245, 240, 225), pictures.triangle),
+    ("a green ring on black", (0, 0, 0), pictures.ring),
+    ("horizontal blue stripes", (235, 235, 250), pictures.stripes),
+    ("a black and white checkerboard", (255, 255, 255), pictures.checkerboard),
     ("a blue cross on orange", (240, 140, 30), _cross),
-    ("scattered white dots on navy", (20, 30, 90), _dots),
+    ("scattered white dots on navy", (20, 30, 90), pictures.dots),
 )
 
 
