@@ -14,7 +14,7 @@ import torch
 
 from medagent.specialists.medvint.load import save_checkpoint
 from medagent.specialists.medvint.model import MedVInT, MedVInTConfig
-from medagent.specialists.radfm.tiny import word_tokenizer
+from medagent.specialists.radfm.tiny import tiny_llama, word_tokenizer
 
 # The prompt's own words and the choice letters, so every tiny tokenizer knows them.
 PROMPT_WORDS = "question : choices the answer is : a : b : c : d : e : f : g : h :"
@@ -28,19 +28,7 @@ def tiny_config(vocab_size: int) -> MedVInTConfig:
         decoder_layers=2,
         decoder_heads=8,
         decoder_feedforward=64,
-        llama={
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 128,
-            "vocab_size": vocab_size,
-            "rms_norm_eps": 1e-6,
-            "max_position_embeddings": 512,
-            "tie_word_embeddings": False,
-            "pad_token_id": 0,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-        },
+        llama=tiny_llama(vocab_size),
     )
 
 

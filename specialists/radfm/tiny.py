@@ -15,21 +15,26 @@ from medagent.specialists.radfm.load import save_checkpoint
 from medagent.specialists.radfm.model import DecoderConfig, PerceiverConfig, RadFM, RadFMConfig, VisionConfig
 
 
+def tiny_llama(vocab_size: int) -> dict[str, Any]:
+    """The tiny LLaMA decoder config that RadFM's and MedVInT's tiny models share."""
+    return {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "vocab_size": vocab_size,
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": False,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+
+
 def tiny_config(vocab_size: int) -> RadFMConfig:
     return RadFMConfig(
-        llama={
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 128,
-            "vocab_size": vocab_size,
-            "rms_norm_eps": 1e-6,
-            "max_position_embeddings": 512,
-            "tie_word_embeddings": False,
-            "pad_token_id": 0,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-        },
+        llama=tiny_llama(vocab_size),
         bert={
             "vocab_size": 64,
             "hidden_size": 32,
