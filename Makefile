@@ -30,8 +30,10 @@ $(STAMP): pyproject.toml setup.py constraints.txt requirements-models.txt script
 	@touch $@
 
 $(DEVSTAMP): $(STAMP)
-	# The test tools, and Ray Serve for the scale-out tests (the demo's set-up does without it).
-	$(PIP) install -q -c constraints.txt -e '.[dev,scale]'
+	# The test tools, Ray Serve for the scale-out tests and the evaluation peers (the demo's set-up does without them).
+	$(PIP) install -q -c constraints.txt -e '.[dev,scale,peers]'
+	# phenopy pins numpy<2 and networkx 2 that it does not need: installed without them (its needs are in `peers`).
+	$(PIP) install -q --no-deps phenopy==0.6.0
 	@touch $@
 
 $(VLLM_STAMP): | $(STAMP)

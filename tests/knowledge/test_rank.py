@@ -78,4 +78,38 @@ def test_reverse_coverage_is_the_share_of_the_disease_the_query_explains(graph):
     without = RankParams(reverse=0.0, delta=0.0)
     plain = next(c for c in rank(graph, MARFAN, top=50, sources=("OMIM",), params=without)
                  if c.disease_id == "OMIM:154700")  # fmt: skip
-    assert part.score - plain.score == pytest.approx(15.0 * part.coverage + 3.0 * np.log(len(own)), abs=1e-2)
+    # The size term counts the disease's phenotypic features, not its mode of inheritance or onset.
+    root = graph.index["HP:0000118"]
+    features = sum(graph.is_ancestor(root, t) for t in graph.annotations[d])
+    assert features < len(own)
+    assert part.score - plain.score == pytest.approx(15.0 * part.coverage + 3.0 * np.log(features), abs=1e-2)
+
+
+def test_age_and_sex_weigh_onset_and_inheritance_and_are_shown(graph):
+    """A child is not yet showing an adult-onset disease, and a woman rarely an X-linked recessive one: each costs the
+    disease its RankParams weight, named in its evidence; sex and age unknown, nothing changes."""
+    onset_root, mode_root = graph.index["HP:0003674"], graph.index["HP:0000005"]
+
+    def disease_with(term: str, only_mode: bool = False) -> int:
+        for d, terms in enumerate(graph.annotations):
+            if not graph.disease_ids[d].startswith("OMIM:") or graph.index[term] not in terms:
+                continue
+            onsets = [t for t in terms if graph.is_ancestor(onset_root, t)]
+            modes = [t for t in terms if graph.is_ancestor(mode_root, t)]
+            if (term == "HP:0003581" and onsets == [graph.index[term]]) or (only_mode and modes == [graph.index[term]]):
+                return d
+        raise AssertionError(term)
+
+    params = RankParams()
+    for term, patient, weight in (("HP:0003581", {"age_years": 3.0}, params.onset),
+                                  ("HP:0001419", {"sex": "female"}, params.x_linked_female)):  # fmt: skip
+        d = disease_with(term, only_mode=term == "HP:0001419")
+        own = [graph.term_ids[t] for t in graph.annotations[d] if graph.is_ancestor(graph.index["HP:0000118"], t)][:4]
+        plain = next(c for c in rank(graph, own, top=20, sources=("OMIM",)) if c.disease_id == graph.disease_ids[d])
+        fitted = next(c for c in rank(graph, own, top=40, sources=("OMIM",), **patient)
+                      if c.disease_id == graph.disease_ids[d])  # fmt: skip
+        assert fitted.score == pytest.approx(plain.score - weight, abs=1e-2)
+        assert any(m.term == term and m.contribution == -weight for m in fitted.matches)
+        rows, scores = rank_all_scores(graph, own, [], ("OMIM",), **patient)
+        k = int(np.flatnonzero(rows == d)[0])
+        assert scores[k] == pytest.approx(fitted.score, abs=1e-2)

@@ -191,3 +191,18 @@ def test_a_negation_heard_with_low_confidence_is_reported_not_used(tmp_path, gra
     else:
         assert payload["excluded_ids"] == ["HP:0100749"] and payload["doubtful"] == []
         assert "low confidence" not in evidence.summary
+
+
+def test_rank_tool_weighs_the_patients_sex_and_says_so(tmp_path, graph):
+    """Duchenne muscular dystrophy (X-linked recessive) is the picture of a boy with these signs; for a girl the same
+    signs cost it the inheritance weight, and its rationale says why."""
+    signs = {"present": ["HP:0003391", "HP:0003707", "HP:0003236", "HP:0003701"], "evidence": ["E1"]}
+
+    def duchenne(sex: str) -> dict:
+        [evidence] = _run("knowledge.rank", signs, Case(id=f"dmd-{sex}", patient={"sex": sex, "age_years": 6}), tmp_path)
+        return next(c for c in evidence.payload["differential"] if c["codes"][0]["id"] == "OMIM:310200")
+
+    boy, girl = duchenne("male"), duchenne("female")
+    assert "inheritance unlikely for the patient's sex" not in boy["rationale"]
+    assert "against: inheritance unlikely for the patient's sex (X-linked recessive inheritance)" in girl["rationale"]
+    assert girl["score"] < boy["score"]
