@@ -236,3 +236,22 @@ def test_medvint_two_processes_answer_the_synthetic_questions(tmp_path: Path) ->
     rows = read_rows({"path": str(tmp_path / "data" / "pairs.jsonl")})  # rank 0 drew them, rank 1 read the same files
     right = right_choices(tmp_path / "model", rows)  # as tests/medvint/test_recipe.py asks the one-process checkpoint
     assert sum(right) >= 7, right
+
+
+def test_sat_two_processes_segment_each_organ_by_name(tmp_path: Path) -> None:
+    import importlib.util
+
+    from medagent.training.config import load_config
+
+    _, finished = torchrun("sat", [f"output_dir={tmp_path}"])
+    # 16 synthetic volumes in batches of 2 per process: four batches an epoch on each rank (one process: eight),
+    # so both ranks run train.steps optimizer steps, as one process does.
+    steps = load_config(REPO / "training" / "sat" / "configs" / "smoke.yaml", [])["train"]["steps"]
+    assert finished[0][0] == finished[1][0] == steps
+    # The one-process round trip's own volumes and scoring (tests/sat/test_recipe.py), on rank 0's checkpoint.
+    spec = importlib.util.spec_from_file_location("sat_round_trip", REPO / "tests" / "sat" / "test_recipe.py")
+    round_trip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(round_trip)
+    dice = round_trip.scores(tmp_path / "model", [round_trip.abdomen(seed) for seed in (11, 12, 13)])
+    for prompt, other in (("liver", "spleen"), ("spleen", "liver")):
+        assert dice[prompt][prompt] >= 0.5 and dice[prompt][other] <= 0.2, dice

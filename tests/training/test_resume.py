@@ -21,6 +21,7 @@ from medagent.training.planner.recipe import main as planner_main
 from medagent.training.pmcclip.recipe import main as pmcclip_main
 from medagent.training.raddiag.recipe import main as raddiag_main
 from medagent.training.radfm.recipe import main as radfm_main
+from medagent.training.sat.recipe import main as sat_main
 from medagent.training.segmentation.recipe import main as segmentation_main
 from medagent.training.speech.recipe import main as speech_main
 
@@ -59,6 +60,9 @@ RECIPES = {
                 "checkpoint.pt"),  # fmt: skip
     # 4 volumes in batches of 2 (2 micro-batches an epoch), optimizer steps of 2: killed after step 5; the best
     # validation Dice so far and its weights come back from the checkpoint.
+    # 10 optimizer steps of 2 micro-batches (16 volumes, 8 batches an epoch): killed after step 5 (micro-batch 11);
+    # the crops come from (seed, epoch, index) and the decoder's dropout from the restored random state.
+    "sat": (sat_main, ["train.steps=10", "train.accumulate=2", "train.checkpoint_every=3"], 5, 20, "model"),
     "segmentation": (
         segmentation_main,
         ["train.steps=10", "train.accumulate=2", "train.val_every=5", "train.checkpoint_every=2"],
