@@ -90,6 +90,8 @@ RECIPES: dict[str, list[str]] = {
     "segmentation": ["train.steps=2", "train.val_every=2"],
     # train.steps; gpu.yaml trains in bf16 autocast
     "speech": ["train.steps=2", "train.precision=bf16"],
+    # train.steps; AMP as gpu.yaml (bf16 autocast here: fp16 with its GradScaler is the same path on CUDA)
+    "sat": ["train.steps=2", "train.precision=bf16"],
 }
 FSDP_RECIPES = ("planner", "radfm")  # their gpu.yaml says strategy: fsdp
 PARITY_MODELS = ("radfm", "pathology", "pmcclip", "medvint", "sat", "raddiag", "speech", "segmentation", "planner",
