@@ -58,7 +58,9 @@ def test_in_process_llamacpp_streams_schema_constrained_json(small_gguf):
 
     async def go() -> list[str]:
         backend = LlamaCppBackend(small_gguf, n_ctx=2048)
-        return [piece async for piece in backend.stream(messages, schema=schema, max_tokens=200)]
+        # Room for the longest reply the schema allows (3 other diagnoses with 4 findings, 6 sentences of 220
+        # characters: about 2,700 characters), so the reply is never cut: the grammar must close it.
+        return [piece async for piece in backend.stream(messages, schema=schema, max_tokens=1200)]
 
     pieces = asyncio.run(go())
     assert len(pieces) > 5
